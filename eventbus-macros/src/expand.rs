@@ -1,0 +1,132 @@
+//! `#[event]`: the user's struct plus the `meta` field, the `Event` impl, a
+//! constructor, and the registry entry.
+
+use crate::ast::{self, EventStruct};
+use crate::attr::EventAttr;
+use crate::valid;
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Item, Result};
+
+pub(crate) fn event(args: TokenStream, item: TokenStream) -> Result<TokenStream> {
+    let mut errors = valid::Errors::default();
+    let attr = EventAttr::parse(args, &mut errors);
+    let item: Item = syn::parse2(item)?;
+    let input = match EventStruct::from_item(item) {
+        Ok(input) => input,
+        Err(err) => return Err(errors.fail(err)),
+    };
+    let checked = valid::check(&input, &attr, &mut errors);
+    errors.finish()?;
+    Ok(expand(&input, &checked))
+}
+
+fn expand(input: &EventStruct, checked: &valid::Checked) -> TokenStream {
+    let EventStruct {
+        attrs,
+        vis,
+        ident,
+        fields,
+        struct_token,
+        ..
+    } = input;
+    let name = &checked.name;
+    let version = checked.version;
+
+    let wanted = [
+        ("Debug", quote!(::core::fmt::Debug)),
+        ("Clone", quote!(::core::clone::Clone)),
+        ("Serialize", quote!(::eventbus::__private::serde::Serialize)),
+        (
+            "Deserialize",
+            quote!(::eventbus::__private::serde::Deserialize),
+        ),
+    ];
+    let derives: Vec<&TokenStream> = wanted
+        .iter()
+        .filter(|(name, _)| !input.user_derives(name))
+        .map(|(_, path)| path)
+        .collect();
+
+    let field_idents: Vec<_> = fields.iter().map(|f| f.ident.as_ref()).collect();
+    let params = fields.iter().map(|f| {
+        let ident = &f.ident;
+        let ty = &f.ty;
+        quote!(#ident: #ty)
+    });
+    let field_checks = fields.iter().map(|f| {
+        let ty = &f.ty;
+        quote_spanned!(ty.span()=> ::eventbus::__private::assert_field::<#ty>();)
+    });
+    let field_entries = fields.iter().map(|f| {
+        let name = f
+            .ident
+            .as_ref()
+            .map(|i| i.to_string().trim_start_matches("r#").to_owned())
+            .unwrap_or_default();
+        let ty = ast::type_string(&f.ty);
+        quote!(::eventbus::__private::FieldInfo { name: #name, ty: #ty })
+    });
+    let doc = input.doc_summary();
+    let type_name = ident.to_string();
+    let file = quote_spanned!(ident.span()=> ::core::file!());
+    let line = quote_spanned!(ident.span()=> ::core::line!());
+    let new_doc = format!(
+        "Creates a `{ident}` event with fresh metadata: a new time-ordered id, the current \
+         time, no actor, and no cause (the event starts its own correlation chain)."
+    );
+
+    quote! {
+        #[derive(#(#derives),*)]
+        #[serde(crate = "::eventbus::__private::serde")]
+        #(#attrs)*
+        #vis #struct_token #ident {
+            #(#fields,)*
+            /// The standard metadata every event carries: id, name, version,
+            /// time, actor, correlation and causation, and source.
+            pub meta: ::eventbus::Meta,
+        }
+
+        #[automatically_derived]
+        impl ::eventbus::Event for #ident {
+            const NAME: &'static str = #name;
+            const VERSION: u32 = #version;
+
+            #[inline]
+            fn meta(&self) -> &::eventbus::Meta {
+                &self.meta
+            }
+
+            #[inline]
+            fn meta_mut(&mut self) -> &mut ::eventbus::Meta {
+                &mut self.meta
+            }
+        }
+
+        impl #ident {
+            #[doc = #new_doc]
+            #[allow(clippy::too_many_arguments, clippy::new_without_default)]
+            #[must_use]
+            #vis fn new(#(#params),*) -> Self {
+                Self {
+                    #(#field_idents,)*
+                    meta: ::eventbus::Meta::new(#name, #version, ::core::module_path!()),
+                }
+            }
+        }
+
+        const _: () = {
+            #(#field_checks)*
+            ::eventbus::__private::inventory::submit! {
+                ::eventbus::__private::EventEntry::of::<#ident>(
+                    ::core::concat!(::core::module_path!(), "::", #type_name),
+                    #file,
+                    #line,
+                    #doc,
+                    &[#(#field_entries),*],
+                )
+            }
+        };
+    }
+}

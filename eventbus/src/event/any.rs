@@ -1,0 +1,210 @@
+use super::{Event, Meta};
+use crate::event::error::DecodeError;
+use std::any::{Any, TypeId};
+use std::fmt;
+use std::sync::Arc;
+
+/// A type-erased event: what a bus carries and what consumers receive.
+///
+/// Cloning is cheap (a reference count), and the concrete event is always one
+/// [`downcast_ref`](AnyEvent::downcast_ref) away. Protocol dispatch such as
+/// [`track`](crate::track) accepts it as readily as the concrete type.
+///
+/// # Examples
+///
+/// ```
+/// use eventbus::{event, AnyEvent};
+///
+/// #[event]
+/// struct InvoicePaid {
+///     invoice_id: u64,
+///     cents: u64,
+/// }
+///
+/// let any = AnyEvent::new(InvoicePaid::new(12, 9_900));
+/// assert_eq!(any.name(), "invoice.paid");
+/// assert!(any.is::<InvoicePaid>());
+/// assert_eq!(any.downcast_ref::<InvoicePaid>().unwrap().cents, 9_900);
+///
+/// let json = any.to_json().unwrap();
+/// assert_eq!(json["invoice_id"], 12);
+/// assert_eq!(json["meta"]["name"], "invoice.paid");
+/// ```
+#[derive(Clone)]
+pub struct AnyEvent {
+    inner: Arc<dyn Erased>,
+}
+
+/// The object-safe face of every [`Event`]; sealed inside this module.
+trait Erased: Any + Send + Sync {
+    fn meta(&self) -> &Meta;
+    fn as_any(&self) -> &dyn Any;
+    fn to_json(&self) -> serde_json::Result<serde_json::Value>;
+    fn to_vec(&self) -> serde_json::Result<Vec<u8>>;
+    fn type_name(&self) -> &'static str;
+    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+}
+
+impl<E: Event> Erased for E {
+    fn meta(&self) -> &Meta {
+        Event::meta(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::to_value(self)
+    }
+
+    fn to_vec(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(self)
+    }
+
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<E>()
+    }
+
+    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl AnyEvent {
+    /// Erases the event's type.
+    pub fn new<E: Event>(event: E) -> Self {
+        AnyEvent {
+            inner: Arc::new(event),
+        }
+    }
+
+    /// The event's stable name, such as `user.created`.
+    pub fn name(&self) -> &str {
+        &self.inner.meta().name
+    }
+
+    /// The event's schema version.
+    pub fn version(&self) -> u32 {
+        self.inner.meta().version
+    }
+
+    /// The event's standard metadata.
+    pub fn meta(&self) -> &Meta {
+        self.inner.meta()
+    }
+
+    /// The Rust type behind the event, such as `signup::events::UserCreated`.
+    pub fn type_name(&self) -> &'static str {
+        self.inner.type_name()
+    }
+
+    /// The [`TypeId`] of the concrete event type.
+    pub fn event_type_id(&self) -> TypeId {
+        self.inner.as_any().type_id()
+    }
+
+    /// Whether the event is an `E`.
+    pub fn is<E: Event>(&self) -> bool {
+        self.inner.as_any().is::<E>()
+    }
+
+    /// The concrete event, if it is an `E`.
+    pub fn downcast_ref<E: Event>(&self) -> Option<&E> {
+        self.inner.as_any().downcast_ref::<E>()
+    }
+
+    /// The event as JSON, `meta` included.
+    ///
+    /// # Errors
+    ///
+    /// Fails only if a field's own `Serialize` impl fails, for example a map
+    /// whose keys are not strings.
+    pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+        self.inner.to_json()
+    }
+
+    /// The event as JSON bytes, `meta` included: the form durable backends
+    /// store.
+    ///
+    /// # Errors
+    ///
+    /// As [`to_json`](AnyEvent::to_json).
+    pub fn to_json_bytes(&self) -> serde_json::Result<Vec<u8>> {
+        self.inner.to_vec()
+    }
+
+    /// Rebuilds an event from the JSON that [`to_json_bytes`] wrote, finding
+    /// its type in the [registry](mod@crate::registry) by name and version.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Unknown`] when no event with that name and version is
+    /// compiled into this binary, [`DecodeError::Invalid`] when the JSON does
+    /// not match the event's fields.
+    ///
+    /// [`to_json_bytes`]: AnyEvent::to_json_bytes
+    pub fn from_json_bytes(name: &str, version: u32, json: &[u8]) -> Result<Self, DecodeError> {
+        let info = crate::registry::registry()
+            .event(name, version)
+            .ok_or_else(|| DecodeError::Unknown {
+                name: name.to_owned(),
+                version,
+            })?;
+        info.decode(json)
+    }
+
+    pub(crate) fn as_any(&self) -> &dyn Any {
+        self.inner.as_any()
+    }
+}
+
+impl fmt::Debug for AnyEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.debug(f)
+    }
+}
+
+impl<E: Event> From<E> for AnyEvent {
+    fn from(event: E) -> Self {
+        AnyEvent::new(event)
+    }
+}
+
+/// An event in either form, concrete or [`AnyEvent`]: what protocol dispatch
+/// and [`Event::caused_by`] accept.
+///
+/// Implemented for every [`Event`] and for [`AnyEvent`]; sealed.
+pub trait EventRef: sealed::Sealed {
+    /// The event's standard metadata.
+    fn event_meta(&self) -> &Meta;
+
+    #[doc(hidden)]
+    fn __as_any(&self) -> &dyn Any;
+}
+
+impl<E: Event> EventRef for E {
+    fn event_meta(&self) -> &Meta {
+        self.meta()
+    }
+
+    fn __as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl EventRef for AnyEvent {
+    fn event_meta(&self) -> &Meta {
+        self.meta()
+    }
+
+    fn __as_any(&self) -> &dyn Any {
+        self.as_any()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<E: super::Event> Sealed for E {}
+    impl Sealed for super::AnyEvent {}
+}

@@ -1,0 +1,27 @@
+//! Errors of the event module.
+
+/// Returned by [`AnyEvent::from_json_bytes`](crate::AnyEvent::from_json_bytes)
+/// when stored JSON cannot become an event again.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// No event with this name and version is compiled into the binary.
+    #[error("no event named `{name}` at version {version} is registered in this binary")]
+    Unknown {
+        /// The stored event name.
+        name: String,
+        /// The stored schema version.
+        version: u32,
+    },
+    /// The JSON does not match the event's fields.
+    #[error("event `{name}` v{version} does not match its fields")]
+    Invalid {
+        /// The stored event name.
+        name: String,
+        /// The stored schema version.
+        version: u32,
+        /// What serde found wrong.
+        #[source]
+        source: serde_json::Error,
+    },
+}

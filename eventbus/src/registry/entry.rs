@@ -1,0 +1,198 @@
+//! What the macros submit through `inventory`, one static per item. Not public
+//! API: the types are reached through `__private` by generated code only.
+
+use crate::event::{AnyEvent, DecodeError, Event};
+use crate::protocol::Protocol;
+use std::any::{Any, TypeId};
+
+/// One `#[event]` struct.
+#[derive(Debug)]
+pub struct EventEntry {
+    pub(crate) name: &'static str,
+    pub(crate) version: u32,
+    pub(crate) type_path: &'static str,
+    pub(crate) file: &'static str,
+    pub(crate) line: u32,
+    pub(crate) doc: &'static str,
+    pub(crate) fields: &'static [FieldInfo],
+    pub(crate) type_id: fn() -> TypeId,
+    pub(crate) decode: fn(&[u8]) -> serde_json::Result<AnyEvent>,
+}
+
+impl EventEntry {
+    #[doc(hidden)]
+    pub const fn of<E: Event>(
+        type_path: &'static str,
+        file: &'static str,
+        line: u32,
+        doc: &'static str,
+        fields: &'static [FieldInfo],
+    ) -> Self {
+        EventEntry {
+            name: E::NAME,
+            version: E::VERSION,
+            type_path,
+            file,
+            line,
+            doc,
+            fields,
+            type_id: TypeId::of::<E>,
+            decode: decode::<E>,
+        }
+    }
+
+    pub(crate) fn decode(&self, json: &[u8]) -> Result<AnyEvent, DecodeError> {
+        (self.decode)(json).map_err(|source| DecodeError::Invalid {
+            name: self.name.to_owned(),
+            version: self.version,
+            source,
+        })
+    }
+}
+
+fn decode<E: Event>(json: &[u8]) -> serde_json::Result<AnyEvent> {
+    serde_json::from_slice::<E>(json).map(AnyEvent::new)
+}
+
+/// One field of an event, as declared: see [`EventInfo::fields`](super::EventInfo::fields).
+#[derive(Debug)]
+pub struct FieldInfo {
+    #[doc(hidden)]
+    pub name: &'static str,
+    #[doc(hidden)]
+    pub ty: &'static str,
+}
+
+/// One `#[protocol]` trait.
+#[derive(Debug)]
+pub struct ProtocolEntry {
+    pub(crate) name: &'static str,
+    pub(crate) path: &'static str,
+    pub(crate) method: &'static str,
+    pub(crate) output: &'static str,
+    pub(crate) file: &'static str,
+    pub(crate) line: u32,
+    pub(crate) type_id: fn() -> TypeId,
+}
+
+impl ProtocolEntry {
+    #[doc(hidden)]
+    pub const fn of<P: ?Sized + Protocol>(
+        path: &'static str,
+        method: &'static str,
+        output: &'static str,
+        file: &'static str,
+        line: u32,
+    ) -> Self {
+        ProtocolEntry {
+            name: P::NAME,
+            path,
+            method,
+            output,
+            file,
+            line,
+            type_id: TypeId::of::<P>,
+        }
+    }
+}
+
+/// Implemented by `#[protocol]` for `dyn Trait`, for every event that
+/// implements the trait: how dispatch calls the protocol's method.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an eventbus protocol",
+    label = "not declared with `#[eventbus::protocol]`",
+    note = "`#[eventbus::register]` registers impls of protocol traits such as `eventbus::Trackable`, or of your own traits declared with `#[eventbus::protocol]`"
+)]
+pub trait Dispatcher<E>: Protocol {
+    #[doc(hidden)]
+    fn call(event: &E) -> Self::Output;
+}
+
+/// Implemented by `#[register]`: the proof that an impl was registered, which
+/// each protocol requires of its implementors through a hidden supertrait.
+pub trait Registration<P: ?Sized> {}
+
+/// One `#[register]` impl.
+#[derive(Debug)]
+pub struct ImplEntry {
+    pub(crate) protocol: fn() -> TypeId,
+    pub(crate) protocol_name: &'static str,
+    pub(crate) event: fn() -> TypeId,
+    pub(crate) file: &'static str,
+    pub(crate) line: u32,
+    /// Downcasts the event, calls the protocol and writes the payload into an
+    /// `Option<P::Output>` passed as `&mut dyn Any`, so one entry type serves
+    /// every protocol.
+    call: fn(&dyn Any, &mut dyn Any),
+    /// Calls the protocol and drops the payload: for `testing::exercise`.
+    probe: fn(&dyn Any) -> bool,
+}
+
+impl ImplEntry {
+    #[doc(hidden)]
+    pub const fn of<P: ?Sized + Dispatcher<E>, E: Event>(file: &'static str, line: u32) -> Self {
+        ImplEntry {
+            protocol: TypeId::of::<P>,
+            protocol_name: P::NAME,
+            event: TypeId::of::<E>,
+            file,
+            line,
+            call: call::<P, E>,
+            probe: probe::<P, E>,
+        }
+    }
+
+    pub(crate) fn call(&self, event: &dyn Any, out: &mut dyn Any) {
+        (self.call)(event, out);
+    }
+
+    pub(crate) fn probe(&self, event: &dyn Any) -> bool {
+        (self.probe)(event)
+    }
+}
+
+fn call<P: ?Sized + Dispatcher<E>, E: Event>(event: &dyn Any, out: &mut dyn Any) {
+    if let (Some(event), Some(out)) = (
+        event.downcast_ref::<E>(),
+        out.downcast_mut::<Option<P::Output>>(),
+    ) {
+        *out = Some(P::call(event));
+    }
+}
+
+fn probe<P: ?Sized + Dispatcher<E>, E: Event>(event: &dyn Any) -> bool {
+    match event.downcast_ref::<E>() {
+        Some(event) => {
+            drop(P::call(event));
+            true
+        }
+        None => false,
+    }
+}
+
+/// Implemented for every type an event field can have.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a field of an event",
+    label = "this field's type is not serializable",
+    note = "event fields are stored and sent as JSON: `{Self}` needs `serde::Serialize`, `serde::Deserialize`, `Debug`, `Clone`, `Send` and `Sync`"
+)]
+pub trait EventField {}
+
+impl<T> EventField for T where
+    T: serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Fails to compile, pointing at the field, when a field's type cannot be
+/// part of an event.
+pub const fn assert_field<T: EventField>() {}
+
+inventory::collect!(EventEntry);
+inventory::collect!(ProtocolEntry);
+inventory::collect!(ImplEntry);

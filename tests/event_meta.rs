@@ -1,0 +1,146 @@
+//! `#[event]` from the outside: metadata, constructors, links between
+//! events, and the JSON form.
+
+use eventbus::{AnyEvent, Event, event};
+use std::collections::BTreeMap;
+
+/// A user signed up.
+#[event(name = "user.created", version = 3)]
+#[derive(PartialEq)]
+pub struct UserCreated {
+    pub user_id: u64,
+    /// The address they signed up with.
+    pub email: String,
+}
+
+#[event]
+pub struct HTTPRequestSent {
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+#[event]
+pub struct CacheCleared {}
+
+#[test]
+fn constructor_fills_the_metadata() {
+    let before = chrono::Utc::now();
+    let e = UserCreated::new(7, "a@example.com".into());
+    let after = chrono::Utc::now();
+    let meta = e.meta();
+    assert_eq!(meta.name, "user.created");
+    assert_eq!(meta.version, 3);
+    assert!(before <= meta.occurred_at && meta.occurred_at <= after);
+    assert_eq!(meta.actor, None);
+    assert_eq!(meta.correlation_id, meta.id);
+    assert_eq!(meta.causation_id, None);
+    assert_eq!(meta.source, module_path!());
+    assert_eq!(meta.id.get_version_num(), 7, "ids are UUIDv7");
+    assert_eq!((e.user_id, e.email.as_str()), (7, "a@example.com"));
+}
+
+#[test]
+fn default_name_is_the_type_name_dotted() {
+    assert_eq!(HTTPRequestSent::NAME, "http.request.sent");
+    assert_eq!(HTTPRequestSent::VERSION, 1);
+    assert_eq!(CacheCleared::new().meta().name, "cache.cleared");
+}
+
+#[test]
+fn ids_are_unique_and_ordered_by_time() {
+    let ids: Vec<_> = (0..10_000).map(|_| CacheCleared::new().meta().id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids sort in creation order"
+    );
+}
+
+#[test]
+fn caused_by_links_a_chain() {
+    let root = UserCreated::new(1, "a@example.com".into()).with_actor("user:1");
+    let child = CacheCleared::new().caused_by(&root);
+    let grandchild = CacheCleared::new().caused_by(&AnyEvent::new(child.clone()));
+
+    assert_eq!(child.meta().causation_id, Some(root.meta().id));
+    assert_eq!(child.meta().correlation_id, root.meta().id);
+    assert_eq!(
+        child.meta().actor.as_deref(),
+        Some("user:1"),
+        "actor is inherited"
+    );
+    assert_eq!(grandchild.meta().causation_id, Some(child.meta().id));
+    assert_eq!(grandchild.meta().correlation_id, root.meta().id);
+
+    let request = eventbus::Uuid::now_v7();
+    let joined = CacheCleared::new().correlated_with(request);
+    assert_eq!(joined.meta().correlation_id, request);
+}
+
+#[test]
+fn own_actor_wins_over_the_causes() {
+    let root = UserCreated::new(1, "a@example.com".into()).with_actor("user:1");
+    let child = CacheCleared::new()
+        .with_actor("job:nightly")
+        .caused_by(&root);
+    assert_eq!(child.meta().actor.as_deref(), Some("job:nightly"));
+}
+
+#[test]
+fn json_round_trip_keeps_fields_and_meta() {
+    let e = UserCreated::new(7, "a@example.com".into()).with_actor("admin");
+    let json = serde_json::to_string(&e).unwrap();
+    let back: UserCreated = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, e);
+    assert_eq!(back.meta(), e.meta());
+
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["user_id"], 7);
+    assert_eq!(value["meta"]["name"], "user.created");
+    assert_eq!(value["meta"]["version"], 3);
+    assert_eq!(value["meta"]["actor"], "admin");
+}
+
+#[test]
+fn erased_events_round_trip_through_the_registry() {
+    let e = HTTPRequestSent::new(
+        "https://example.com".into(),
+        BTreeMap::from([("accept".into(), "json".into())]),
+    );
+    let any = AnyEvent::new(e.clone());
+    let bytes = any.to_json_bytes().unwrap();
+    let back = AnyEvent::from_json_bytes(any.name(), any.version(), &bytes).unwrap();
+    let back = back.downcast_ref::<HTTPRequestSent>().unwrap();
+    assert_eq!(back.url, e.url);
+    assert_eq!(back.meta(), e.meta());
+}
+
+#[test]
+fn decoding_unknown_or_broken_json_is_a_clear_error() {
+    let err = AnyEvent::from_json_bytes("no.such.event", 1, b"{}").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no event named `no.such.event` at version 1 is registered in this binary"
+    );
+
+    let err = AnyEvent::from_json_bytes("user.created", 3, br#"{"user_id":"seven"}"#).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "event `user.created` v3 does not match its fields"
+    );
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("invalid type"), "{source}");
+}
+
+#[test]
+fn erased_view_exposes_the_event() {
+    let any = AnyEvent::new(UserCreated::new(7, "a@example.com".into()));
+    assert_eq!(any.name(), "user.created");
+    assert_eq!(any.version(), 3);
+    assert!(any.is::<UserCreated>());
+    assert!(!any.is::<CacheCleared>());
+    assert!(any.downcast_ref::<CacheCleared>().is_none());
+    assert!(any.type_name().ends_with("UserCreated"));
+    assert!(format!("{any:?}").contains("a@example.com"));
+    let clone = any.clone();
+    assert_eq!(clone.meta().id, any.meta().id);
+}

@@ -1,0 +1,6 @@
+#[eventbus::event]
+struct Pinged {}
+
+fn main() {
+    let _ = Pinged::new();
+}

@@ -1,0 +1,6 @@
+#[eventbus::event(name = "")]
+struct UserCreated {
+    user_id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[eventbus::event(name = "user..created")]
+struct UserCreated {
+    user_id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[eventbus::event]
+struct Changed<T> {
+    value: T,
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[eventbus::event]
+struct UserCreated(u64, String);
+
+fn main() {}

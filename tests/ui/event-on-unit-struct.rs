@@ -1,0 +1,4 @@
+#[eventbus::event]
+struct CacheCleared;
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[eventbus::protocol]
+trait Auditable {
+    fn audit(line: &str) -> String;
+}
+
+fn main() {}

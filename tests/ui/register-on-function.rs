@@ -1,0 +1,4 @@
+#[eventbus::register]
+fn track() {}
+
+fn main() {}
