@@ -100,17 +100,33 @@
 // crates, whose paths start with `::eventbus`.
 extern crate self as eventbus;
 
+pub mod bus;
+pub mod consumer;
+pub mod dead_letter;
 pub mod event;
+pub mod log;
 pub mod protocol;
 pub mod registry;
+mod retry;
+pub mod subscription;
 pub mod testing;
 
+pub use crate::bus::{
+    BuildError, Bus, BusBuilder, NotifyError, ShutdownReport, SubscribeError, TryNotifyError,
+};
+pub use crate::consumer::{
+    BatchConfig, Batcher, BoxError, Consumer, ProtocolConsumer, Sink, consumer_fn, sink_fn,
+};
+pub use crate::dead_letter::{DeadLetter, DeadLetters};
 pub use crate::event::{AnyEvent, DecodeError, Event, EventRef, Meta};
+pub use crate::log::{Log, MemoryLog, StartFrom};
 pub use crate::protocol::{
     Channel, Notifiable, Notification, Protocol, Track, Trackable, Webhook, Webhookable, dispatch,
     implements, notifications, track, webhook,
 };
 pub use crate::registry::registry;
+pub use crate::retry::Retry;
+pub use crate::subscription::{Filter, Subscription, SubscriptionBuilder, SubscriptionStats};
 #[doc(inline)]
 pub use eventbus_macros::{event, protocol, register};
 pub use serde_json::{Value, json};

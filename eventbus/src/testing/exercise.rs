@@ -158,7 +158,7 @@ pub fn exercise(samples: impl IntoIterator<Item = AnyEvent>) -> Result<Exercise,
                 failures.push(Failure::Panicked {
                     event: info.name().to_owned(),
                     protocol: imp.protocol().to_owned(),
-                    message: panic_message(&*panic),
+                    message: crate::dead_letter::panic_message(&*panic),
                 });
             }
         }
@@ -215,14 +215,4 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    }
 }

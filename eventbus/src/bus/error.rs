@@ -1,0 +1,116 @@
+//! Errors of the bus.
+
+use crate::event::AnyEvent;
+use crate::log::LogError;
+
+/// Returned by [`BusBuilder::build`](super::BusBuilder::build) for a setting
+/// that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `capacity(0)`.
+    #[error("`capacity` must be at least 1: it is how many unfinished events the bus holds")]
+    ZeroCapacity,
+    /// `capacity(..)` together with a log of the user's own.
+    #[error(
+        "`capacity` sets the size of the in-memory log; a bus built with `log(..)` takes its limits from that log"
+    )]
+    CapacityWithCustomLog,
+}
+
+/// Returned by [`Bus::notify`](super::Bus::notify) when the event was not
+/// accepted. The event is handed back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotifyError {
+    /// The bus was shut down.
+    #[error("bus is shut down; the event was not accepted")]
+    Closed(AnyEvent),
+    /// The log failed to store the event.
+    #[error("the bus's log failed to store the event")]
+    Log(#[source] LogError),
+}
+
+impl NotifyError {
+    /// The event that was not accepted, where the error still holds it.
+    pub fn into_event(self) -> Option<AnyEvent> {
+        match self {
+            NotifyError::Closed(event) | NotifyError::Log(LogError::Closed(event)) => Some(event),
+            NotifyError::Log(_) => None,
+        }
+    }
+}
+
+impl From<LogError> for NotifyError {
+    fn from(err: LogError) -> Self {
+        match err {
+            LogError::Closed(event) => NotifyError::Closed(event),
+            other => NotifyError::Log(other),
+        }
+    }
+}
+
+/// Returned by [`Bus::try_notify`](super::Bus::try_notify) when the event
+/// could not be accepted without waiting. The event is handed back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryNotifyError {
+    /// The slowest subscription is a full buffer behind.
+    #[error("bus is full: the slowest subscription is a full buffer behind")]
+    Full(AnyEvent),
+    /// The log stores events with I/O, which `try_notify` does not wait for;
+    /// use `notify`.
+    #[error("the bus's log needs to wait to store an event; use `notify`")]
+    WouldBlock(AnyEvent),
+    /// The bus was shut down.
+    #[error("bus is shut down; the event was not accepted")]
+    Closed(AnyEvent),
+}
+
+impl TryNotifyError {
+    /// The event that was not accepted.
+    pub fn into_event(self) -> AnyEvent {
+        match self {
+            TryNotifyError::Full(e) | TryNotifyError::WouldBlock(e) | TryNotifyError::Closed(e) => {
+                e
+            }
+        }
+    }
+}
+
+/// Returned by [`SubscriptionBuilder::start`](crate::SubscriptionBuilder::start).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// The name is empty.
+    #[error("a subscription needs a name; names identify its cursor, stats and dead letters")]
+    EmptyName,
+    /// Another running subscription has the name.
+    #[error("a subscription named `{0}` is already running; names must be unique within a bus")]
+    DuplicateName(String),
+    /// `max_demand(0)`.
+    #[error(
+        "`max_demand` must be at least 1: it is how many events the subscription pulls at once"
+    )]
+    ZeroMaxDemand,
+    /// `min_demand` is not below `max_demand`.
+    #[error("`min_demand` ({min}) must be below `max_demand` ({max})")]
+    MinDemandNotBelowMax {
+        /// The `min_demand` given.
+        min: usize,
+        /// The `max_demand` in effect.
+        max: usize,
+    },
+    /// `concurrent(0)`.
+    #[error("`concurrent` needs a limit of at least 1 event in flight")]
+    ZeroConcurrency,
+    /// `partitioned(0, ..)`.
+    #[error("`partitioned` needs at least 1 lane")]
+    ZeroLanes,
+    /// The bus was shut down.
+    #[error("bus is shut down; no new subscriptions")]
+    Closed,
+    /// The log refused to open a cursor.
+    #[error("the bus's log could not open a cursor for the subscription")]
+    Log(#[source] LogError),
+}

@@ -1,0 +1,301 @@
+//! The bus: where services notify events and subscriptions pull them.
+//!
+//! A [`Bus`] owns a [`Log`](crate::log::Log) (in memory by default) and the
+//! subscriptions reading it. [`Bus::notify`] returns once the event is in the
+//! log and waits while the slowest subscription is a full buffer behind;
+//! [`Bus::try_notify`] returns [`TryNotifyError::Full`] instead of waiting.
+
+mod builder;
+mod error;
+
+pub use self::builder::BusBuilder;
+pub use self::error::{BuildError, NotifyError, SubscribeError, TryNotifyError};
+
+use crate::consumer::Consumer;
+use crate::dead_letter::DeadLetters;
+use crate::event::AnyEvent;
+use crate::log::{Log, Position, TryAppendError};
+use crate::subscription::{self, State, SubscriptionBuilder, SubscriptionStats};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The event bus. Cheap to clone: clones share one log and one set of
+/// subscriptions.
+///
+/// # Examples
+///
+/// ```
+/// use eventbus::{event, testing::Recorder, Bus};
+///
+/// #[event]
+/// struct UserCreated {
+///     user_id: u64,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::builder().capacity(4096).build()?;
+/// let audit = Recorder::new();
+/// bus.subscribe("audit", audit.clone()).start().await?;
+///
+/// bus.notify(UserCreated::new(7)).await?;
+/// bus.drain().await;
+/// audit.assert_received::<UserCreated>(|e| e.user_id == 7);
+///
+/// bus.shutdown().await;
+/// assert!(bus.notify(UserCreated::new(8)).await.is_err());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) log: LogHandle,
+    pub(crate) subscriptions: Mutex<BTreeMap<String, Slot>>,
+    pub(crate) dead_letters: DeadLetters,
+    shutdown_timeout: Duration,
+}
+
+/// A subscription's entry: reserved while its cursor opens, then running.
+pub(crate) enum Slot {
+    Starting,
+    Running(Arc<State>),
+}
+
+impl Slot {
+    fn running(&self) -> Option<&Arc<State>> {
+        match self {
+            Slot::Running(state) => Some(state),
+            Slot::Starting => None,
+        }
+    }
+}
+
+pub(crate) struct LogHandle {
+    log: Arc<dyn Log>,
+    closed: AtomicBool,
+}
+
+impl LogHandle {
+    pub(crate) fn log(&self) -> &Arc<dyn Log> {
+        &self.log
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(SeqCst)
+    }
+}
+
+/// What [`Bus::shutdown`] could not finish within its deadline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Subscriptions stopped at the deadline with work left, and their
+    /// counters at that moment (`lag` is what they had not finished).
+    pub timed_out: Vec<SubscriptionStats>,
+}
+
+impl ShutdownReport {
+    /// Whether every subscription finished everything.
+    pub fn is_clean(&self) -> bool {
+        self.timed_out.is_empty()
+    }
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self
+            .inner
+            .subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .keys()
+            .cloned()
+            .collect();
+        f.debug_struct("Bus")
+            .field("log", &self.inner.log.log)
+            .field("subscriptions", &names)
+            .finish()
+    }
+}
+
+impl Bus {
+    /// Starts configuring a bus. See [`BusBuilder`].
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    pub(crate) fn from_log(log: Arc<dyn Log>, shutdown_timeout: Duration) -> Self {
+        Bus {
+            inner: Arc::new(Inner {
+                log: LogHandle {
+                    log,
+                    closed: AtomicBool::new(false),
+                },
+                subscriptions: Mutex::new(BTreeMap::new()),
+                dead_letters: DeadLetters::default(),
+                shutdown_timeout,
+            }),
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    /// Accepts an event: returns once it is in the log, waiting while the
+    /// slowest subscription is a full buffer behind.
+    ///
+    /// # Errors
+    ///
+    /// [`NotifyError::Closed`] after [`shutdown`](Bus::shutdown), with the
+    /// event handed back; [`NotifyError::Log`] when the log fails.
+    pub async fn notify(&self, event: impl Into<AnyEvent>) -> Result<(), NotifyError> {
+        let log = &self.inner.log.log;
+        match log.try_append(event.into()) {
+            Ok(_) => Ok(()),
+            Err(TryAppendError::Full(event) | TryAppendError::WouldBlock(event)) => {
+                log.append(event).await.map(drop).map_err(NotifyError::from)
+            }
+            Err(TryAppendError::Closed(event)) => Err(NotifyError::Closed(event)),
+        }
+    }
+
+    /// Accepts an event only if that needs no waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`TryNotifyError::Full`] when the slowest subscription is a full
+    /// buffer behind, [`TryNotifyError::WouldBlock`] when the log needs I/O,
+    /// [`TryNotifyError::Closed`] after shutdown; each hands the event back.
+    pub fn try_notify(&self, event: impl Into<AnyEvent>) -> Result<(), TryNotifyError> {
+        match self.inner.log.log.try_append(event.into()) {
+            Ok(_) => Ok(()),
+            Err(TryAppendError::Full(e)) => Err(TryNotifyError::Full(e)),
+            Err(TryAppendError::WouldBlock(e)) => Err(TryNotifyError::WouldBlock(e)),
+            Err(TryAppendError::Closed(e)) => Err(TryNotifyError::Closed(e)),
+        }
+    }
+
+    /// Starts configuring a subscription named `name` that hands events to
+    /// `consumer`. Nothing runs until
+    /// [`start`](SubscriptionBuilder::start).
+    pub fn subscribe<C: Consumer>(
+        &self,
+        name: impl Into<String>,
+        consumer: C,
+    ) -> SubscriptionBuilder<'_, C> {
+        SubscriptionBuilder::new(self, name.into(), consumer)
+    }
+
+    /// Resolves when every running subscription has finished every event
+    /// notified before the call (handled, or dead-lettered after its last
+    /// attempt) and every pending replay, and has flushed its consumer, so
+    /// batching sinks have seen everything too.
+    ///
+    /// This is what makes tests deterministic without sleeps.
+    pub async fn drain(&self) {
+        let head = self.head();
+        for state in self.running() {
+            let mut done = state.done.subscribe();
+            let _ = done
+                .wait_for(|done| *done >= head && state.replays.load(SeqCst) == 0)
+                .await;
+            // Replays change no position; their runner pings `done` when one
+            // finishes, which re-runs the check above.
+            let (ack, acked) = tokio::sync::oneshot::channel();
+            if state.flush.send(ack).await.is_ok() {
+                let _ = acked.await;
+            }
+        }
+    }
+
+    /// Stops intake, lets every subscription finish what was notified
+    /// (in-flight work and retries included) and flush its consumer, within
+    /// the [shutdown timeout](BusBuilder::shutdown_timeout). Subscriptions
+    /// still busy at the deadline are stopped and reported. Calling it again
+    /// returns at once.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.inner.log.closed.store(true, SeqCst);
+        self.inner.log.log.close();
+        let states: Vec<Arc<State>> = {
+            let mut subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
+            std::mem::take(&mut *subscriptions)
+                .into_values()
+                .filter_map(|slot| slot.running().cloned())
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + self.inner.shutdown_timeout;
+        let mut report = ShutdownReport::default();
+        for state in states {
+            let task = state.task.lock().expect("task lock").take();
+            if let Some(mut task) = task
+                && tokio::time::timeout_at(deadline, &mut task).await.is_err()
+            {
+                task.abort();
+                let stats = state.stats(self.head());
+                tracing::warn!(
+                    subscription = %stats.name,
+                    unfinished = stats.lag,
+                    "shutdown deadline passed; subscription stopped with work left",
+                );
+                report.timed_out.push(stats);
+            }
+            self.inner.dead_letters.unroute(&state.name);
+        }
+        report
+    }
+
+    /// The counters of every running subscription, by name.
+    pub fn stats(&self) -> Vec<SubscriptionStats> {
+        let head = self.head();
+        self.running().iter().map(|s| s.stats(head)).collect()
+    }
+
+    /// The dead letters of every subscription of this bus.
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.inner.dead_letters
+    }
+
+    /// How many events were notified so far.
+    pub fn head(&self) -> Position {
+        self.inner.log.log.head()
+    }
+
+    /// Stops the subscription named `name`; see
+    /// [`Subscription::stop`](crate::Subscription::stop). Returns whether it
+    /// was running.
+    pub async fn unsubscribe(&self, name: &str) -> bool {
+        self.remove(name).await
+    }
+
+    pub(crate) async fn remove(&self, name: &str) -> bool {
+        let slot = self
+            .inner
+            .subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .remove(name);
+        let Some(Slot::Running(state)) = slot else {
+            return false;
+        };
+        subscription::stop_and_join(&state).await;
+        self.inner.dead_letters.unroute(name);
+        true
+    }
+
+    fn running(&self) -> Vec<Arc<State>> {
+        self.inner
+            .subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .values()
+            .filter_map(|slot| slot.running().cloned())
+            .collect()
+    }
+}

@@ -1,0 +1,265 @@
+//! The batcher: collects payloads and writes them to a sink in batches, on
+//! size, on a timeout, and when asked to flush; retries a failed write, then
+//! dead-letters the events behind the batch.
+
+use super::BoxError;
+use crate::dead_letter::{DeadLetterWriter, error_chain, panic_message};
+use crate::event::AnyEvent;
+use crate::retry::Retry;
+use chrono::Utc;
+use futures_util::FutureExt;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Where batches of payloads go: an analytics API, an email service, a file.
+///
+/// # Examples
+///
+/// ```
+/// use eventbus::{BoxError, Sink, Track};
+///
+/// struct Analytics;
+///
+/// impl Sink<Track> for Analytics {
+///     async fn write(&self, batch: &[Track]) -> Result<(), BoxError> {
+///         // POST the batch to the analytics service here.
+///         let _ = batch;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Sink<T>: Send + Sync + 'static {
+    /// Writes one batch. On error the whole batch is retried.
+    ///
+    /// # Errors
+    ///
+    /// Any error makes the batcher retry the batch, then dead-letter the
+    /// events it came from.
+    fn write(&self, batch: &[T]) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// A sink made from an async closure that takes each batch by value.
+pub fn sink_fn<T, F, Fut>(f: F) -> FnSink<T, F>
+where
+    T: Clone + Send + Sync + 'static,
+    F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send,
+{
+    FnSink {
+        f,
+        _payload: PhantomData,
+    }
+}
+
+/// The sink [`sink_fn`] returns.
+pub struct FnSink<T, F> {
+    f: F,
+    _payload: PhantomData<fn(T)>,
+}
+
+impl<T, F> fmt::Debug for FnSink<T, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnSink").finish_non_exhaustive()
+    }
+}
+
+impl<T, F, Fut> Sink<T> for FnSink<T, F>
+where
+    T: Clone + Send + Sync + 'static,
+    F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send,
+{
+    fn write(&self, batch: &[T]) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (self.f)(batch.to_vec())
+    }
+}
+
+/// When a [`Batcher`] writes, and how it retries.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Write when this many payloads are waiting. Default 100.
+    pub size: usize,
+    /// Write when the oldest waiting payload is this old. Default 1 second.
+    pub timeout: Duration,
+    /// How a failed write is retried before its events are dead-lettered.
+    pub retry: Retry,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            size: 100,
+            timeout: Duration::from_secs(1),
+            retry: Retry::default(),
+        }
+    }
+}
+
+enum Message<T> {
+    Item(AnyEvent, T),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Collects payloads and writes them to a [`Sink`] in batches, from a task
+/// of its own. Cheap to clone.
+///
+/// [`push`](Batcher::push) waits while a full batch is being written, so a
+/// slow sink slows its subscription down instead of piling up payloads.
+pub struct Batcher<T> {
+    tx: mpsc::Sender<Message<T>>,
+}
+
+impl<T> Clone for Batcher<T> {
+    fn clone(&self) -> Self {
+        Batcher {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Batcher<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+/// Returned by [`Batcher::push`] when the batcher's task has ended.
+#[derive(Debug, thiserror::Error)]
+#[error("batcher has stopped")]
+pub struct BatcherStopped;
+
+impl<T: Send + 'static> Batcher<T> {
+    /// Starts a batcher writing to `sink`. Events of batches that fail for
+    /// good go to `dead_letters`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, or when `config.size` is 0.
+    pub fn start<S: Sink<T>>(sink: S, config: BatchConfig, dead_letters: DeadLetterWriter) -> Self {
+        assert!(config.size > 0, "`BatchConfig::size` must be at least 1");
+        let (tx, rx) = mpsc::channel(config.size);
+        tokio::spawn(run(rx, Arc::new(sink), config, dead_letters));
+        Batcher { tx }
+    }
+
+    /// Adds a payload, and the event it came from (dead-lettered if the
+    /// batch fails for good).
+    ///
+    /// # Errors
+    ///
+    /// [`BatcherStopped`] when the batcher's task has ended.
+    pub async fn push(&self, event: AnyEvent, payload: T) -> Result<(), BatcherStopped> {
+        self.tx
+            .send(Message::Item(event, payload))
+            .await
+            .map_err(|_| BatcherStopped)
+    }
+
+    /// Writes whatever is waiting and resolves once it is written (or
+    /// dead-lettered).
+    pub async fn flush(&self) {
+        let (ack, acked) = oneshot::channel();
+        if self.tx.send(Message::Flush(ack)).await.is_ok() {
+            let _ = acked.await;
+        }
+    }
+}
+
+async fn run<T, S: Sink<T>>(
+    mut rx: mpsc::Receiver<Message<T>>,
+    sink: Arc<S>,
+    config: BatchConfig,
+    dead_letters: DeadLetterWriter,
+) {
+    let mut events = Vec::with_capacity(config.size);
+    let mut payloads = Vec::with_capacity(config.size);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let message = match deadline {
+            Some(at) => tokio::select! {
+                message = rx.recv() => message,
+                () = tokio::time::sleep_until(at) => {
+                    write(&*sink, &config, &dead_letters, &mut events, &mut payloads).await;
+                    deadline = None;
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        match message {
+            Some(Message::Item(event, payload)) => {
+                events.push(event);
+                payloads.push(payload);
+                if payloads.len() == 1 {
+                    deadline = Some(Instant::now() + config.timeout);
+                }
+                if payloads.len() >= config.size {
+                    write(&*sink, &config, &dead_letters, &mut events, &mut payloads).await;
+                    deadline = None;
+                }
+            }
+            Some(Message::Flush(ack)) => {
+                write(&*sink, &config, &dead_letters, &mut events, &mut payloads).await;
+                deadline = None;
+                let _ = ack.send(());
+            }
+            None => {
+                write(&*sink, &config, &dead_letters, &mut events, &mut payloads).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn write<T, S: Sink<T>>(
+    sink: &S,
+    config: &BatchConfig,
+    dead_letters: &DeadLetterWriter,
+    events: &mut Vec<AnyEvent>,
+    payloads: &mut Vec<T>,
+) {
+    if payloads.is_empty() {
+        return;
+    }
+    let mut first_failed_at = None;
+    let mut attempt = 1;
+    loop {
+        let outcome = AssertUnwindSafe(sink.write(payloads)).catch_unwind().await;
+        let errors = match outcome {
+            Ok(Ok(())) => break,
+            Ok(Err(err)) => error_chain(&*err),
+            Err(panic) => vec![format!("panicked: {}", panic_message(&*panic))],
+        };
+        let first = *first_failed_at.get_or_insert_with(Utc::now);
+        if attempt >= config.retry.attempts() {
+            tracing::error!(
+                batch = payloads.len(),
+                attempts = attempt,
+                error = %errors.join(": "),
+                "sink rejected a batch for good; dead-lettering its events",
+            );
+            for event in events.drain(..) {
+                dead_letters.write(event, errors.clone(), attempt, first);
+            }
+            break;
+        }
+        let delay = config.retry.delay(attempt);
+        tracing::warn!(
+            batch = payloads.len(),
+            attempt,
+            retry_in = ?delay,
+            error = %errors.join(": "),
+            "sink write failed; retrying",
+        );
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
+    events.clear();
+    payloads.clear();
+}

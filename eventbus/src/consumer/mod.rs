@@ -1,0 +1,144 @@
+//! Consumers: where side effects happen.
+//!
+//! A [`Consumer`] handles the events of one subscription. Write one by
+//! implementing the trait, wrap a closure with [`consumer_fn`], or use a
+//! [`ProtocolConsumer`], the base consumer of a protocol, which turns events
+//! into payloads and hands them to a [`Sink`] in batches.
+//!
+//! The trait uses `async fn`-style methods returning `impl Future + Send`
+//! rather than `#[async_trait]`: the bus calls `handle` once per event, and
+//! `async_trait` would allocate a box on every call.
+
+mod batcher;
+mod protocol;
+
+pub use self::batcher::{BatchConfig, Batcher, Sink, sink_fn};
+pub use self::protocol::ProtocolConsumer;
+
+use crate::dead_letter::DeadLetterWriter;
+use crate::event::AnyEvent;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+/// The error a consumer returns: anything that is an error, `anyhow` and
+/// `std::io::Error` included, through `?` or `.into()`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Handles the events of one subscription.
+///
+/// A returned error or a panic affects only this event in this subscription:
+/// the bus retries it according to the subscription's
+/// [`Retry`](crate::Retry) policy, then dead-letters it.
+///
+/// # Examples
+///
+/// ```
+/// use eventbus::{AnyEvent, BoxError, Consumer};
+///
+/// struct SearchIndexer;
+///
+/// impl Consumer for SearchIndexer {
+///     async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
+///         let json = event.to_json()?;
+///         // Send `json` to the search index here.
+///         let _ = json;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Consumer: Send + Sync + 'static {
+    /// Handles one event.
+    ///
+    /// # Errors
+    ///
+    /// Any error makes the bus retry the event, then dead-letter it.
+    fn handle(&self, event: &AnyEvent) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// The events this consumer wants, narrowing the subscription's own
+    /// filter; events it does not want never reach `handle`. The default is
+    /// every event.
+    fn interest(&self) -> crate::Filter {
+        crate::Filter::all()
+    }
+
+    /// Called once when the subscription starts, before the first event.
+    fn start(&mut self, context: &Context) {
+        let _ = context;
+    }
+
+    /// Finishes buffered work: called when the bus drains and when the
+    /// subscription stops. A batching consumer flushes here.
+    fn flush(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// What a consumer learns when its subscription starts.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub(crate) subscription: Arc<str>,
+    pub(crate) dead_letters: DeadLetterWriter,
+}
+
+impl Context {
+    /// The subscription's name.
+    pub fn subscription(&self) -> &str {
+        &self.subscription
+    }
+
+    /// Where the consumer records events it gave up on outside of `handle`,
+    /// such as the events of a batch its sink rejected for good.
+    pub fn dead_letters(&self) -> &DeadLetterWriter {
+        &self.dead_letters
+    }
+}
+
+/// A consumer made from an async closure that takes the event by value.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = eventbus::Bus::builder().build()?;
+/// bus.subscribe(
+///     "log",
+///     eventbus::consumer_fn(|event: eventbus::AnyEvent| async move {
+///         println!("{} {}", event.name(), event.meta().id);
+///         Ok(())
+///     }),
+/// )
+/// .start()
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub fn consumer_fn<F, Fut>(f: F) -> FnConsumer<F>
+where
+    F: Fn(AnyEvent) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send,
+{
+    FnConsumer { f }
+}
+
+/// The consumer [`consumer_fn`] returns.
+#[derive(Clone)]
+pub struct FnConsumer<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for FnConsumer<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnConsumer").finish_non_exhaustive()
+    }
+}
+
+impl<F, Fut> Consumer for FnConsumer<F>
+where
+    F: Fn(AnyEvent) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send,
+{
+    fn handle(&self, event: &AnyEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (self.f)(event.clone())
+    }
+}

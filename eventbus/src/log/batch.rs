@@ -1,0 +1,90 @@
+use super::Position;
+use super::memory::Chunk;
+use crate::event::AnyEvent;
+use std::sync::Arc;
+
+/// Events a cursor read, in log order.
+///
+/// The in-memory log lends events straight out of its ring (no copy and no
+/// reference count per event); other logs hand over owned events.
+#[derive(Debug)]
+pub struct Batch {
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Ring {
+        chunk: Arc<Chunk>,
+        first: Position,
+        start: usize,
+        len: usize,
+    },
+    Owned(Vec<(Position, AnyEvent)>),
+}
+
+impl Batch {
+    /// A batch of owned events, in increasing position order.
+    pub fn from_events(events: Vec<(Position, AnyEvent)>) -> Self {
+        debug_assert!(events.windows(2).all(|w| w[0].0 < w[1].0));
+        Batch {
+            inner: Inner::Owned(events),
+        }
+    }
+
+    pub(crate) fn ring(chunk: Arc<Chunk>, first: Position, start: usize, len: usize) -> Self {
+        Batch {
+            inner: Inner::Ring {
+                chunk,
+                first,
+                start,
+                len,
+            },
+        }
+    }
+
+    /// How many events the batch holds.
+    pub fn len(&self) -> usize {
+        match &self.inner {
+            Inner::Ring { len, .. } => *len,
+            Inner::Owned(events) => events.len(),
+        }
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`th event and its position.
+    ///
+    /// # Panics
+    ///
+    /// When `i >= len()`.
+    pub fn get(&self, i: usize) -> (Position, &AnyEvent) {
+        match &self.inner {
+            Inner::Ring {
+                chunk,
+                first,
+                start,
+                len,
+            } => {
+                assert!(i < *len, "batch index {i} out of range");
+                (*first + i as u64, chunk.get(start + i))
+            }
+            Inner::Owned(events) => {
+                let (pos, event) = &events[i];
+                (*pos, event)
+            }
+        }
+    }
+
+    /// The position after the batch's last event: what to release once the
+    /// whole batch is finished.
+    pub fn end(&self) -> Option<Position> {
+        match &self.inner {
+            Inner::Ring { first, len, .. } => Some(first + *len as u64),
+            Inner::Owned(events) => events.last().map(|(pos, _)| pos + 1),
+        }
+    }
+}

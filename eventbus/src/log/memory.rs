@@ -1,0 +1,357 @@
+//! The in-memory log: a bounded ring shared by every subscription.
+//!
+//! Events live in fixed-size chunks linked in append order. Each slot is a
+//! `OnceLock`, written once by the producer and then read by every cursor
+//! without a lock: a cursor borrows a run of slots from one chunk as a
+//! [`Batch`], so a delivery costs neither a copy nor a reference-count bump.
+//! Chunks are freed when the last cursor moves past them, and the producer
+//! waits when the slowest cursor is `capacity` events behind.
+
+use super::{Batch, Cursor, Log, LogError, Position, StartFrom, TryAppendError};
+use crate::event::AnyEvent;
+use futures_util::future::BoxFuture;
+use std::fmt;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::Notify;
+
+/// Slots per chunk: one allocation per this many events, and the longest run
+/// a cursor can borrow at once.
+const CHUNK: usize = 1024;
+
+/// The in-memory log, the default backend of a [`Bus`](crate::Bus).
+///
+/// Holds at most `capacity` events that some subscription has not finished;
+/// keeps nothing across a restart.
+pub struct MemoryLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    capacity: u64,
+    /// How many events were published. Written only under `producer`.
+    head: AtomicU64,
+    closed: AtomicBool,
+    producer: Mutex<Producer>,
+    cursors: Mutex<Vec<(u64, Arc<AtomicU64>)>>,
+    next_cursor_id: AtomicU64,
+    data: Notify,
+    data_sleepers: AtomicUsize,
+    space: Notify,
+    space_sleepers: AtomicUsize,
+}
+
+struct Producer {
+    tail: Arc<Chunk>,
+    /// `head` may grow up to this without looking at the cursors again.
+    limit: Position,
+}
+
+pub(crate) struct Chunk {
+    base: Position,
+    slots: Box<[OnceLock<AnyEvent>]>,
+    next: OnceLock<Arc<Chunk>>,
+}
+
+impl Chunk {
+    fn new(base: Position) -> Arc<Chunk> {
+        Arc::new(Chunk {
+            base,
+            slots: (0..CHUNK).map(|_| OnceLock::new()).collect(),
+            next: OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn get(&self, i: usize) -> &AnyEvent {
+        self.slots[i]
+            .get()
+            .expect("slots below the published head are written")
+    }
+}
+
+impl fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chunk").field("base", &self.base).finish()
+    }
+}
+
+impl MemoryLog {
+    /// A log that holds up to `capacity` unfinished events.
+    ///
+    /// # Panics
+    ///
+    /// When `capacity` is 0; [`BusBuilder::build`](crate::BusBuilder::build)
+    /// reports that as an error instead.
+    pub fn new(capacity: usize) -> Self {
+        assert!(capacity > 0, "MemoryLog capacity must be at least 1");
+        MemoryLog {
+            shared: Arc::new(Shared {
+                capacity: capacity as u64,
+                head: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
+                producer: Mutex::new(Producer {
+                    tail: Chunk::new(0),
+                    limit: Position::MAX,
+                }),
+                cursors: Mutex::new(Vec::new()),
+                next_cursor_id: AtomicU64::new(0),
+                data: Notify::new(),
+                data_sleepers: AtomicUsize::new(0),
+                space: Notify::new(),
+                space_sleepers: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The most unfinished events the log holds.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity as usize
+    }
+}
+
+impl fmt::Debug for MemoryLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLog")
+            .field("capacity", &self.shared.capacity)
+            .field("head", &self.shared.head.load(SeqCst))
+            .field("closed", &self.shared.closed.load(SeqCst))
+            .finish()
+    }
+}
+
+impl Shared {
+    fn try_append(&self, event: AnyEvent) -> Result<Position, TryAppendError> {
+        if self.closed.load(SeqCst) {
+            return Err(TryAppendError::Closed(event));
+        }
+        let mut producer = self.producer.lock().expect("producer lock");
+        let head = self.head.load(SeqCst);
+        if head >= producer.limit {
+            producer.limit = self.limit();
+            if head >= producer.limit {
+                return Err(TryAppendError::Full(event));
+            }
+        }
+        let mut index = (head - producer.tail.base) as usize;
+        if index == CHUNK {
+            let chunk = Chunk::new(head);
+            let _ = producer.tail.next.set(Arc::clone(&chunk));
+            producer.tail = chunk;
+            index = 0;
+        }
+        let _ = producer.tail.slots[index].set(event);
+        self.head.store(head + 1, SeqCst);
+        drop(producer);
+        if self.data_sleepers.load(SeqCst) > 0 {
+            self.data.notify_waiters();
+        }
+        Ok(head)
+    }
+
+    /// How far `head` may go: the slowest cursor plus the capacity.
+    fn limit(&self) -> Position {
+        let cursors = self.cursors.lock().expect("cursor lock");
+        cursors
+            .iter()
+            .map(|(_, released)| released.load(SeqCst))
+            .min()
+            .map_or(Position::MAX, |slowest| slowest + self.capacity)
+    }
+
+    async fn append(&self, mut event: AnyEvent) -> Result<Position, LogError> {
+        loop {
+            match self.try_append(event) {
+                Ok(pos) => return Ok(pos),
+                Err(TryAppendError::Closed(e)) => return Err(LogError::Closed(e)),
+                Err(TryAppendError::Full(e) | TryAppendError::WouldBlock(e)) => event = e,
+            }
+            let mut notified = pin!(self.space.notified());
+            notified.as_mut().enable();
+            let _sleeping = Sleeper::new(&self.space_sleepers);
+            // Re-check after announcing ourselves, so a release between the
+            // failed attempt and now is not missed.
+            match self.try_append(event) {
+                Ok(pos) => return Ok(pos),
+                Err(TryAppendError::Closed(e)) => return Err(LogError::Closed(e)),
+                Err(TryAppendError::Full(e) | TryAppendError::WouldBlock(e)) => event = e,
+            }
+            notified.await;
+        }
+    }
+
+    fn wake_producers(&self) {
+        if self.space_sleepers.load(SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
+    }
+}
+
+/// Counts a task as asleep on a `Notify` for as long as it lives, so wakers
+/// skip the notification when nobody sleeps.
+struct Sleeper<'a>(&'a AtomicUsize);
+
+impl<'a> Sleeper<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, SeqCst);
+        Sleeper(count)
+    }
+}
+
+impl Drop for Sleeper<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+impl Log for MemoryLog {
+    fn try_append(&self, event: AnyEvent) -> Result<Position, TryAppendError> {
+        self.shared.try_append(event)
+    }
+
+    fn append(&self, event: AnyEvent) -> BoxFuture<'_, Result<Position, LogError>> {
+        Box::pin(self.shared.append(event))
+    }
+
+    fn head(&self) -> Position {
+        self.shared.head.load(SeqCst)
+    }
+
+    fn open(
+        &self,
+        _subscription: &str,
+        from: StartFrom,
+    ) -> BoxFuture<'_, Result<Box<dyn Cursor>, LogError>> {
+        let opened = match from {
+            StartFrom::Now => Ok(Box::new(self.open_at_head()) as Box<dyn Cursor>),
+            StartFrom::Beginning => Err(LogError::Unsupported(
+                "the in-memory log keeps no history, so a subscription can only start from now; use a durable log to read from the beginning",
+            )),
+        };
+        Box::pin(std::future::ready(opened))
+    }
+
+    fn close(&self) {
+        self.shared.closed.store(true, SeqCst);
+        self.shared.data.notify_waiters();
+        self.shared.space.notify_waiters();
+    }
+}
+
+impl MemoryLog {
+    fn open_at_head(&self) -> MemoryCursor {
+        let shared = &self.shared;
+        let mut producer = shared.producer.lock().expect("producer lock");
+        let head = shared.head.load(SeqCst);
+        let released = Arc::new(AtomicU64::new(head));
+        let id = shared.next_cursor_id.fetch_add(1, SeqCst);
+        shared
+            .cursors
+            .lock()
+            .expect("cursor lock")
+            .push((id, Arc::clone(&released)));
+        producer.limit = producer.limit.min(head + shared.capacity);
+        MemoryCursor {
+            shared: Arc::clone(shared),
+            chunk: Arc::clone(&producer.tail),
+            read: head,
+            released,
+            id,
+        }
+    }
+}
+
+struct MemoryCursor {
+    shared: Arc<Shared>,
+    chunk: Arc<Chunk>,
+    read: Position,
+    released: Arc<AtomicU64>,
+    id: u64,
+}
+
+impl fmt::Debug for MemoryCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryCursor")
+            .field("read", &self.read)
+            .field("released", &self.released.load(SeqCst))
+            .finish()
+    }
+}
+
+impl MemoryCursor {
+    /// A batch of what is readable now, if anything.
+    fn take(&mut self, max: usize) -> Option<Batch> {
+        let head = self.shared.head.load(SeqCst);
+        if self.read >= head {
+            return None;
+        }
+        while self.read >= self.chunk.base + CHUNK as u64 {
+            let next = self
+                .chunk
+                .next
+                .get()
+                .expect("a chunk is linked before events past it are published");
+            self.chunk = Arc::clone(next);
+        }
+        let start = (self.read - self.chunk.base) as usize;
+        let len = (max.max(1) as u64)
+            .min(head - self.read)
+            .min((CHUNK - start) as u64) as usize;
+        let batch = Batch::ring(Arc::clone(&self.chunk), self.read, start, len);
+        self.read += len as u64;
+        Some(batch)
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, LogError> {
+        loop {
+            if let Some(batch) = self.take(max) {
+                return Ok(Some(batch));
+            }
+            if self.shared.closed.load(SeqCst) {
+                return Ok(None);
+            }
+            let shared = Arc::clone(&self.shared);
+            let mut notified = pin!(shared.data.notified());
+            notified.as_mut().enable();
+            let _sleeping = Sleeper::new(&shared.data_sleepers);
+            if self.shared.head.load(SeqCst) > self.read || self.shared.closed.load(SeqCst) {
+                continue;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Cursor for MemoryCursor {
+    fn next(&mut self, max: usize) -> BoxFuture<'_, Result<Option<Batch>, LogError>> {
+        Box::pin(self.next_batch(max))
+    }
+
+    fn release(&mut self, up_to: Position) -> BoxFuture<'_, Result<(), LogError>> {
+        self.release_now(up_to);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn position(&self) -> Position {
+        self.read
+    }
+}
+
+impl MemoryCursor {
+    fn release_now(&self, up_to: Position) {
+        if self.released.fetch_max(up_to, SeqCst) < up_to {
+            self.shared.wake_producers();
+        }
+    }
+}
+
+impl Drop for MemoryCursor {
+    fn drop(&mut self) {
+        self.shared
+            .cursors
+            .lock()
+            .expect("cursor lock")
+            .retain(|(id, _)| *id != self.id);
+        self.shared.wake_producers();
+    }
+}

@@ -1,0 +1,93 @@
+//! The log behind a bus: one append-only sequence of events and one cursor
+//! per subscription.
+//!
+//! Every backend is a log. The in-memory [`MemoryLog`] is a bounded ring
+//! shared by all subscriptions: one write per event, no copy per subscriber,
+//! and each cursor reads a batch at a time by borrowing from the ring. The
+//! producer waits when the slowest cursor is a full ring behind; that is the
+//! bus's back pressure. Durable and distributed backends implement the same
+//! [`Log`] and [`Cursor`] traits, so consumers never know which one they run
+//! on.
+
+mod batch;
+mod error;
+mod memory;
+
+pub use self::batch::Batch;
+pub use self::error::{LogError, TryAppendError};
+pub use self::memory::MemoryLog;
+
+use crate::event::AnyEvent;
+use futures_util::future::BoxFuture;
+use std::fmt::Debug;
+
+/// A position in a log: events are numbered in the order they were appended.
+pub type Position = u64;
+
+/// Where a new subscription starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StartFrom {
+    /// With the next event appended: the default, and the only choice for
+    /// the in-memory log, which keeps nothing a subscription could go back to.
+    #[default]
+    Now,
+    /// With the oldest event the log still holds, for logs that keep history.
+    Beginning,
+}
+
+/// A backend for a [`Bus`](crate::Bus).
+///
+/// Implementations must be safe to call from many tasks at once. The futures
+/// are boxed so the trait is object safe and backends can be chosen at run
+/// time; the bus calls [`try_append`](Log::try_append) first so an in-memory
+/// log never pays for the box.
+pub trait Log: Send + Sync + Debug + 'static {
+    /// Appends without waiting: `Ok` once the event is stored as the log
+    /// promises (in memory, or committed), [`TryAppendError::Full`] when the
+    /// slowest cursor is a full buffer behind, [`TryAppendError::WouldBlock`]
+    /// when storing needs I/O, in which case the bus calls
+    /// [`append`](Log::append).
+    ///
+    /// # Errors
+    ///
+    /// As above, and [`TryAppendError::Closed`] after [`close`](Log::close).
+    fn try_append(&self, event: AnyEvent) -> Result<Position, TryAppendError>;
+
+    /// Appends, waiting while the log is full, and resolves once the event is
+    /// stored as the log promises.
+    fn append(&self, event: AnyEvent) -> BoxFuture<'_, Result<Position, LogError>>;
+
+    /// The position the next appended event will get.
+    fn head(&self) -> Position;
+
+    /// Opens a cursor for a subscription. Opening the same name twice is the
+    /// caller's error: the bus prevents it.
+    fn open(
+        &self,
+        subscription: &str,
+        from: StartFrom,
+    ) -> BoxFuture<'_, Result<Box<dyn Cursor>, LogError>>;
+
+    /// Stops accepting events. Cursors still read what was appended before,
+    /// then report the end.
+    fn close(&self);
+}
+
+/// One subscription's read position in a [`Log`].
+pub trait Cursor: Send + Debug {
+    /// Waits for events after the cursor and returns up to `max` of them;
+    /// `Ok(None)` once the log is closed and everything was read.
+    ///
+    /// Must be cancel safe: the bus drops the future when other work (a
+    /// replay, a finished task) arrives first, and calls again later.
+    fn next(&mut self, max: usize) -> BoxFuture<'_, Result<Option<Batch>, LogError>>;
+
+    /// Marks every event before `up_to` as finished by this subscription:
+    /// handled or dead-lettered. The in-memory log frees the ring space; a
+    /// durable log commits the position.
+    fn release(&mut self, up_to: Position) -> BoxFuture<'_, Result<(), LogError>>;
+
+    /// The position of the next event [`next`](Cursor::next) will return.
+    fn position(&self) -> Position;
+}

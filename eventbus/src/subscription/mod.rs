@@ -1,0 +1,406 @@
+//! Subscriptions: a named consumer with its demand, mode, filter and retry
+//! policy, reading the bus's log through its own cursor.
+//!
+//! # Demand
+//!
+//! A subscription pulls events; nothing is pushed at it. Each read takes at
+//! most `max_demand` events that pass its filter (default 1000, as in
+//! GenStage), and finished positions are released back to the log every
+//! `max_demand - min_demand` events (`min_demand` defaults to three quarters
+//! of `max_demand`), so the producer gets room in steps rather than one slot
+//! at a time. The producer waits when the slowest subscription is a full
+//! buffer behind.
+//!
+//! # Modes
+//!
+//! - [`sequential`](SubscriptionBuilder::sequential), the default: one event
+//!   at a time, in log order.
+//! - [`concurrent(n)`](SubscriptionBuilder::concurrent): one task per event,
+//!   at most `n` in flight; a finished task's slot is refilled at once.
+//!   Events still in flight occupy the bus's buffer, so a limit above the
+//!   bus capacity is capped by the capacity.
+//! - [`partitioned(n, key)`](SubscriptionBuilder::partitioned): `n` lanes,
+//!   each sequential; events with the same key stay in order.
+//!
+//! A subscription starts at the head of the log: it receives events notified
+//! after [`start`](SubscriptionBuilder::start) returns.
+
+mod filter;
+mod runner;
+mod state;
+
+pub use self::filter::{Filter, PatternError};
+pub use self::state::SubscriptionStats;
+
+pub(crate) use self::state::State;
+
+use crate::bus::{Bus, Slot, SubscribeError};
+use crate::consumer::{Consumer, Context};
+use crate::dead_letter::Route;
+use crate::event::AnyEvent;
+use crate::log::StartFrom;
+use crate::retry::Retry;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use tokio::sync::{Notify, mpsc, watch};
+
+pub(crate) type KeyFn = Arc<dyn Fn(&AnyEvent) -> u64 + Send + Sync>;
+
+#[derive(Clone)]
+pub(crate) enum Mode {
+    Sequential,
+    Concurrent(usize),
+    Partitioned { lanes: usize, key: KeyFn },
+}
+
+impl fmt::Debug for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Sequential => f.write_str("Sequential"),
+            Mode::Concurrent(n) => f.debug_tuple("Concurrent").field(n).finish(),
+            Mode::Partitioned { lanes, .. } => {
+                f.debug_struct("Partitioned").field("lanes", lanes).finish()
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) max_demand: usize,
+    pub(crate) release_every: usize,
+    pub(crate) mode: Mode,
+}
+
+/// Configures a subscription; from [`Bus::subscribe`].
+///
+/// # Examples
+///
+/// ```
+/// use eventbus::{AnyEvent, Bus, Retry};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::builder().build()?;
+/// let search = bus
+///     .subscribe(
+///         "search-index",
+///         eventbus::consumer_fn(|event: AnyEvent| async move {
+///             let _ = event; // index it
+///             Ok(())
+///         }),
+///     )
+///     .events(["user.*", "post.published"])?
+///     .concurrent(64)
+///     .retry(Retry::exponential(Duration::from_millis(200)).max_attempts(8))
+///     .start()
+///     .await?;
+/// assert_eq!(search.name(), "search-index");
+/// # Ok(()) }
+/// ```
+#[must_use = "a subscription does nothing until `start` is called"]
+pub struct SubscriptionBuilder<'a, C> {
+    bus: &'a Bus,
+    name: String,
+    consumer: C,
+    max_demand: usize,
+    min_demand: Option<usize>,
+    mode: Mode,
+    filter: Filter,
+    retry: Retry,
+    from: StartFrom,
+}
+
+impl<C> fmt::Debug for SubscriptionBuilder<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionBuilder")
+            .field("name", &self.name)
+            .field("max_demand", &self.max_demand)
+            .field("min_demand", &self.min_demand)
+            .field("mode", &self.mode)
+            .field("filter", &self.filter)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
+    pub(crate) fn new(bus: &'a Bus, name: String, consumer: C) -> Self {
+        SubscriptionBuilder {
+            bus,
+            name,
+            consumer,
+            max_demand: 1000,
+            min_demand: None,
+            mode: Mode::Sequential,
+            filter: Filter::all(),
+            retry: Retry::default(),
+            from: StartFrom::Now,
+        }
+    }
+
+    /// The most events pulled from the log at once. Default 1000.
+    pub fn max_demand(mut self, max: usize) -> Self {
+        self.max_demand = max;
+        self
+    }
+
+    /// Finished positions are released to the log each time this many or
+    /// fewer of a read remain: every `max_demand - min_demand` events.
+    /// Default three quarters of `max_demand`. Must be below `max_demand`.
+    pub fn min_demand(mut self, min: usize) -> Self {
+        self.min_demand = Some(min);
+        self
+    }
+
+    /// One event at a time, in log order. The default.
+    pub fn sequential(mut self) -> Self {
+        self.mode = Mode::Sequential;
+        self
+    }
+
+    /// One task per event, at most `limit` in flight.
+    pub fn concurrent(mut self, limit: usize) -> Self {
+        self.mode = Mode::Concurrent(limit);
+        self
+    }
+
+    /// `lanes` sequential lanes; events with equal `key`s go to the same lane
+    /// and so stay in order, while different keys run in parallel.
+    pub fn partitioned<K, F>(mut self, lanes: usize, key: F) -> Self
+    where
+        F: Fn(&AnyEvent) -> K + Send + Sync + 'static,
+        K: Hash,
+    {
+        let key: KeyFn = Arc::new(move |event| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            key(event).hash(&mut hasher);
+            hasher.finish()
+        });
+        self.mode = Mode::Partitioned { lanes, key };
+        self
+    }
+
+    /// Receives only events whose names match one of `patterns`: exact names
+    /// (`user.created`), prefixes (`user.*`) or `*`.
+    ///
+    /// # Errors
+    ///
+    /// [`PatternError`] for a `*` anywhere but at the end of a pattern.
+    pub fn events<I, S>(mut self, patterns: I) -> Result<Self, PatternError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for pattern in patterns {
+            self.filter = self.filter.event(pattern.as_ref())?;
+        }
+        Ok(self)
+    }
+
+    /// Receives only events that implement protocol `P`.
+    pub fn protocol<P: ?Sized + crate::Protocol>(mut self) -> Self {
+        self.filter = self.filter.protocol::<P>();
+        self
+    }
+
+    /// Replaces the filter.
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// How failures are retried before an event is dead-lettered. Default
+    /// [`Retry::default`].
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Where the subscription starts reading. Default [`StartFrom::Now`].
+    pub fn start_from(mut self, from: StartFrom) -> Self {
+        self.from = from;
+        self
+    }
+
+    /// Checks the settings, opens the subscription's cursor and starts its
+    /// task.
+    ///
+    /// # Errors
+    ///
+    /// [`SubscribeError`] naming the setting that is wrong, the name that is
+    /// taken, or the log's refusal.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub async fn start(self) -> Result<Subscription, SubscribeError> {
+        let SubscriptionBuilder {
+            bus,
+            name,
+            mut consumer,
+            max_demand,
+            min_demand,
+            mode,
+            filter,
+            retry,
+            from,
+        } = self;
+        if name.trim().is_empty() {
+            return Err(SubscribeError::EmptyName);
+        }
+        if max_demand == 0 {
+            return Err(SubscribeError::ZeroMaxDemand);
+        }
+        let min_demand = match min_demand {
+            Some(min) if min >= max_demand => {
+                return Err(SubscribeError::MinDemandNotBelowMax {
+                    min,
+                    max: max_demand,
+                });
+            }
+            Some(min) => min,
+            None => max_demand * 3 / 4,
+        };
+        match &mode {
+            Mode::Concurrent(0) => return Err(SubscribeError::ZeroConcurrency),
+            Mode::Partitioned { lanes: 0, .. } => return Err(SubscribeError::ZeroLanes),
+            _ => {}
+        }
+
+        let inner = bus.inner();
+        {
+            let mut subscriptions = inner.subscriptions.lock().expect("subscriptions lock");
+            if inner.log.is_closed() {
+                return Err(SubscribeError::Closed);
+            }
+            if subscriptions.contains_key(&name) {
+                return Err(SubscribeError::DuplicateName(name));
+            }
+            // Reserve the name while the cursor opens.
+            subscriptions.insert(name.clone(), Slot::Starting);
+        }
+        let cursor = match inner.log.log().open(&name, from).await {
+            Ok(cursor) => cursor,
+            Err(err) => {
+                inner
+                    .subscriptions
+                    .lock()
+                    .expect("subscriptions lock")
+                    .remove(&name);
+                return Err(SubscribeError::Log(err));
+            }
+        };
+        let start = cursor.position();
+
+        let name: Arc<str> = Arc::from(name);
+        let (flush_tx, flush_rx) = mpsc::channel(4);
+        let (replay_tx, replay_rx) = mpsc::unbounded_channel();
+        let state = Arc::new(State {
+            name: Arc::clone(&name),
+            counters: Default::default(),
+            done: watch::Sender::new(start),
+            replays: Arc::new(AtomicU64::new(0)),
+            stop: AtomicBool::new(false),
+            wake: Notify::new(),
+            flush: flush_tx,
+            task: Mutex::new(None),
+        });
+        let dead_letters = inner
+            .dead_letters
+            .writer(Arc::clone(&name), Arc::clone(&state.counters.dead_lettered));
+        inner.dead_letters.route(
+            &name,
+            Route {
+                tx: replay_tx,
+                pending: Arc::clone(&state.replays),
+            },
+        );
+        consumer.start(&Context {
+            subscription: Arc::clone(&name),
+            dead_letters: dead_letters.clone(),
+        });
+        let filter = filter.or_interest(consumer.interest());
+        let runner = runner::Runner {
+            deliverer: Arc::new(runner::Deliverer {
+                consumer,
+                retry,
+                state: Arc::clone(&state),
+                dead_letters,
+                metrics: runner::Metrics::new(&name),
+            }),
+            cursor,
+            log: Arc::clone(inner.log.log()),
+            filter: filter::CachedFilter::new(filter),
+            config: Config {
+                max_demand,
+                release_every: (max_demand - min_demand).max(1),
+                mode,
+            },
+            replays: replay_rx,
+            flushes: flush_rx,
+            read: start,
+        };
+        let task = tokio::spawn(runner.run());
+        *state.task.lock().expect("task lock") = Some(task);
+        inner
+            .subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .insert(name.to_string(), Slot::Running(Arc::clone(&state)));
+        tracing::debug!(subscription = %name, "subscription started");
+        Ok(Subscription {
+            state,
+            bus: bus.clone(),
+        })
+    }
+}
+
+/// A running subscription. Cheap to clone; dropping it does not stop the
+/// subscription, [`stop`](Subscription::stop) or
+/// [`Bus::shutdown`](crate::Bus::shutdown) does.
+#[derive(Clone)]
+pub struct Subscription {
+    state: Arc<State>,
+    bus: Bus,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("name", &self.state.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The subscription's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// The subscription's counters now.
+    pub fn stats(&self) -> SubscriptionStats {
+        self.state.stats(self.bus.head())
+    }
+
+    /// Stops the subscription: it reads no further, finishes the events it
+    /// already took, flushes its consumer and releases its cursor. Events
+    /// notified afterwards are not delivered to it.
+    pub async fn stop(&self) {
+        self.bus.remove(&self.state.name).await;
+    }
+}
+
+pub(crate) async fn stop_and_join(state: &State) {
+    state.stop.store(true, SeqCst);
+    state.wake.notify_one();
+    let task = state.task.lock().expect("task lock").take();
+    if let Some(task) = task {
+        let _ = task.await;
+    }
+}

@@ -1,0 +1,350 @@
+//! The task behind each subscription: pull from the cursor up to the demand,
+//! hand events to the consumer in the subscription's mode, release finished
+//! positions back to the log, and retry or dead-letter failures.
+
+use super::filter::CachedFilter;
+use super::state::{State, Watermark};
+use super::{Config, Mode};
+use crate::consumer::Consumer;
+use crate::dead_letter::{DeadLetterWriter, error_chain, panic_message};
+use crate::event::AnyEvent;
+use crate::log::{Batch, Cursor, Log, Position};
+use crate::retry::Retry;
+use chrono::Utc;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
+
+/// Hands one event to the consumer, with retries and dead-lettering. Shared
+/// by the runner and, in concurrent and partitioned modes, by its tasks.
+pub(crate) struct Deliverer<C> {
+    pub(crate) consumer: C,
+    pub(crate) retry: Retry,
+    pub(crate) state: Arc<State>,
+    pub(crate) dead_letters: DeadLetterWriter,
+    pub(crate) metrics: Metrics,
+}
+
+pub(crate) struct Metrics {
+    delivered: metrics::Counter,
+    failed: metrics::Counter,
+    retried: metrics::Counter,
+    in_flight: metrics::Gauge,
+    lag: metrics::Gauge,
+}
+
+impl Metrics {
+    pub(crate) fn new(subscription: &str) -> Self {
+        let label = subscription.to_owned();
+        Metrics {
+            delivered: metrics::counter!("eventbus_delivered_total", "subscription" => label.clone()),
+            failed: metrics::counter!("eventbus_failed_total", "subscription" => label.clone()),
+            retried: metrics::counter!("eventbus_retried_total", "subscription" => label.clone()),
+            in_flight: metrics::gauge!("eventbus_in_flight", "subscription" => label.clone()),
+            lag: metrics::gauge!("eventbus_lag", "subscription" => label),
+        }
+    }
+}
+
+impl<C: Consumer> Deliverer<C> {
+    pub(crate) async fn deliver(&self, event: &AnyEvent) {
+        let counters = &self.state.counters;
+        let mut attempt = 1;
+        let mut first_failed_at = None;
+        loop {
+            let span = tracing::debug_span!(
+                "eventbus.deliver",
+                subscription = %self.state.name,
+                event = %event.name(),
+                event_id = %event.meta().id,
+                correlation_id = %event.meta().correlation_id,
+                attempt,
+            );
+            let outcome = AssertUnwindSafe(self.consumer.handle(event))
+                .catch_unwind()
+                .instrument(span)
+                .await;
+            let errors = match outcome {
+                Ok(Ok(())) => {
+                    counters.delivered.fetch_add(1, Relaxed);
+                    self.metrics.delivered.increment(1);
+                    return;
+                }
+                Ok(Err(err)) => error_chain(&*err),
+                Err(panic) => vec![format!("panicked: {}", panic_message(&*panic))],
+            };
+            counters.failed.fetch_add(1, Relaxed);
+            self.metrics.failed.increment(1);
+            let first = *first_failed_at.get_or_insert_with(Utc::now);
+            if attempt >= self.retry.attempts() {
+                self.dead_letters
+                    .write(event.clone(), errors, attempt, first);
+                return;
+            }
+            let delay = self.retry.delay(attempt);
+            tracing::warn!(
+                subscription = %self.state.name,
+                event = %event.name(),
+                event_id = %event.meta().id,
+                attempt,
+                retry_in = ?delay,
+                error = %errors.join(": "),
+                "event handling failed; retrying",
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+            counters.retried.fetch_add(1, Relaxed);
+            self.metrics.retried.increment(1);
+        }
+    }
+}
+
+pub(crate) struct Runner<C> {
+    pub(crate) deliverer: Arc<Deliverer<C>>,
+    pub(crate) cursor: Box<dyn Cursor>,
+    pub(crate) log: Arc<dyn Log>,
+    pub(crate) filter: CachedFilter,
+    pub(crate) config: Config,
+    pub(crate) replays: mpsc::UnboundedReceiver<AnyEvent>,
+    pub(crate) flushes: mpsc::Receiver<oneshot::Sender<()>>,
+    /// Everything before this was read from the cursor.
+    pub(crate) read: Position,
+}
+
+/// How the runner hands events over, by mode.
+enum Lanes {
+    Sequential,
+    Concurrent {
+        permits: Arc<Semaphore>,
+        limit: usize,
+        watermark: Arc<Watermark>,
+    },
+    Partitioned {
+        senders: Vec<mpsc::Sender<(Position, AnyEvent)>>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+        key: super::KeyFn,
+        watermark: Arc<Watermark>,
+    },
+}
+
+impl Lanes {
+    fn watermark(&self) -> Option<&Arc<Watermark>> {
+        match self {
+            Lanes::Sequential => None,
+            Lanes::Concurrent { watermark, .. } | Lanes::Partitioned { watermark, .. } => {
+                Some(watermark)
+            }
+        }
+    }
+}
+
+impl<C: Consumer> Runner<C> {
+    pub(crate) async fn run(mut self) {
+        let mut lanes = self.lanes();
+        let state = Arc::clone(&self.deliverer.state);
+        let never = Arc::new(Watermark::default());
+        loop {
+            if state.stop.load(SeqCst) {
+                break;
+            }
+            let progressed = lanes.watermark().unwrap_or(&never).clone();
+            let max = self.config.max_demand;
+            tokio::select! {
+                biased;
+                () = state.wake.notified() => {}
+                Some(ack) = self.flushes.recv() => {
+                    self.deliverer.consumer.flush().await;
+                    let _ = ack.send(());
+                }
+                Some(event) = self.replays.recv() => {
+                    self.deliverer.deliver(&event).await;
+                    state.replays.fetch_sub(1, SeqCst);
+                    state.done.send_modify(|_| {});
+                }
+                () = progressed.progressed.notified(), if lanes.watermark().is_some() => {
+                    let done = progressed.done(self.read);
+                    self.release(done).await;
+                }
+                batch = self.cursor.next(max) => match batch {
+                    Ok(Some(batch)) => self.process(&batch, &mut lanes).await,
+                    Ok(None) => break,
+                    Err(err) => {
+                        tracing::error!(
+                            subscription = %state.name,
+                            error = %error_chain(&err).join(": "),
+                            "reading the log failed; trying again in 1s",
+                        );
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+            }
+        }
+        self.finish(lanes).await;
+    }
+
+    fn lanes(&self) -> Lanes {
+        match &self.config.mode {
+            Mode::Sequential => Lanes::Sequential,
+            Mode::Concurrent(limit) => Lanes::Concurrent {
+                permits: Arc::new(Semaphore::new(*limit)),
+                limit: *limit,
+                watermark: Arc::default(),
+            },
+            Mode::Partitioned { lanes, key } => {
+                let watermark: Arc<Watermark> = Arc::default();
+                let depth = (self.config.max_demand / lanes).max(1);
+                let (senders, tasks) = (0..*lanes)
+                    .map(|_| {
+                        let (tx, mut rx) = mpsc::channel::<(Position, AnyEvent)>(depth);
+                        let deliverer = Arc::clone(&self.deliverer);
+                        let watermark = Arc::clone(&watermark);
+                        let task = tokio::spawn(async move {
+                            while let Some((pos, event)) = rx.recv().await {
+                                deliverer.deliver(&event).await;
+                                deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
+                                watermark.finish(pos);
+                            }
+                        });
+                        (tx, task)
+                    })
+                    .unzip();
+                Lanes::Partitioned {
+                    senders,
+                    tasks,
+                    key: Arc::clone(key),
+                    watermark,
+                }
+            }
+        }
+    }
+
+    async fn process(&mut self, batch: &Batch, lanes: &mut Lanes) {
+        let deliverer = Arc::clone(&self.deliverer);
+        let counters = &deliverer.state.counters;
+        let mut filtered = 0;
+        let mut since_release = 0;
+        for i in 0..batch.len() {
+            let (pos, event) = batch.get(i);
+            if !self.filter.matches(event) {
+                filtered += 1;
+            } else {
+                match lanes {
+                    Lanes::Sequential => {
+                        counters.in_flight.store(1, Relaxed);
+                        self.deliverer.deliver(event).await;
+                        counters.in_flight.store(0, Relaxed);
+                    }
+                    Lanes::Concurrent {
+                        permits, watermark, ..
+                    } => {
+                        let permit = Arc::clone(permits)
+                            .acquire_owned()
+                            .await
+                            .expect("the runner never closes its semaphore");
+                        watermark.start(pos);
+                        counters.in_flight.fetch_add(1, Relaxed);
+                        let deliverer = Arc::clone(&self.deliverer);
+                        let watermark = Arc::clone(watermark);
+                        let event = event.clone();
+                        tokio::spawn(async move {
+                            deliverer.deliver(&event).await;
+                            deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
+                            watermark.finish(pos);
+                            drop(permit);
+                        });
+                    }
+                    Lanes::Partitioned {
+                        senders,
+                        key,
+                        watermark,
+                        ..
+                    } => {
+                        let lane = (key(event) % senders.len() as u64) as usize;
+                        watermark.start(pos);
+                        counters.in_flight.fetch_add(1, Relaxed);
+                        if senders[lane].send((pos, event.clone())).await.is_err() {
+                            // Lanes end only when the runner drops them, so
+                            // this is a lane task that died; say so loudly
+                            // rather than stall the subscription.
+                            tracing::error!(
+                                subscription = %self.deliverer.state.name,
+                                lane,
+                                "partition lane stopped; event not delivered",
+                            );
+                            counters.in_flight.fetch_sub(1, Relaxed);
+                            watermark.finish(pos);
+                        }
+                    }
+                }
+            }
+            since_release += 1;
+            if since_release >= self.config.release_every {
+                since_release = 0;
+                self.read = pos + 1;
+                let done = lanes.watermark().map_or(pos + 1, |w| w.done(pos + 1));
+                self.release(done).await;
+            }
+        }
+        if filtered > 0 {
+            counters.filtered.fetch_add(filtered, Relaxed);
+        }
+        if let Some(end) = batch.end() {
+            self.read = end;
+            let done = lanes.watermark().map_or(end, |w| w.done(end));
+            self.release(done).await;
+        }
+    }
+
+    async fn release(&mut self, done: Position) {
+        let state = &self.deliverer.state;
+        if done <= *state.done.borrow() {
+            return;
+        }
+        if let Err(err) = self.cursor.release(done).await {
+            tracing::error!(
+                subscription = %state.name,
+                error = %error_chain(&err).join(": "),
+                "releasing finished events to the log failed",
+            );
+            return;
+        }
+        state.set_done(done);
+        let metrics = &self.deliverer.metrics;
+        metrics
+            .in_flight
+            .set(state.counters.in_flight.load(Relaxed) as f64);
+        metrics.lag.set(self.log.head().saturating_sub(done) as f64);
+    }
+
+    /// Finishes in-flight work and buffered batches before the task ends.
+    async fn finish(mut self, lanes: Lanes) {
+        let state = Arc::clone(&self.deliverer.state);
+        match lanes {
+            Lanes::Sequential => {}
+            Lanes::Concurrent { permits, limit, .. } => {
+                let _all = permits
+                    .acquire_many(limit as u32)
+                    .await
+                    .expect("the runner never closes its semaphore");
+            }
+            Lanes::Partitioned { senders, tasks, .. } => {
+                drop(senders);
+                for task in tasks {
+                    let _ = task.await;
+                }
+            }
+        }
+        while let Ok(event) = self.replays.try_recv() {
+            self.deliverer.deliver(&event).await;
+            state.replays.fetch_sub(1, SeqCst);
+        }
+        self.deliverer.consumer.flush().await;
+        let read = self.read;
+        self.release(read).await;
+        self.deliverer.metrics.lag.set(0.0);
+    }
+}

@@ -1,0 +1,119 @@
+//! What a running subscription shares with its handle and the bus: counters,
+//! the finished position, and the controls to flush and stop it.
+
+use crate::log::Position;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// A snapshot of one subscription's counters, from
+/// [`Bus::stats`](crate::Bus::stats) or
+/// [`Subscription::stats`](crate::Subscription::stats).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriptionStats {
+    /// The subscription's name.
+    pub name: String,
+    /// Events handled successfully, retries and replays included.
+    pub delivered: u64,
+    /// Failed attempts: errors and panics.
+    pub failed: u64,
+    /// Attempts that were retries.
+    pub retried: u64,
+    /// Events given up on and written to the dead letters.
+    pub dead_lettered: u64,
+    /// Events passed over by the filter.
+    pub filtered: u64,
+    /// Events being handled right now.
+    pub in_flight: u64,
+    /// Events notified but not yet finished by this subscription.
+    pub lag: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: Arc<AtomicU64>,
+    pub(crate) filtered: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+}
+
+pub(crate) struct State {
+    pub(crate) name: Arc<str>,
+    pub(crate) counters: Counters,
+    /// Every event before this position is finished.
+    pub(crate) done: watch::Sender<Position>,
+    /// Replays sent but not yet finished.
+    pub(crate) replays: Arc<AtomicU64>,
+    pub(crate) stop: AtomicBool,
+    pub(crate) wake: Notify,
+    pub(crate) flush: mpsc::Sender<oneshot::Sender<()>>,
+    pub(crate) task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl State {
+    pub(crate) fn stats(&self, head: Position) -> SubscriptionStats {
+        let c = &self.counters;
+        SubscriptionStats {
+            name: self.name.to_string(),
+            delivered: c.delivered.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            retried: c.retried.load(Relaxed),
+            dead_lettered: c.dead_lettered.load(Relaxed),
+            filtered: c.filtered.load(Relaxed),
+            in_flight: c.in_flight.load(Relaxed),
+            lag: head.saturating_sub(*self.done.borrow()),
+        }
+    }
+
+    pub(crate) fn set_done(&self, position: Position) {
+        self.done.send_if_modified(|done| {
+            if position > *done {
+                *done = position;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// The finished position when events finish out of order (concurrent and
+/// partitioned modes): everything before the oldest unfinished event.
+#[derive(Default)]
+pub(crate) struct Watermark {
+    in_flight: Mutex<BTreeSet<Position>>,
+    /// Set when work finishes, so the runner releases the log promptly.
+    pub(crate) progressed: Notify,
+}
+
+impl Watermark {
+    pub(crate) fn start(&self, position: Position) {
+        self.in_flight
+            .lock()
+            .expect("watermark lock")
+            .insert(position);
+    }
+
+    pub(crate) fn finish(&self, position: Position) {
+        self.in_flight
+            .lock()
+            .expect("watermark lock")
+            .remove(&position);
+        self.progressed.notify_one();
+    }
+
+    /// Everything before the returned position is finished, given that
+    /// everything before `read` was read.
+    pub(crate) fn done(&self, read: Position) -> Position {
+        self.in_flight
+            .lock()
+            .expect("watermark lock")
+            .first()
+            .map_or(read, |&oldest| oldest.min(read))
+    }
+}

@@ -1,0 +1,114 @@
+//! Every setting that cannot work is a clear error at the call that made it,
+//! naming the setting.
+
+use eventbus::testing::Recorder;
+use eventbus::{BuildError, Bus, MemoryLog, StartFrom, SubscribeError};
+
+#[test]
+fn zero_capacity_is_refused_at_build() {
+    let err = Bus::builder().capacity(0).build().unwrap_err();
+    assert_eq!(err, BuildError::ZeroCapacity);
+    assert_eq!(
+        err.to_string(),
+        "`capacity` must be at least 1: it is how many unfinished events the bus holds"
+    );
+}
+
+#[test]
+fn capacity_with_a_log_of_ones_own_is_refused() {
+    let err = Bus::builder()
+        .capacity(8)
+        .log(MemoryLog::new(8))
+        .build()
+        .unwrap_err();
+    assert_eq!(err, BuildError::CapacityWithCustomLog);
+}
+
+async fn start_err(
+    configure: impl FnOnce(
+        eventbus::SubscriptionBuilder<'_, Recorder>,
+    ) -> eventbus::SubscriptionBuilder<'_, Recorder>,
+) -> String {
+    let bus = Bus::builder().build().unwrap();
+    configure(bus.subscribe("s", Recorder::new()))
+        .start()
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
+#[tokio::test]
+async fn demand_settings_are_checked_at_start() {
+    assert_eq!(
+        start_err(|s| s.max_demand(0)).await,
+        "`max_demand` must be at least 1: it is how many events the subscription pulls at once"
+    );
+    assert_eq!(
+        start_err(|s| s.max_demand(10).min_demand(10)).await,
+        "`min_demand` (10) must be below `max_demand` (10)"
+    );
+    assert_eq!(
+        start_err(|s| s.min_demand(5000)).await,
+        "`min_demand` (5000) must be below `max_demand` (1000)"
+    );
+}
+
+#[tokio::test]
+async fn mode_settings_are_checked_at_start() {
+    assert_eq!(
+        start_err(|s| s.concurrent(0)).await,
+        "`concurrent` needs a limit of at least 1 event in flight"
+    );
+    assert_eq!(
+        start_err(|s| s.partitioned(0, |_| 0)).await,
+        "`partitioned` needs at least 1 lane"
+    );
+}
+
+#[tokio::test]
+async fn the_in_memory_log_cannot_start_from_the_beginning() {
+    let message = start_err(|s| s.start_from(StartFrom::Beginning)).await;
+    assert_eq!(
+        message,
+        "the bus's log could not open a cursor for the subscription"
+    );
+    let bus = Bus::builder().build().unwrap();
+    let err = bus
+        .subscribe("s", Recorder::new())
+        .start_from(StartFrom::Beginning)
+        .start()
+        .await
+        .unwrap_err();
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(
+        source.starts_with("the in-memory log keeps no history"),
+        "{source}"
+    );
+    // The failed start does not keep the name.
+    bus.subscribe("s", Recorder::new()).start().await.unwrap();
+}
+
+#[tokio::test]
+async fn names_are_unique_and_not_empty() {
+    let bus = Bus::builder().build().unwrap();
+    bus.subscribe("audit", Recorder::new())
+        .start()
+        .await
+        .unwrap();
+    let err = bus
+        .subscribe("audit", Recorder::new())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SubscribeError::DuplicateName(ref n) if n == "audit"));
+    assert_eq!(
+        err.to_string(),
+        "a subscription named `audit` is already running; names must be unique within a bus"
+    );
+    let err = bus
+        .subscribe(" ", Recorder::new())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SubscribeError::EmptyName));
+}
