@@ -1,6 +1,6 @@
 //! The bus: where services notify events and subscriptions pull them.
 //!
-//! A [`Bus`] owns a [`Log`](crate::log::Log) (in memory by default) and the
+//! A [`Bus`] owns a [`Log`] (in memory by default) and the
 //! subscriptions reading it. [`Bus::notify`] returns once the event is in the
 //! log and waits while the slowest subscription is a full buffer behind;
 //! [`Bus::try_notify`] returns [`TryNotifyError::Full`] instead of waiting.

@@ -12,7 +12,7 @@
 mod batcher;
 mod protocol;
 
-pub use self::batcher::{BatchConfig, Batcher, Sink, sink_fn};
+pub use self::batcher::{BatchConfig, Batcher, BatcherStopped, FnSink, Sink, sink_fn};
 pub use self::protocol::ProtocolConsumer;
 
 use crate::dead_letter::DeadLetterWriter;
