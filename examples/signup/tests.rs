@@ -27,3 +27,63 @@ fn every_protocol_consumes_every_event() {
     // Ten registered impls; UserDeleted has two samples, so its two run twice.
     assert_eq!(ran.calls, 12);
 }
+
+mod end_to_end {
+    use crate::events::*;
+    use crate::protocols::Auditable;
+    use crate::service::Accounts;
+    use eventbus::testing::Recorder;
+    use eventbus::{Bus, ProtocolConsumer, Track, Trackable, sink_fn};
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test]
+    async fn a_signup_reaches_every_side_effect() {
+        let bus = Bus::builder().build().unwrap();
+        let everything = Recorder::new();
+        bus.subscribe("everything", everything.clone())
+            .start()
+            .await
+            .unwrap();
+        let tracked = Arc::new(Mutex::new(Vec::<Track>::new()));
+        let sink = {
+            let tracked = Arc::clone(&tracked);
+            sink_fn(move |batch: Vec<Track>| {
+                tracked.lock().unwrap().extend(batch);
+                async { Ok(()) }
+            })
+        };
+        bus.subscribe("analytics", ProtocolConsumer::<dyn Trackable, _>::new(sink))
+            .start()
+            .await
+            .unwrap();
+        let audit = Recorder::new();
+        bus.subscribe("audit", audit.clone())
+            .protocol::<dyn Auditable>()
+            .start()
+            .await
+            .unwrap();
+
+        let accounts = Accounts::new(bus.clone());
+        let signup = accounts.sign_up(7, "ada@example.com", "web").await.unwrap();
+        accounts.subscribe(&signup, "pro", 2_900).await.unwrap();
+        accounts.delete(8, None).await.unwrap();
+        bus.drain().await;
+
+        let created = everything.assert_received::<UserCreated>(|e| e.user_id == 7);
+        assert_eq!(created.email, "ada@example.com");
+        let started = everything
+            .assert_received::<SubscriptionStarted>(|e| e.plan == "pro" && e.user_id == 7);
+        assert_eq!(
+            started.meta.causation_id,
+            Some(created.meta.id),
+            "linked to the signup"
+        );
+        assert_eq!(started.meta.correlation_id, created.meta.correlation_id);
+
+        let tracked = tracked.lock().unwrap();
+        let names: Vec<&str> = tracked.iter().map(|t| t.event.as_str()).collect();
+        assert_eq!(names, ["user.created", "subscription.started"]);
+        assert_eq!(audit.names(), ["subscription.started", "user.deleted"]);
+        audit.assert_not_received::<UserCreated>(|_| true);
+    }
+}

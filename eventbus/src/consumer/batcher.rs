@@ -44,6 +44,13 @@ pub trait Sink<T>: Send + Sync + 'static {
     fn write(&self, batch: &[T]) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
+/// A shared sink: keep one `Arc` to inspect it while the bus writes to it.
+impl<T, S: Sink<T>> Sink<T> for Arc<S> {
+    fn write(&self, batch: &[T]) -> impl Future<Output = Result<(), BoxError>> + Send {
+        S::write(self, batch)
+    }
+}
+
 /// A sink made from an async closure that takes each batch by value.
 pub fn sink_fn<T, F, Fut>(f: F) -> FnSink<T, F>
 where

@@ -74,6 +74,23 @@ pub trait Consumer: Send + Sync + 'static {
     }
 }
 
+/// A shared consumer: keep one `Arc` to inspect it while the bus runs the
+/// other. `start` is not forwarded, since the consumer behind a shared `Arc`
+/// cannot be changed; consumers that need it must be handed over by value.
+impl<C: Consumer> Consumer for Arc<C> {
+    fn handle(&self, event: &AnyEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        C::handle(self, event)
+    }
+
+    fn interest(&self) -> crate::Filter {
+        C::interest(self)
+    }
+
+    fn flush(&self) -> impl Future<Output = ()> + Send {
+        C::flush(self)
+    }
+}
+
 /// What a consumer learns when its subscription starts.
 #[derive(Debug, Clone)]
 pub struct Context {
