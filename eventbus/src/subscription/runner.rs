@@ -241,10 +241,13 @@ impl<C: Consumer> Runner<C> {
                     Lanes::Concurrent {
                         permits, watermark, ..
                     } => {
-                        let permit = Arc::clone(permits)
-                            .acquire_owned()
-                            .await
-                            .expect("the runner never closes its semaphore");
+                        let permit = match Arc::clone(permits).try_acquire_owned() {
+                            Ok(permit) => permit,
+                            Err(_) => Arc::clone(permits)
+                                .acquire_owned()
+                                .await
+                                .expect("the runner never closes its semaphore"),
+                        };
                         watermark.start(pos);
                         counters.in_flight.fetch_add(1, Relaxed);
                         let deliverer = Arc::clone(&self.deliverer);

@@ -2,7 +2,7 @@
 //! the finished position, and the controls to flush and stop it.
 
 use crate::log::Position;
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -84,36 +84,50 @@ impl State {
 
 /// The finished position when events finish out of order (concurrent and
 /// partitioned modes): everything before the oldest unfinished event.
+///
+/// Events start in position order, so the window is a queue: starting pushes
+/// at the back, finishing marks an entry found by binary search, and the
+/// finished prefix is popped from the front. No allocation per event once the
+/// queue has grown to the number in flight.
 #[derive(Default)]
 pub(crate) struct Watermark {
-    in_flight: Mutex<BTreeSet<Position>>,
-    /// Set when work finishes, so the runner releases the log promptly.
+    window: Mutex<VecDeque<(Position, bool)>>,
+    /// Set when the oldest event finishes, so the runner releases the log
+    /// promptly.
     pub(crate) progressed: Notify,
 }
 
 impl Watermark {
     pub(crate) fn start(&self, position: Position) {
-        self.in_flight
-            .lock()
-            .expect("watermark lock")
-            .insert(position);
+        let mut window = self.window.lock().expect("watermark lock");
+        debug_assert!(window.back().is_none_or(|(last, _)| *last < position));
+        window.push_back((position, false));
     }
 
     pub(crate) fn finish(&self, position: Position) {
-        self.in_flight
-            .lock()
-            .expect("watermark lock")
-            .remove(&position);
+        let mut window = self.window.lock().expect("watermark lock");
+        let Ok(i) = window.binary_search_by_key(&position, |(p, _)| *p) else {
+            return;
+        };
+        window[i].1 = true;
+        if i > 0 {
+            // Only the oldest event finishing moves the watermark.
+            return;
+        }
+        while window.front().is_some_and(|(_, finished)| *finished) {
+            window.pop_front();
+        }
+        drop(window);
         self.progressed.notify_one();
     }
 
     /// Everything before the returned position is finished, given that
     /// everything before `read` was read.
     pub(crate) fn done(&self, read: Position) -> Position {
-        self.in_flight
+        self.window
             .lock()
             .expect("watermark lock")
-            .first()
-            .map_or(read, |&oldest| oldest.min(read))
+            .front()
+            .map_or(read, |&(oldest, _)| oldest.min(read))
     }
 }
