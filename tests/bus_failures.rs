@@ -287,3 +287,31 @@ fn backoff_grows_exponentially_up_to_the_cap() {
     assert_eq!(Retry::never().attempts(), 1);
     assert_eq!(Retry::default().max_attempts(0).attempts(), 1);
 }
+
+#[tokio::test]
+async fn a_panicking_partition_key_dead_letters_the_event_and_goes_on() {
+    let bus = Bus::builder().build().unwrap();
+    let hooks = Webhooks::default();
+    bus.subscribe("by-order", hooks.clone())
+        .partitioned(2, |e: &AnyEvent| {
+            let order = e.downcast_ref::<PaymentTaken>().unwrap().order_id;
+            assert!(order != 0, "order 0 has no partition");
+            order
+        })
+        .start()
+        .await
+        .unwrap();
+    for order in [1, 0, 2] {
+        bus.notify(PaymentTaken::new(order)).await.unwrap();
+    }
+    bus.drain().await;
+    let mut got = orders(&hooks.delivered);
+    got.sort_unstable();
+    assert_eq!(got, [1, 2]);
+    let letters = bus.dead_letters().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].errors,
+        ["panicked: partition key: order 0 has no partition"]
+    );
+}

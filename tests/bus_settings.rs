@@ -112,3 +112,25 @@ async fn names_are_unique_and_not_empty() {
         .unwrap_err();
     assert!(matches!(err, SubscribeError::EmptyName));
 }
+
+#[tokio::test]
+async fn an_absurd_concurrency_limit_is_refused() {
+    assert_eq!(
+        start_err(|s| s.concurrent(usize::MAX)).await,
+        "`concurrent` limit 18446744073709551615 is above the most supported, 16777216"
+    );
+}
+
+#[tokio::test]
+async fn a_huge_capacity_does_not_overflow() {
+    let bus = Bus::builder().capacity(usize::MAX).build().unwrap();
+    let all = Recorder::new();
+    bus.subscribe("all", all.clone()).start().await.unwrap();
+    #[eventbus::event]
+    struct Pinged {}
+    for _ in 0..10 {
+        bus.try_notify(Pinged::new()).unwrap();
+    }
+    bus.drain().await;
+    assert_eq!(all.len(), 10);
+}

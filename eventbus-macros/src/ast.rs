@@ -135,6 +135,41 @@ pub(crate) fn type_string(ty: &syn::Type) -> String {
     out
 }
 
+/// Whether the field's serde attributes take over its serialization
+/// (`skip`, `with` and friends), in which case its type need not be
+/// serializable itself.
+pub(crate) fn serde_handles_field(field: &syn::Field) -> bool {
+    const KEYS: [&str; 7] = [
+        "skip",
+        "skip_serializing",
+        "skip_deserializing",
+        "with",
+        "serialize_with",
+        "deserialize_with",
+        "getter",
+    ];
+    field.attrs.iter().any(|attr| {
+        if !attr.path().is_ident("serde") {
+            return false;
+        }
+        let mut found = false;
+        let _ = attr.parse_nested_meta(|meta| {
+            if KEYS.iter().any(|k| meta.path.is_ident(k)) {
+                found = true;
+            }
+            if meta.input.peek(syn::Token![=]) {
+                let _ = meta.value()?.parse::<syn::Expr>()?;
+            } else if meta.input.peek(syn::token::Paren) {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let _ = content.parse::<proc_macro2::TokenStream>()?;
+            }
+            Ok(())
+        });
+        found
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::type_string;

@@ -6,6 +6,7 @@ use crate::attr::EventAttr;
 use crate::valid;
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Item, Result};
 
@@ -43,11 +44,18 @@ fn expand(input: &EventStruct, checked: &valid::Checked) -> TokenStream {
             quote!(::eventbus::__private::serde::Deserialize),
         ),
     ];
-    let derives: Vec<&TokenStream> = wanted
+    let missing: Vec<&(&str, TokenStream)> = wanted
         .iter()
         .filter(|(name, _)| !input.user_derives(name))
-        .map(|(_, path)| path)
         .collect();
+    let derives = missing.iter().map(|(_, path)| path);
+    // Point serde at the copy `eventbus` re-exports, so the user's crate
+    // needs no serde dependency, but only when this expansion brings the
+    // derive that introduces the attribute.
+    let serde_crate = missing
+        .iter()
+        .any(|(name, _)| name.starts_with("Serialize") || name.starts_with("Deserialize"))
+        .then(|| quote!(#[serde(crate = "::eventbus::__private::serde")]));
 
     let field_idents: Vec<_> = fields.iter().map(|f| f.ident.as_ref()).collect();
     let params = fields.iter().map(|f| {
@@ -55,10 +63,13 @@ fn expand(input: &EventStruct, checked: &valid::Checked) -> TokenStream {
         let ty = &f.ty;
         quote!(#ident: #ty)
     });
-    let field_checks = fields.iter().map(|f| {
-        let ty = &f.ty;
-        quote_spanned!(ty.span()=> ::eventbus::__private::assert_field::<#ty>();)
-    });
+    let field_checks = fields
+        .iter()
+        .filter(|f| !ast::serde_handles_field(f))
+        .map(|f| {
+            let ty = &f.ty;
+            quote_spanned!(ty.span()=> ::eventbus::__private::assert_field::<#ty>();)
+        });
     let field_entries = fields.iter().map(|f| {
         let name = f
             .ident
@@ -69,7 +80,7 @@ fn expand(input: &EventStruct, checked: &valid::Checked) -> TokenStream {
         quote!(::eventbus::__private::FieldInfo { name: #name, ty: #ty })
     });
     let doc = input.doc_summary();
-    let type_name = ident.to_string();
+    let type_name = ident.unraw().to_string();
     let file = quote_spanned!(ident.span()=> ::core::file!());
     let line = quote_spanned!(ident.span()=> ::core::line!());
     let new_doc = format!(
@@ -79,7 +90,7 @@ fn expand(input: &EventStruct, checked: &valid::Checked) -> TokenStream {
 
     quote! {
         #[derive(#(#derives),*)]
-        #[serde(crate = "::eventbus::__private::serde")]
+        #serde_crate
         #(#attrs)*
         #vis #struct_token #ident {
             #(#fields,)*

@@ -5,6 +5,7 @@
 use crate::valid::Errors;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Error, FnArg, ItemTrait, Result, ReturnType, TraitItem};
 
@@ -133,9 +134,10 @@ fn emit(item: &ItemTrait, method: &syn::TraitItemFn, output: &syn::Type) -> Toke
     let attrs = &item.attrs;
     let items = &item.items;
     let supertraits = item.supertraits.iter();
-    let hidden = format_ident!("__EventbusRegistered{}", ident);
+    let hidden = format_ident!("__EventbusRegistered{}", ident.unraw());
+    let unsafety = &item.unsafety;
     let method_ident = &method.sig.ident;
-    let name = ident.to_string();
+    let name = ident.unraw().to_string();
     let method_name = method_ident.to_string();
     let output_name = crate::ast::type_string(output);
     let file = quote_spanned!(ident.span()=> ::core::file!());
@@ -148,7 +150,7 @@ fn emit(item: &ItemTrait, method: &syn::TraitItemFn, output: &syn::Type) -> Toke
 
     quote! {
         #(#attrs)*
-        #vis trait #ident: #hidden #(+ #supertraits)* {
+        #vis #unsafety trait #ident: #hidden #(+ #supertraits)* {
             #(#items)*
         }
 

@@ -104,6 +104,9 @@ pub enum SubscribeError {
     /// `concurrent(0)`.
     #[error("`concurrent` needs a limit of at least 1 event in flight")]
     ZeroConcurrency,
+    /// `concurrent(n)` above [`MAX_CONCURRENCY`](crate::subscription::MAX_CONCURRENCY).
+    #[error("`concurrent` limit {0} is above the most supported, 16777216")]
+    ConcurrencyTooHigh(usize),
     /// `partitioned(0, ..)`.
     #[error("`partitioned` needs at least 1 lane")]
     ZeroLanes,

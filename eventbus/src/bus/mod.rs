@@ -65,13 +65,16 @@ pub(crate) struct Inner {
 pub(crate) enum Slot {
     Starting,
     Running(Arc<State>),
+    /// Stopping: the name stays taken until the runner has ended, so a new
+    /// subscription under it never overlaps the old one's cursor.
+    Stopping,
 }
 
 impl Slot {
     fn running(&self) -> Option<&Arc<State>> {
         match self {
             Slot::Running(state) => Some(state),
-            Slot::Starting => None,
+            Slot::Starting | Slot::Stopping => None,
         }
     }
 }
@@ -151,6 +154,11 @@ impl Bus {
     /// Accepts an event: returns once it is in the log, waiting while the
     /// slowest subscription is a full buffer behind.
     ///
+    /// A consumer that notifies on its own bus from `handle` can wait on
+    /// itself: if its subscription is the slowest, the space it waits for is
+    /// the space it would free by returning. Use
+    /// [`try_notify`](Bus::try_notify) there, or notify from a spawned task.
+    ///
     /// # Errors
     ///
     /// [`NotifyError::Closed`] after [`shutdown`](Bus::shutdown), with the
@@ -204,7 +212,10 @@ impl Bus {
         for state in self.running() {
             let mut done = state.done.subscribe();
             let _ = done
-                .wait_for(|done| *done >= head && state.replays.load(SeqCst) == 0)
+                .wait_for(|done| {
+                    state.finished.load(SeqCst)
+                        || (*done >= head && state.replays.load(SeqCst) == 0)
+                })
                 .await;
             // Replays change no position; their runner pings `done` when one
             // finishes, which re-runs the check above.
@@ -238,6 +249,7 @@ impl Bus {
                 && tokio::time::timeout_at(deadline, &mut task).await.is_err()
             {
                 task.abort();
+                state.mark_finished();
                 let stats = state.stats(self.head());
                 tracing::warn!(
                     subscription = %stats.name,
@@ -246,7 +258,7 @@ impl Bus {
                 );
                 report.timed_out.push(stats);
             }
-            self.inner.dead_letters.unroute(&state.name);
+            self.inner.dead_letters.unroute(&state.name, &state.replays);
         }
         report
     }
@@ -275,17 +287,22 @@ impl Bus {
     }
 
     pub(crate) async fn remove(&self, name: &str) -> bool {
-        let slot = self
-            .inner
-            .subscriptions
-            .lock()
-            .expect("subscriptions lock")
-            .remove(name);
-        let Some(Slot::Running(state)) = slot else {
-            return false;
+        let state = {
+            let mut subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
+            match subscriptions.get_mut(name) {
+                Some(slot @ Slot::Running(_)) => match std::mem::replace(slot, Slot::Stopping) {
+                    Slot::Running(state) => state,
+                    _ => unreachable!("matched as running"),
+                },
+                _ => return false,
+            }
         };
         subscription::stop_and_join(&state).await;
-        self.inner.dead_letters.unroute(name);
+        self.inner.dead_letters.unroute(name, &state.replays);
+        let mut subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
+        if matches!(subscriptions.get(name), Some(Slot::Stopping)) {
+            subscriptions.remove(name);
+        }
         true
     }
 

@@ -150,7 +150,9 @@ impl<T: Send + 'static> Batcher<T> {
     /// Outside a Tokio runtime, or when `config.size` is 0.
     pub fn start<S: Sink<T>>(sink: S, config: BatchConfig, dead_letters: DeadLetterWriter) -> Self {
         assert!(config.size > 0, "`BatchConfig::size` must be at least 1");
-        let (tx, rx) = mpsc::channel(config.size);
+        // The queue in front of the batcher holds at most one batch (and
+        // never more than the channel allows).
+        let (tx, rx) = mpsc::channel(config.size.min(1 << 16));
         tokio::spawn(run(rx, Arc::new(sink), config, dead_letters));
         Batcher { tx }
     }
@@ -184,8 +186,8 @@ async fn run<T, S: Sink<T>>(
     config: BatchConfig,
     dead_letters: DeadLetterWriter,
 ) {
-    let mut events = Vec::with_capacity(config.size);
-    let mut payloads = Vec::with_capacity(config.size);
+    let mut events = Vec::with_capacity(config.size.min(1024));
+    let mut payloads = Vec::with_capacity(config.size.min(1024));
     let mut deadline: Option<Instant> = None;
     loop {
         let message = match deadline {

@@ -75,9 +75,21 @@ pub trait Consumer: Send + Sync + 'static {
 }
 
 /// A shared consumer: keep one `Arc` to inspect it while the bus runs the
-/// other. `start` is not forwarded, since the consumer behind a shared `Arc`
-/// cannot be changed; consumers that need it must be handed over by value.
+/// other. `start` reaches the consumer only while the bus holds the sole
+/// `Arc`; a consumer that needs `start` (a [`ProtocolConsumer`]) must not be
+/// shared before it is subscribed, and a warning says so if it is.
 impl<C: Consumer> Consumer for Arc<C> {
+    fn start(&mut self, context: &Context) {
+        match Arc::get_mut(self) {
+            Some(consumer) => consumer.start(context),
+            None => tracing::warn!(
+                subscription = %context.subscription(),
+                "consumer is shared through an Arc, so `start` cannot reach it; \
+                 subscribe it before cloning the Arc if it needs `start`",
+            ),
+        }
+    }
+
     fn handle(&self, event: &AnyEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
         C::handle(self, event)
     }

@@ -186,12 +186,16 @@ impl DeadLetters {
             .insert(subscription.to_owned(), route);
     }
 
-    pub(crate) fn unroute(&self, subscription: &str) {
-        self.inner
-            .routes
-            .lock()
-            .expect("routes lock")
-            .remove(subscription);
+    /// Removes the route of one particular run of `subscription` (identified
+    /// by its pending counter), leaving a newer run under the same name.
+    pub(crate) fn unroute(&self, subscription: &str, pending: &Arc<AtomicU64>) {
+        let mut routes = self.inner.routes.lock().expect("routes lock");
+        if routes
+            .get(subscription)
+            .is_some_and(|r| Arc::ptr_eq(&r.pending, pending))
+        {
+            routes.remove(subscription);
+        }
     }
 
     fn letters(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, DeadLetter>> {

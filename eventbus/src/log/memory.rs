@@ -70,6 +70,20 @@ impl Chunk {
     }
 }
 
+impl Drop for Chunk {
+    /// Unlinks the chain iteratively: dropping a long run of chunks that
+    /// nobody else holds must not recurse once per chunk.
+    fn drop(&mut self) {
+        let mut next = self.next.take();
+        while let Some(chunk) = next {
+            next = match Arc::into_inner(chunk) {
+                Some(mut chunk) => chunk.next.take(),
+                None => None,
+            };
+        }
+    }
+}
+
 impl fmt::Debug for Chunk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Chunk").field("base", &self.base).finish()
@@ -122,10 +136,13 @@ impl fmt::Debug for MemoryLog {
 
 impl Shared {
     fn try_append(&self, event: AnyEvent) -> Result<Position, TryAppendError> {
+        let mut producer = self.producer.lock().expect("producer lock");
+        // Checked under the producer lock, which `close` takes too: an event
+        // is either appended before the log closes, and so read by every
+        // cursor before it ends, or refused.
         if self.closed.load(SeqCst) {
             return Err(TryAppendError::Closed(event));
         }
-        let mut producer = self.producer.lock().expect("producer lock");
         let head = self.head.load(SeqCst);
         if head >= producer.limit {
             producer.limit = self.limit();
@@ -156,7 +173,9 @@ impl Shared {
             .iter()
             .map(|(_, released)| released.load(SeqCst))
             .min()
-            .map_or(Position::MAX, |slowest| slowest + self.capacity)
+            .map_or(Position::MAX, |slowest| {
+                slowest.saturating_add(self.capacity)
+            })
     }
 
     async fn append(&self, mut event: AnyEvent) -> Result<Position, LogError> {
@@ -232,7 +251,9 @@ impl Log for MemoryLog {
     }
 
     fn close(&self) {
+        let producer = self.shared.producer.lock().expect("producer lock");
         self.shared.closed.store(true, SeqCst);
+        drop(producer);
         self.shared.data.notify_waiters();
         self.shared.space.notify_waiters();
     }
@@ -250,7 +271,7 @@ impl MemoryLog {
             .lock()
             .expect("cursor lock")
             .push((id, Arc::clone(&released)));
-        producer.limit = producer.limit.min(head + shared.capacity);
+        producer.limit = producer.limit.min(head.saturating_add(shared.capacity));
         MemoryCursor {
             shared: Arc::clone(shared),
             chunk: Arc::clone(&producer.tail),
@@ -304,10 +325,13 @@ impl MemoryCursor {
 
     async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, LogError> {
         loop {
+            // Read `closed` before the head: once closed, no event is
+            // appended, so a cursor that then finds nothing has read all.
+            let closed = self.shared.closed.load(SeqCst);
             if let Some(batch) = self.take(max) {
                 return Ok(Some(batch));
             }
-            if self.shared.closed.load(SeqCst) {
+            if closed {
                 return Ok(None);
             }
             let shared = Arc::clone(&self.shared);

@@ -126,8 +126,9 @@ impl fmt::Debug for Filter {
     }
 }
 
-/// A filter with its answers remembered per event type, so the runner pays
-/// for a name or registry lookup once per type, not once per event.
+/// A filter with its protocol answers remembered per event type, so the
+/// runner pays for a registry lookup once per type, not once per event.
+/// Names are matched per event: `meta.name` belongs to each event.
 pub(crate) struct CachedFilter {
     filter: Filter,
     seen: Vec<(TypeId, bool)>,
@@ -146,11 +147,14 @@ impl CachedFilter {
         if self.filter.is_all() {
             return true;
         }
+        if !self.filter.matches_name(event.name()) {
+            return false;
+        }
         let ty = event.event_type_id();
         if let Some((_, pass)) = self.seen.iter().find(|(t, _)| *t == ty) {
             return *pass;
         }
-        let pass = self.filter.matches(event);
+        let pass = self.filter.matches_type(ty);
         self.seen.push((ty, pass));
         pass
     }

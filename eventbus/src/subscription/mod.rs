@@ -47,6 +47,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use tokio::sync::{Notify, mpsc, watch};
 
+/// The most events a concurrent subscription may have in flight.
+pub const MAX_CONCURRENCY: usize = 1 << 24;
+
 pub(crate) type KeyFn = Arc<dyn Fn(&AnyEvent) -> u64 + Send + Sync>;
 
 #[derive(Clone)]
@@ -268,6 +271,9 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
         };
         match &mode {
             Mode::Concurrent(0) => return Err(SubscribeError::ZeroConcurrency),
+            Mode::Concurrent(n) if *n > MAX_CONCURRENCY => {
+                return Err(SubscribeError::ConcurrencyTooHigh(*n));
+            }
             Mode::Partitioned { lanes: 0, .. } => return Err(SubscribeError::ZeroLanes),
             _ => {}
         }
@@ -284,17 +290,17 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             // Reserve the name while the cursor opens.
             subscriptions.insert(name.clone(), Slot::Starting);
         }
-        let cursor = match inner.log.log().open(&name, from).await {
-            Ok(cursor) => cursor,
-            Err(err) => {
-                inner
-                    .subscriptions
-                    .lock()
-                    .expect("subscriptions lock")
-                    .remove(&name);
-                return Err(SubscribeError::Log(err));
-            }
+        let reservation = Reservation {
+            bus,
+            name: name.clone(),
+            armed: true,
         };
+        let cursor = inner
+            .log
+            .log()
+            .open(&name, from)
+            .await
+            .map_err(SubscribeError::Log)?;
         let start = cursor.position();
 
         let name: Arc<str> = Arc::from(name);
@@ -306,6 +312,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             done: watch::Sender::new(start),
             replays: Arc::new(AtomicU64::new(0)),
             stop: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
             wake: Notify::new(),
             flush: flush_tx,
             task: Mutex::new(None),
@@ -352,6 +359,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             .lock()
             .expect("subscriptions lock")
             .insert(name.to_string(), Slot::Running(Arc::clone(&state)));
+        reservation.disarm();
         tracing::debug!(subscription = %name, "subscription started");
         Ok(Subscription {
             state,
@@ -393,6 +401,36 @@ impl Subscription {
     /// notified afterwards are not delivered to it.
     pub async fn stop(&self) {
         self.bus.remove(&self.state.name).await;
+    }
+}
+
+/// Holds a subscription name while its cursor opens, and gives it back if
+/// the start fails or its future is dropped.
+struct Reservation<'a> {
+    bus: &'a Bus,
+    name: String,
+    armed: bool,
+}
+
+impl Reservation<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut subscriptions = self
+                .bus
+                .inner()
+                .subscriptions
+                .lock()
+                .expect("subscriptions lock");
+            if matches!(subscriptions.get(&self.name), Some(Slot::Starting)) {
+                subscriptions.remove(&self.name);
+            }
+        }
     }
 }
 

@@ -157,7 +157,7 @@ impl<C: Consumer> Runner<C> {
                 biased;
                 () = state.wake.notified() => {}
                 Some(ack) = self.flushes.recv() => {
-                    self.deliverer.consumer.flush().await;
+                    Self::flush_consumer(&self.deliverer).await;
                     let _ = ack.send(());
                 }
                 Some(event) = self.replays.recv() => {
@@ -266,7 +266,21 @@ impl<C: Consumer> Runner<C> {
                         watermark,
                         ..
                     } => {
-                        let lane = (key(event) % senders.len() as u64) as usize;
+                        let key = std::panic::catch_unwind(AssertUnwindSafe(|| key(event)));
+                        let Ok(key) = key.map_err(|panic| {
+                            self.deliverer.dead_letters.write(
+                                event.clone(),
+                                vec![format!(
+                                    "panicked: partition key: {}",
+                                    panic_message(&*panic)
+                                )],
+                                0,
+                                Utc::now(),
+                            );
+                        }) else {
+                            continue;
+                        };
+                        let lane = (key % senders.len() as u64) as usize;
                         watermark.start(pos);
                         counters.in_flight.fetch_add(1, Relaxed);
                         if senders[lane].send((pos, event.clone())).await.is_err() {
@@ -341,13 +355,30 @@ impl<C: Consumer> Runner<C> {
                 }
             }
         }
-        while let Ok(event) = self.replays.try_recv() {
+        // Refuse new replays (the letter stays) and finish the queued ones.
+        self.replays.close();
+        while let Some(event) = self.replays.recv().await {
             self.deliverer.deliver(&event).await;
             state.replays.fetch_sub(1, SeqCst);
         }
-        self.deliverer.consumer.flush().await;
+        Self::flush_consumer(&self.deliverer).await;
         let read = self.read;
         self.release(read).await;
         self.deliverer.metrics.lag.set(0.0);
+        state.mark_finished();
+    }
+
+    /// A panicking flush is logged, not allowed to end the subscription.
+    async fn flush_consumer(deliverer: &Deliverer<C>) {
+        let flushed = AssertUnwindSafe(deliverer.consumer.flush())
+            .catch_unwind()
+            .await;
+        if let Err(panic) = flushed {
+            tracing::error!(
+                subscription = %deliverer.state.name,
+                panic = %panic_message(&*panic),
+                "consumer panicked while flushing",
+            );
+        }
     }
 }

@@ -50,6 +50,9 @@ pub(crate) struct State {
     /// Replays sent but not yet finished.
     pub(crate) replays: Arc<AtomicU64>,
     pub(crate) stop: AtomicBool,
+    /// Set when the runner has ended, however it ended, so nobody waits on
+    /// a subscription that will never move again.
+    pub(crate) finished: AtomicBool,
     pub(crate) wake: Notify,
     pub(crate) flush: mpsc::Sender<oneshot::Sender<()>>,
     pub(crate) task: Mutex<Option<JoinHandle<()>>>,
@@ -68,6 +71,12 @@ impl State {
             in_flight: c.in_flight.load(Relaxed),
             lag: head.saturating_sub(*self.done.borrow()),
         }
+    }
+
+    pub(crate) fn mark_finished(&self) {
+        self.finished
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.done.send_modify(|_| {});
     }
 
     pub(crate) fn set_done(&self, position: Position) {
