@@ -20,7 +20,10 @@ enum Inner {
         start: usize,
         len: usize,
     },
-    Owned(Vec<(Position, AnyEvent)>),
+    Owned {
+        events: Vec<(Position, AnyEvent)>,
+        end: Option<Position>,
+    },
 }
 
 impl Batch {
@@ -28,7 +31,20 @@ impl Batch {
     pub fn from_events(events: Vec<(Position, AnyEvent)>) -> Self {
         debug_assert!(events.windows(2).all(|w| w[0].0 < w[1].0));
         Batch {
-            inner: Inner::Owned(events),
+            inner: Inner::Owned { events, end: None },
+        }
+    }
+
+    /// A batch of owned events read up to (not including) `end`: for a log
+    /// that skipped positions it read, such as rows it quarantined, so the
+    /// subscription can release past them. May be empty.
+    pub fn from_events_until(events: Vec<(Position, AnyEvent)>, end: Position) -> Self {
+        debug_assert!(events.iter().all(|(p, _)| *p < end));
+        Batch {
+            inner: Inner::Owned {
+                events,
+                end: Some(end),
+            },
         }
     }
 
@@ -47,7 +63,7 @@ impl Batch {
     pub fn len(&self) -> usize {
         match &self.inner {
             Inner::Ring { len, .. } => *len,
-            Inner::Owned(events) => events.len(),
+            Inner::Owned { events, .. } => events.len(),
         }
     }
 
@@ -72,7 +88,7 @@ impl Batch {
                 assert!(i < *len, "batch index {i} out of range");
                 (*first + i as u64, chunk.get(start + i))
             }
-            Inner::Owned(events) => {
+            Inner::Owned { events, .. } => {
                 let (pos, event) = &events[i];
                 (*pos, event)
             }
@@ -84,7 +100,7 @@ impl Batch {
     pub fn end(&self) -> Option<Position> {
         match &self.inner {
             Inner::Ring { first, len, .. } => Some(first + *len as u64),
-            Inner::Owned(events) => events.last().map(|(pos, _)| pos + 1),
+            Inner::Owned { events, end } => end.or_else(|| events.last().map(|(pos, _)| pos + 1)),
         }
     }
 }

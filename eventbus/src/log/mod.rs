@@ -12,10 +12,14 @@
 mod batch;
 mod error;
 mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use self::batch::Batch;
 pub use self::error::{LogError, TryAppendError};
 pub use self::memory::MemoryLog;
+#[cfg(feature = "sqlite")]
+pub use self::sqlite::SqliteLog;
 
 use crate::event::AnyEvent;
 use futures_util::future::BoxFuture;

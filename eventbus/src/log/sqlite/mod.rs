@@ -1,0 +1,370 @@
+//! The embedded durable log: events in a SQLite file, so they survive a
+//! process crash.
+//!
+//! `notify` returns once the event's transaction has committed. One writer
+//! thread commits everything queued since its last commit in one
+//! transaction (group commit), so many concurrent producers share each
+//! fsync. Each subscription's position is a row committed as it finishes
+//! events, so after a restart it resumes where it left off: every event
+//! accepted is handled at least once by every subscription that existed
+//! when it was accepted. A row that no longer decodes (a schema change, a
+//! corrupt payload) is copied to a quarantine table with the reason, and
+//! the stream goes on. Finished events are pruned by age and count.
+//!
+//! # Durability modes
+//!
+//! The file is in WAL mode. With [`Synchronous::Normal`], the default, a
+//! committed event survives a process crash; an operating-system crash or
+//! power loss can lose the last commits. [`Synchronous::Full`] also survives
+//! those, at the cost of an fsync per group commit.
+//!
+//! # Examples
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("events.db");
+//! use eventbus::{Bus, SqliteLog};
+//!
+//! let bus = Bus::builder().log(SqliteLog::open(&path).await?).build()?;
+//! # bus.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod cursor;
+mod error;
+mod schema;
+mod writer;
+
+pub use self::error::OpenError;
+
+use self::writer::{Request, Writer};
+use super::{Cursor, Log, LogError, Position, StartFrom, TryAppendError};
+use crate::event::AnyEvent;
+use futures_util::future::BoxFuture;
+use rusqlite::{Connection, OpenFlags};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How long `open` waits for another owner of the file to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// How hard SQLite works to keep commits across a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// Survives a process crash; the default.
+    #[default]
+    Normal,
+    /// Also survives an operating-system crash or power loss.
+    Full,
+}
+
+/// Which finished events are deleted. An event is finished once every
+/// subscription has moved past it; unfinished events are never deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Finished events older than this are deleted. Default 24 hours.
+    pub max_age: Duration,
+    /// Finished events beyond the newest this many are deleted. Default
+    /// 1,000,000.
+    pub max_events: u64,
+    /// How often to prune. Default every 10 seconds.
+    pub every: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_age: Duration::from_secs(24 * 3600),
+            max_events: 1_000_000,
+            every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Settings of a [`SqliteLog`]; from [`SqliteLog::options`].
+#[derive(Debug, Clone, Default)]
+#[must_use = "options do nothing until `open` is called"]
+pub struct SqliteOptions {
+    synchronous: Synchronous,
+    retention: Retention,
+    max_size: Option<u64>,
+}
+
+impl SqliteOptions {
+    /// The durability mode. Default [`Synchronous::Normal`].
+    pub fn synchronous(mut self, mode: Synchronous) -> Self {
+        self.synchronous = mode;
+        self
+    }
+
+    /// Which finished events are pruned. Default [`Retention::default`].
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Caps the file at about `bytes`: past it, `notify` fails with a clear
+    /// "full" error and everything already accepted stays. Default: no cap
+    /// beyond the disk itself.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = Some(bytes);
+        self
+    }
+
+    /// Opens (or creates) the log at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError`] naming the file: not ours, not a database, in use by
+    /// another log, read-only, or written by a newer eventbus.
+    pub async fn open(self, path: impl AsRef<Path>) -> Result<SqliteLog, OpenError> {
+        let path = path.as_ref().to_owned();
+        tokio::task::spawn_blocking(move || SqliteLog::open_blocking(path, self))
+            .await
+            .map_err(|join| OpenError::Other {
+                path: PathBuf::new(),
+                source: Box::new(std::io::Error::other(join.to_string())),
+            })?
+    }
+}
+
+/// A durable [`Log`] in a SQLite file. See the [module docs](self).
+pub struct SqliteLog {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    path: PathBuf,
+    requests: mpsc::Sender<Request>,
+    head: Arc<AtomicU64>,
+    head_rx: watch::Receiver<Position>,
+    closed: AtomicBool,
+    closed_tx: watch::Sender<bool>,
+}
+
+impl fmt::Debug for SqliteLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteLog")
+            .field("path", &self.shared.path)
+            .field("head", &self.shared.head.load(SeqCst))
+            .finish()
+    }
+}
+
+impl SqliteLog {
+    /// Opens (or creates) the log at `path` with the default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`SqliteOptions::open`].
+    pub async fn open(path: impl AsRef<Path>) -> Result<SqliteLog, OpenError> {
+        SqliteOptions::default().open(path).await
+    }
+
+    /// Options for [`SqliteOptions::open`].
+    pub fn options() -> SqliteOptions {
+        SqliteOptions::default()
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    fn open_blocking(path: PathBuf, options: SqliteOptions) -> Result<SqliteLog, OpenError> {
+        let conn = connect(&path)?;
+        let lock = std::fs::File::options()
+            .read(true)
+            .open(&path)
+            .map_err(|e| OpenError::Other {
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
+        // A previous owner in this process may still be finishing its last
+        // commit; give it a moment before calling the file taken.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        while let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock() {
+            if std::time::Instant::now() >= deadline {
+                return Err(OpenError::Locked { path });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        schema::prepare(&conn, &path)?;
+        let synchronous = match options.synchronous {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        conn.execute_batch(&format!("PRAGMA synchronous = {synchronous};"))
+            .map_err(|e| OpenError::classify(&path, e))?;
+        if let Some(bytes) = options.max_size {
+            let page_size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(|e| OpenError::classify(&path, e))?;
+            let pages = (bytes as i64 / page_size).max(1);
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(|e| OpenError::classify(&path, e))?;
+        }
+        let head: i64 = conn
+            .query_row(
+                "SELECT COALESCE(MAX(position), 0) + 1 FROM events",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| OpenError::classify(&path, e))?;
+        let head = head as Position;
+        let (requests, rx) = mpsc::channel(1 << 16);
+        let head_cell = Arc::new(AtomicU64::new(head));
+        let (head_tx, head_rx) = watch::channel(head);
+        let writer = Writer {
+            conn,
+            requests: rx,
+            head: Arc::clone(&head_cell),
+            head_tx,
+            retention: options.retention,
+            lock,
+        };
+        std::thread::Builder::new()
+            .name("eventbus-sqlite-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| OpenError::Other {
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
+        let (closed_tx, _) = watch::channel(false);
+        Ok(SqliteLog {
+            shared: Arc::new(Shared {
+                path,
+                requests,
+                head: head_cell,
+                head_rx,
+                closed: AtomicBool::new(false),
+                closed_tx,
+            }),
+        })
+    }
+}
+
+/// Opens a connection with the settings every connection of ours uses.
+pub(crate) fn connect(path: &Path) -> Result<Connection, OpenError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| OpenError::classify(path, e))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| OpenError::classify(path, e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| OpenError::classify(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OpenError::Other {
+            path: path.to_owned(),
+            source: format!("SQLite refused WAL mode (journal mode is {mode})").into(),
+        });
+    }
+    Ok(conn)
+}
+
+impl Shared {
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
+    ) -> Result<T, LogError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(make(reply))
+            .await
+            .map_err(|_| backend("the SQLite writer has stopped"))?;
+        match answer.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(message)) => Err(backend(message)),
+            Err(_) => Err(backend("the SQLite writer stopped before answering")),
+        }
+    }
+}
+
+pub(crate) fn backend(message: impl Into<String>) -> LogError {
+    LogError::Backend(message.into().into())
+}
+
+impl Log for SqliteLog {
+    fn try_append(&self, event: AnyEvent) -> Result<Position, TryAppendError> {
+        if self.shared.closed.load(SeqCst) {
+            Err(TryAppendError::Closed(event))
+        } else {
+            Err(TryAppendError::WouldBlock(event))
+        }
+    }
+
+    fn append(&self, event: AnyEvent) -> BoxFuture<'_, Result<Position, LogError>> {
+        Box::pin(async move {
+            if self.shared.closed.load(SeqCst) {
+                return Err(LogError::Closed(event));
+            }
+            let payload = event
+                .to_json_bytes()
+                .map_err(|e| LogError::Backend(Box::new(e)))?;
+            let meta = event.meta();
+            let (name, version, event_id) =
+                (meta.name.to_string(), meta.version, meta.id.to_string());
+            self.shared
+                .request(|reply| Request::Append {
+                    name,
+                    version,
+                    event_id,
+                    payload,
+                    reply,
+                })
+                .await
+        })
+    }
+
+    fn head(&self) -> Position {
+        self.shared.head.load(SeqCst)
+    }
+
+    fn open(
+        &self,
+        subscription: &str,
+        from: StartFrom,
+    ) -> BoxFuture<'_, Result<Box<dyn Cursor>, LogError>> {
+        let subscription = subscription.to_owned();
+        Box::pin(async move {
+            let start = self
+                .shared
+                .request(|reply| Request::Open {
+                    subscription: subscription.clone(),
+                    from,
+                    reply,
+                })
+                .await?;
+            let path = self.shared.path.clone();
+            let conn = tokio::task::spawn_blocking(move || connect(&path))
+                .await
+                .map_err(|e| backend(e.to_string()))?
+                .map_err(|e| LogError::Backend(Box::new(e)))?;
+            Ok(Box::new(cursor::SqliteCursor::new(
+                subscription,
+                start,
+                conn,
+                self.shared.requests.clone(),
+                self.shared.head_rx.clone(),
+                self.shared.closed_tx.subscribe(),
+            )) as Box<dyn Cursor>)
+        })
+    }
+
+    fn close(&self) {
+        self.shared.closed.store(true, SeqCst);
+        self.shared.closed_tx.send_replace(true);
+    }
+}

@@ -1,0 +1,82 @@
+//! The database layout, and the check that a file is ours before we write
+//! to it.
+
+use super::error::OpenError;
+use rusqlite::Connection;
+use std::path::Path;
+
+/// `EVBS`, stamped into the file header so another application's database
+/// is never mistaken for ours.
+pub(crate) const APPLICATION_ID: i64 = 0x4556_4253;
+/// The layout version this code writes.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+const CREATE: &str = "
+CREATE TABLE events (
+    position    INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    event_id    TEXT    NOT NULL,
+    payload     BLOB    NOT NULL,
+    appended_at INTEGER NOT NULL
+);
+CREATE TABLE subscriptions (
+    name       TEXT    PRIMARY KEY,
+    position   INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE quarantine (
+    subscription   TEXT    NOT NULL,
+    position       INTEGER NOT NULL,
+    name           TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    payload        BLOB    NOT NULL,
+    reason         TEXT    NOT NULL,
+    quarantined_at INTEGER NOT NULL,
+    PRIMARY KEY (subscription, position)
+);
+";
+
+/// Creates the layout in an empty database, or checks that an existing one
+/// is ours and not newer than this code.
+pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    let application_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| OpenError::classify(path, e))?;
+    let tables: Vec<String> = {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .map_err(|e| OpenError::classify(path, e))?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| OpenError::classify(path, e))?
+    };
+    if application_id == 0 && tables.is_empty() {
+        conn.execute_batch(&format!(
+            "BEGIN; {CREATE} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))
+        .map_err(|e| OpenError::classify(path, e))?;
+        return Ok(());
+    }
+    if application_id != APPLICATION_ID {
+        return Err(OpenError::NotOurs {
+            path: path.to_owned(),
+            found: if tables.is_empty() {
+                format!("application id {application_id:#x}")
+            } else {
+                format!("tables {}", tables.join(", "))
+            },
+        });
+    }
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| OpenError::classify(path, e))?;
+    if version > SCHEMA_VERSION {
+        return Err(OpenError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}

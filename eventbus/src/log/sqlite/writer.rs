@@ -1,0 +1,252 @@
+//! The writer thread: the only connection that writes. It takes every
+//! request queued since its last commit (appends from any number of
+//! producers, cursor commits, quarantined rows) and commits them in one
+//! transaction: group commit, so throughput does not fall to one fsync per
+//! event.
+
+use super::Retention;
+use crate::log::{Position, StartFrom};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The most requests one transaction takes.
+const MAX_GROUP: usize = 4096;
+
+pub(crate) enum Request {
+    Append {
+        name: String,
+        version: u32,
+        event_id: String,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Position, String>>,
+    },
+    Commit {
+        subscription: String,
+        position: Position,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Open {
+        subscription: String,
+        from: StartFrom,
+        reply: oneshot::Sender<Result<Position, String>>,
+    },
+    Quarantine {
+        subscription: String,
+        position: Position,
+        name: String,
+        version: u32,
+        payload: Vec<u8>,
+        reason: String,
+    },
+}
+
+pub(crate) struct Writer {
+    pub(crate) conn: Connection,
+    pub(crate) requests: mpsc::Receiver<Request>,
+    pub(crate) head: Arc<AtomicU64>,
+    pub(crate) head_tx: watch::Sender<Position>,
+    pub(crate) retention: Retention,
+    /// The advisory lock on the file, released when the writer ends, not
+    /// before: the next owner waits for our last commit.
+    pub(crate) lock: std::fs::File,
+}
+
+pub(crate) fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Writer {
+    pub(crate) fn run(mut self) {
+        let mut last_prune = Instant::now();
+        let mut batch = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = self.requests.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_GROUP {
+                match self.requests.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch);
+            if last_prune.elapsed() >= self.retention.every {
+                last_prune = Instant::now();
+                if let Err(err) = self.prune() {
+                    tracing::warn!(error = %err, "pruning finished events failed; will retry");
+                }
+            }
+        }
+        // Every sender is gone: the log was dropped. Checkpoint so the WAL
+        // does not outlive us.
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        drop(self.conn);
+        drop(self.lock);
+    }
+
+    /// Runs the whole group in one transaction, then answers every request:
+    /// with its result if the commit succeeded, with the error if not, so no
+    /// `notify` reports success for an event that is not on disk.
+    fn commit(&mut self, batch: &mut Vec<Request>) {
+        let now = now_millis();
+        let mut results: Vec<Position> = Vec::with_capacity(batch.len());
+        let outcome = (|| -> rusqlite::Result<()> {
+            // IMMEDIATE takes the write lock up front, so a read-then-write
+            // inside the group cannot fail with a busy snapshot.
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut append = tx.prepare_cached(
+                    "INSERT INTO events (name, version, event_id, payload, appended_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                let mut commit = tx.prepare_cached(
+                    "INSERT INTO subscriptions (name, position, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET position = max(position, excluded.position)",
+                )?;
+                for request in batch.iter() {
+                    let result = match request {
+                        Request::Append {
+                            name,
+                            version,
+                            event_id,
+                            payload,
+                            ..
+                        } => {
+                            append.execute(params![name, version, event_id, payload, now])?;
+                            tx.last_insert_rowid() as Position
+                        }
+                        Request::Commit {
+                            subscription,
+                            position,
+                            ..
+                        } => {
+                            commit.execute(params![subscription, *position as i64, now])?;
+                            *position
+                        }
+                        Request::Open {
+                            subscription, from, ..
+                        } => open(&tx, subscription, *from, now)?,
+                        Request::Quarantine {
+                            subscription,
+                            position,
+                            name,
+                            version,
+                            payload,
+                            reason,
+                        } => {
+                            tx.execute(
+                                "INSERT OR IGNORE INTO quarantine
+                                 (subscription, position, name, version, payload, reason, quarantined_at)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                params![subscription, *position as i64, name, version, payload, reason, now],
+                            )?;
+                            *position
+                        }
+                    };
+                    results.push(result);
+                }
+            }
+            tx.commit()
+        })();
+        let failure = outcome.err().map(|err| {
+            let message = describe(&err);
+            tracing::error!(error = %message, requests = batch.len(), "eventbus SQLite commit failed");
+            message
+        });
+        // Publish the new head before answering anyone, so a caller whose
+        // `notify` returned already sees its event counted (`drain` relies
+        // on that).
+        if failure.is_none() {
+            let appended = batch
+                .iter()
+                .zip(&results)
+                .filter(|(r, _)| matches!(r, Request::Append { .. }))
+                .map(|(_, position)| *position)
+                .max();
+            if let Some(last) = appended {
+                self.head.store(last + 1, SeqCst);
+                self.head_tx.send_replace(last + 1);
+            }
+        }
+        for (i, request) in batch.drain(..).enumerate() {
+            let result = match &failure {
+                None => Ok(results[i]),
+                Some(message) => Err(message.clone()),
+            };
+            match request {
+                Request::Append { reply, .. } | Request::Open { reply, .. } => {
+                    let _ = reply.send(result);
+                }
+                Request::Commit { reply, .. } => {
+                    let _ = reply.send(result.map(drop));
+                }
+                Request::Quarantine { .. } => {}
+            }
+        }
+    }
+
+    /// Deletes events every subscription has finished, by the retention
+    /// policy. Never touches an event some subscription still needs.
+    fn prune(&mut self) -> rusqlite::Result<usize> {
+        let head = self.head.load(SeqCst) as i64;
+        let slowest: i64 = self.conn.query_row(
+            "SELECT COALESCE(MIN(position), ?1) FROM subscriptions",
+            [head],
+            |r| r.get(0),
+        )?;
+        let cutoff_time = now_millis() - self.retention.max_age.as_millis() as i64;
+        let cutoff_count = head - self.retention.max_events as i64;
+        self.conn.execute(
+            "DELETE FROM events WHERE position < ?1 AND (appended_at < ?2 OR position < ?3)",
+            params![slowest, cutoff_time, cutoff_count],
+        )
+    }
+}
+
+fn open(
+    tx: &rusqlite::Transaction<'_>,
+    subscription: &str,
+    from: StartFrom,
+    now: i64,
+) -> rusqlite::Result<Position> {
+    let existing: Option<i64> = tx
+        .query_row(
+            "SELECT position FROM subscriptions WHERE name = ?1",
+            [subscription],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(position) = existing {
+        return Ok(position as Position);
+    }
+    let position: i64 = match from {
+        StartFrom::Beginning => tx.query_row(
+            "SELECT COALESCE(MIN(position), (SELECT COALESCE(MAX(position), 0) + 1 FROM events)) FROM events",
+            [],
+            |r| r.get(0),
+        )?,
+        StartFrom::Now => tx.query_row(
+            "SELECT COALESCE(MAX(position), 0) + 1 FROM events",
+            [],
+            |r| r.get(0),
+        )?,
+    };
+    tx.execute(
+        "INSERT INTO subscriptions (name, position, created_at) VALUES (?1, ?2, ?3)",
+        params![subscription, position, now],
+    )?;
+    Ok(position as Position)
+}
+
+pub(crate) fn describe(err: &rusqlite::Error) -> String {
+    match err.sqlite_error_code() {
+        Some(rusqlite::ffi::ErrorCode::DiskFull) => {
+            "the database or disk is full; free space or raise the limit, nothing after the last accepted event was stored".to_owned()
+        }
+        _ => err.to_string(),
+    }
+}

@@ -1,0 +1,335 @@
+//! The SQLite log: events survive a restart, subscriptions resume where
+//! they left off, rows that no longer decode are quarantined, bad files are
+//! refused at open with a clear error, and a full database refuses new
+//! events without losing old ones.
+
+use eventbus::log::sqlite::{OpenError, Retention};
+use eventbus::testing::Recorder;
+use eventbus::{AnyEvent, BoxError, Bus, Consumer, SqliteLog, StartFrom, event};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+#[event]
+pub struct OrderPlaced {
+    pub order_id: u64,
+}
+
+async fn bus_at(path: &Path) -> Bus {
+    Bus::builder()
+        .log(SqliteLog::open(path).await.unwrap())
+        .shutdown_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap()
+}
+
+fn orders(recorder: &Recorder) -> Vec<u64> {
+    recorder
+        .of::<OrderPlaced>()
+        .iter()
+        .map(|o| o.order_id)
+        .collect()
+}
+
+/// Handles one event per permit, so a test decides how far it gets.
+#[derive(Clone)]
+struct Gate {
+    permits: Arc<Semaphore>,
+    seen: Recorder,
+}
+
+impl Consumer for Gate {
+    async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
+        self.permits.acquire().await?.forget();
+        self.seen.handle(event).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_resumes_where_it_left_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+
+    let first = Gate {
+        permits: Arc::new(Semaphore::new(3)),
+        seen: Recorder::new(),
+    };
+    {
+        let bus = bus_at(&path).await;
+        bus.subscribe("billing", first.clone())
+            .max_demand(1)
+            .min_demand(0)
+            .start()
+            .await
+            .unwrap();
+        for id in 0..10 {
+            bus.notify(OrderPlaced::new(id)).await.unwrap();
+        }
+        // Three handled, then the process goes away mid-stream.
+        while first.seen.len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        let report = bus.shutdown().await;
+        assert_eq!(report.timed_out.len(), 1);
+    }
+    assert_eq!(orders(&first.seen), [0, 1, 2]);
+
+    let second = Recorder::new();
+    let bus = bus_at(&path).await;
+    bus.subscribe("billing", second.clone())
+        .start()
+        .await
+        .unwrap();
+    bus.notify(OrderPlaced::new(10)).await.unwrap();
+    bus.drain().await;
+    // At least once: the event in flight at the stop may come again.
+    let resumed = orders(&second);
+    assert!(
+        resumed.starts_with(&[2]) || resumed.starts_with(&[3]),
+        "{resumed:?}"
+    );
+    assert!(resumed.ends_with(&[3, 4, 5, 6, 7, 8, 9, 10]), "{resumed:?}");
+    assert!(bus.shutdown().await.is_clean());
+}
+
+#[tokio::test]
+async fn new_subscriptions_start_now_or_from_the_beginning() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus_at(&dir.path().join("events.db")).await;
+    bus.notify(OrderPlaced::new(1)).await.unwrap();
+    bus.notify(OrderPlaced::new(2)).await.unwrap();
+
+    let now = Recorder::new();
+    let history = Recorder::new();
+    bus.subscribe("now", now.clone()).start().await.unwrap();
+    bus.subscribe("history", history.clone())
+        .start_from(StartFrom::Beginning)
+        .start()
+        .await
+        .unwrap();
+    bus.notify(OrderPlaced::new(3)).await.unwrap();
+    bus.drain().await;
+    assert_eq!(orders(&now), [3]);
+    assert_eq!(orders(&history), [1, 2, 3]);
+    bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_row_that_no_longer_decodes_is_quarantined_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let bus = bus_at(&path).await;
+    let seen = Recorder::new();
+    bus.subscribe("audit", seen.clone()).start().await.unwrap();
+    bus.notify(OrderPlaced::new(1)).await.unwrap();
+    bus.drain().await;
+
+    // Another writer (a bug, a bad migration) leaves two rows behind that
+    // this binary cannot read.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO events (name, version, event_id, payload, appended_at)
+             VALUES ('order.placed', 1, 'x', '{\"order_id\": \"not a number\"}', 0),
+                    ('order.refunded', 3, 'y', '{}', 0);",
+        )
+        .unwrap();
+    }
+    bus.notify(OrderPlaced::new(2)).await.unwrap();
+    bus.drain().await;
+    assert_eq!(orders(&seen), [1, 2]);
+    bus.shutdown().await;
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let reasons: Vec<String> = conn
+        .prepare("SELECT reason FROM quarantine ORDER BY position")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(reasons.len(), 2);
+    assert!(
+        reasons[0].starts_with("event `order.placed` v1 does not match its fields: invalid type"),
+        "{}",
+        reasons[0]
+    );
+    assert_eq!(
+        reasons[1],
+        "no event named `order.refunded` at version 3 is registered in this binary"
+    );
+}
+
+#[tokio::test]
+async fn a_database_of_another_application_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY);")
+        .unwrap();
+    let err = SqliteLog::open(&path).await.unwrap_err();
+    assert!(matches!(err, OpenError::NotOurs { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "`{}` is not an eventbus database (it has tables users); point the log at a new file",
+            path.display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_sqlite_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(
+        &path,
+        "these are not the bytes you are looking for, at all, no",
+    )
+    .unwrap();
+    let err = SqliteLog::open(&path).await.unwrap_err();
+    assert!(matches!(err, OpenError::NotADatabase { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .ends_with("is not a SQLite database; point the log at a new file")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "these are not the bytes you are looking for, at all, no",
+        "the file is left alone"
+    );
+}
+
+#[tokio::test]
+async fn a_file_in_use_by_another_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let _first = SqliteLog::open(&path).await.unwrap();
+    let err = SqliteLog::open(&path).await.unwrap_err();
+    assert!(matches!(err, OpenError::Locked { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .ends_with("is in use by another eventbus log; only one process may own a log file")
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_location_is_refused() {
+    // /proc refuses new files even to root, which CI runs as.
+    let err = SqliteLog::open("/proc/eventbus-test.db").await.unwrap_err();
+    assert!(matches!(err, OpenError::ReadOnly { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "`/proc/eventbus-test.db` cannot be written: the file or its directory is read-only"
+    );
+}
+
+#[tokio::test]
+async fn a_full_database_refuses_new_events_and_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let log = SqliteLog::options()
+        .max_size(64 * 1024)
+        .open(&path)
+        .await
+        .unwrap();
+    let bus = Bus::builder().log(log).build().unwrap();
+    let mut accepted = Vec::new();
+    let mut refusal = None;
+    for id in 0..10_000 {
+        match bus.notify(OrderPlaced::new(id)).await {
+            Ok(()) => accepted.push(id),
+            Err(err) => {
+                refusal = Some(err);
+                break;
+            }
+        }
+    }
+    let err = refusal.expect("a 64 KiB database fills up");
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        chain = format!("{chain}: {s}");
+        source = s.source();
+    }
+    assert_eq!(
+        chain,
+        "the bus's log failed to store the event: log backend failed: the database or disk is full; free space or raise the limit, nothing after the last accepted event was stored"
+    );
+    bus.shutdown().await;
+    drop(bus);
+
+    // Everything accepted is still there.
+    let bus = bus_at(&path).await;
+    let all = Recorder::new();
+    bus.subscribe("check", all.clone())
+        .start_from(StartFrom::Beginning)
+        .start()
+        .await
+        .unwrap();
+    bus.drain().await;
+    assert_eq!(orders(&all), accepted);
+    bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn finished_events_are_pruned_and_unfinished_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let log = SqliteLog::options()
+        .retention(Retention {
+            max_age: Duration::ZERO,
+            max_events: 0,
+            every: Duration::ZERO,
+        })
+        .open(&path)
+        .await
+        .unwrap();
+    let bus = Bus::builder().log(log).build().unwrap();
+    let fast = Recorder::new();
+    let slow = Gate {
+        permits: Arc::new(Semaphore::new(5)),
+        seen: Recorder::new(),
+    };
+    bus.subscribe("fast", fast.clone()).start().await.unwrap();
+    bus.subscribe("slow", slow.clone())
+        .max_demand(1)
+        .min_demand(0)
+        .start()
+        .await
+        .unwrap();
+    for id in 0..20 {
+        bus.notify(OrderPlaced::new(id)).await.unwrap();
+    }
+    while slow.seen.len() < 5 || fast.len() < 20 {
+        tokio::task::yield_now().await;
+    }
+    // One more commit lets the writer prune behind the slowest cursor.
+    bus.notify(OrderPlaced::new(20)).await.unwrap();
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (kept, oldest): (i64, i64) = conn
+        .query_row("SELECT COUNT(*), MIN(position) FROM events", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let slow_at: i64 = conn
+        .query_row(
+            "SELECT position FROM subscriptions WHERE name = 'slow'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(slow_at > 1, "the slow subscription committed progress");
+    assert_eq!(
+        oldest, slow_at,
+        "pruned up to the slowest cursor, not past it"
+    );
+    assert_eq!(kept, 22 - slow_at);
+    slow.permits.add_permits(100);
+    bus.drain().await;
+    assert_eq!(slow.seen.len(), 21);
+    bus.shutdown().await;
+}
