@@ -38,7 +38,11 @@ impl Journal {
     fn record(&self, id: u64) {
         // One write per line: a kill leaves whole lines or none.
         let line = format!("{id}\n");
-        self.0.lock().expect("journal lock").write_all(line.as_bytes()).expect("journal write");
+        self.0
+            .lock()
+            .expect("journal lock")
+            .write_all(line.as_bytes())
+            .expect("journal write");
     }
 }
 
@@ -67,16 +71,22 @@ fn crash_child() {
     rt.block_on(async {
         let log = SqliteLog::open(dir.join("events.db")).await.unwrap();
         let bus = Bus::builder().log(log).build().unwrap();
-        bus.subscribe("sequential", Journal::open(&dir.join("handled-sequential.log")))
-            .max_demand(50)
-            .start()
-            .await
-            .unwrap();
-        bus.subscribe("concurrent", Journal::open(&dir.join("handled-concurrent.log")))
-            .concurrent(8)
-            .start()
-            .await
-            .unwrap();
+        bus.subscribe(
+            "sequential",
+            Journal::open(&dir.join("handled-sequential.log")),
+        )
+        .max_demand(50)
+        .start()
+        .await
+        .unwrap();
+        bus.subscribe(
+            "concurrent",
+            Journal::open(&dir.join("handled-concurrent.log")),
+        )
+        .concurrent(8)
+        .start()
+        .await
+        .unwrap();
         let accepted = Journal::open(&dir.join("accepted.log"));
         for i in 0..events {
             let id = run * 1_000_000 + i;
@@ -98,11 +108,17 @@ fn ids(path: &Path) -> Vec<u64> {
 
 fn child(dir: &Path, run: u64, events: u64) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(DIR, dir)
-        .env(RUN, run.to_string())
-        .env(EVENTS, events.to_string())
-        .stdout(std::process::Stdio::null());
+    cmd.args([
+        "crash_child",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(DIR, dir)
+    .env(RUN, run.to_string())
+    .env(EVENTS, events.to_string())
+    .stdout(std::process::Stdio::null());
     cmd
 }
 
@@ -129,7 +145,10 @@ fn every_accepted_event_survives_sigkill() {
     assert!(status.success(), "the final run finishes cleanly");
 
     let accepted = ids(&dir.path().join("accepted.log"));
-    assert!(!accepted.is_empty(), "some events were accepted (seed {seed})");
+    assert!(
+        !accepted.is_empty(),
+        "some events were accepted (seed {seed})"
+    );
     for subscription in ["sequential", "concurrent"] {
         let handled = ids(&dir.path().join(format!("handled-{subscription}.log")));
         let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
@@ -150,6 +169,9 @@ fn every_accepted_event_survives_sigkill() {
             duplicates,
             kills
         );
-        assert!(lost.is_empty(), "{subscription} lost accepted events {lost:?} (seed {seed})");
+        assert!(
+            lost.is_empty(),
+            "{subscription} lost accepted events {lost:?} (seed {seed})"
+        );
     }
 }

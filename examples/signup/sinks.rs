@@ -19,7 +19,10 @@ impl JsonLines {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::File::create(&path)?;
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&path)?;
         Ok(JsonLines {
             path,
             file: Mutex::new(file),
@@ -74,5 +77,28 @@ impl Sink<Vec<eventbus::Notification>> for Outbox {
             );
         }
         Ok(())
+    }
+}
+
+/// A customer endpoint that takes its time to answer.
+pub struct SlowEndpoint {
+    inner: JsonLines,
+    delay: std::time::Duration,
+}
+
+impl SlowEndpoint {
+    pub fn new(inner: JsonLines, delay: std::time::Duration) -> Self {
+        SlowEndpoint { inner, delay }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.inner.path()
+    }
+}
+
+impl<T: Serialize + Send + Sync + 'static> Sink<T> for SlowEndpoint {
+    async fn write(&self, batch: &[T]) -> Result<(), BoxError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.write(batch).await
     }
 }

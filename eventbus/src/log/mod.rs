@@ -76,6 +76,14 @@ pub trait Log: Send + Sync + Debug + 'static {
     /// Stops accepting events. Cursors still read what was appended before,
     /// then report the end.
     fn close(&self);
+
+    /// Whether the log keeps events across a restart. A subscription on a
+    /// durable log flushes its consumer (a batcher's pending payloads)
+    /// before it releases positions, so a restart redelivers anything not
+    /// yet written rather than skipping it. Default `false`.
+    fn is_durable(&self) -> bool {
+        false
+    }
 }
 
 /// One subscription's read position in a [`Log`].

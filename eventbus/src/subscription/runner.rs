@@ -321,6 +321,12 @@ impl<C: Consumer> Runner<C> {
         if done <= *state.done.borrow() {
             return;
         }
+        if self.log.is_durable() {
+            // What the consumer buffered must be written before the log
+            // forgets it: at-least-once, not at-most-once, across a crash.
+            Self::flush_consumer(&self.deliverer).await;
+        }
+        let state = &self.deliverer.state;
         if let Err(err) = self.cursor.release(done).await {
             tracing::error!(
                 subscription = %state.name,

@@ -367,4 +367,8 @@ impl Log for SqliteLog {
         self.shared.closed.store(true, SeqCst);
         self.shared.closed_tx.send_replace(true);
     }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
 }
