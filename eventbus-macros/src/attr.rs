@@ -10,6 +10,7 @@ use syn::{Error, LitInt, LitStr, Result};
 pub(crate) struct EventAttr {
     pub(crate) name: Option<LitStr>,
     pub(crate) version: Option<LitInt>,
+    pub(crate) upcast: Option<syn::Path>,
 }
 
 impl EventAttr {
@@ -57,9 +58,19 @@ impl EventAttr {
             }
             self.version = Some(lit);
             Ok(())
+        } else if meta.path.is_ident("upcast") {
+            let path: syn::Path = meta.value()?.parse()?;
+            if self.upcast.is_some() {
+                return Err(Error::new_spanned(
+                    &path,
+                    "duplicate `upcast` in `#[event]`; give it once",
+                ));
+            }
+            self.upcast = Some(path);
+            Ok(())
         } else {
             Err(meta.error(format_args!(
-                "unknown `#[event]` option `{}`; the options are `name = \"...\"` and `version = N`",
+                "unknown `#[event]` option `{}`; the options are `name = \"...\"`, `version = N` and `upcast = path::to::fn`",
                 path_string(&meta.path),
             )))
         }

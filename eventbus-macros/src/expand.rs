@@ -20,10 +20,10 @@ pub(crate) fn event(args: TokenStream, item: TokenStream) -> Result<TokenStream>
     };
     let checked = valid::check(&input, &attr, &mut errors);
     errors.finish()?;
-    Ok(expand(&input, &checked))
+    Ok(expand(&input, &attr, &checked))
 }
 
-fn expand(input: &EventStruct, checked: &valid::Checked) -> TokenStream {
+fn expand(input: &EventStruct, attr: &EventAttr, checked: &valid::Checked) -> TokenStream {
     let EventStruct {
         attrs,
         vis,
@@ -83,6 +83,10 @@ fn expand(input: &EventStruct, checked: &valid::Checked) -> TokenStream {
     let type_name = ident.unraw().to_string();
     let file = quote_spanned!(ident.span()=> ::core::file!());
     let line = quote_spanned!(ident.span()=> ::core::line!());
+    let upcast = attr
+        .upcast
+        .as_ref()
+        .map(|path| quote_spanned!(path.span()=> .with_upcast(#path)));
     let new_doc = format!(
         "Creates a `{ident}` event with fresh metadata: a new time-ordered id, the current \
          time, no actor, and no cause (the event starts its own correlation chain)."
@@ -137,6 +141,7 @@ fn expand(input: &EventStruct, checked: &valid::Checked) -> TokenStream {
                     #doc,
                     &[#(#field_entries),*],
                 )
+                #upcast
             }
         };
     }

@@ -70,6 +70,13 @@ pub(crate) fn check(input: &EventStruct, attr: &EventAttr, errors: &mut Errors) 
         None => 1,
     };
 
+    if let (Some(path), 1) = (&attr.upcast, version) {
+        errors.push(Error::new_spanned(
+            path,
+            "`#[event]` `upcast` converts older versions, so it needs `version = 2` or higher",
+        ));
+    }
+
     Checked { name, version }
 }
 

@@ -141,17 +141,24 @@ impl AnyEvent {
     ///
     /// [`DecodeError::Unknown`] when no event with that name and version is
     /// compiled into this binary, [`DecodeError::Invalid`] when the JSON does
-    /// not match the event's fields.
+    /// not match the event's fields. An event stored at an older version is
+    /// read through the current version's `#[event(upcast = ...)]`;
+    /// [`DecodeError::NoUpcast`] when there is none, [`DecodeError::Upcast`]
+    /// when it fails.
     ///
     /// [`to_json_bytes`]: AnyEvent::to_json_bytes
     pub fn from_json_bytes(name: &str, version: u32, json: &[u8]) -> Result<Self, DecodeError> {
-        let info = crate::registry::registry()
-            .event(name, version)
-            .ok_or_else(|| DecodeError::Unknown {
+        let registry = crate::registry::registry();
+        if let Some(info) = registry.event(name, version) {
+            return info.decode(json);
+        }
+        match registry.latest(name) {
+            Some(info) if info.version() > version => info.decode_upcast(version, json),
+            _ => Err(DecodeError::Unknown {
                 name: name.to_owned(),
                 version,
-            })?;
-        info.decode(json)
+            }),
+        }
     }
 
     pub(crate) fn as_any(&self) -> &dyn Any {

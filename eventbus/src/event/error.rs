@@ -13,6 +13,32 @@ pub enum DecodeError {
         /// The stored schema version.
         version: u32,
     },
+    /// The binary has the event at a newer version, with no `upcast` to read
+    /// the stored one.
+    #[error(
+        "event `{name}` is stored at version {stored}, but this binary has version {current} and no `upcast` for older versions; add `#[event(version = {current}, upcast = ...)]`"
+    )]
+    NoUpcast {
+        /// The stored event name.
+        name: String,
+        /// The stored version.
+        stored: u32,
+        /// The version this binary has.
+        current: u32,
+    },
+    /// The event's `upcast` function refused the stored JSON.
+    #[error("upcasting event `{name}` from version {stored} to {current} failed")]
+    Upcast {
+        /// The stored event name.
+        name: String,
+        /// The stored version.
+        stored: u32,
+        /// The version this binary has.
+        current: u32,
+        /// What the upcast function said.
+        #[source]
+        source: crate::BoxError,
+    },
     /// The JSON does not match the event's fields.
     #[error("event `{name}` v{version} does not match its fields")]
     Invalid {

@@ -17,7 +17,13 @@ pub struct EventEntry {
     pub(crate) fields: &'static [FieldInfo],
     pub(crate) type_id: fn() -> TypeId,
     pub(crate) decode: fn(&[u8]) -> serde_json::Result<AnyEvent>,
+    pub(crate) decode_value: fn(serde_json::Value) -> serde_json::Result<AnyEvent>,
+    pub(crate) upcast: Option<Upcast>,
 }
+
+/// Converts the JSON of an event stored at an older version (the `u32`) to
+/// the JSON of the current version. Named with `#[event(upcast = ...)]`.
+pub type Upcast = fn(u32, serde_json::Value) -> Result<serde_json::Value, crate::BoxError>;
 
 impl EventEntry {
     #[doc(hidden)]
@@ -38,7 +44,16 @@ impl EventEntry {
             fields,
             type_id: TypeId::of::<E>,
             decode: decode::<E>,
+            decode_value: decode_value::<E>,
+            upcast: None,
         }
+    }
+
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn with_upcast(mut self, upcast: Upcast) -> Self {
+        self.upcast = Some(upcast);
+        self
     }
 
     pub(crate) fn decode(&self, json: &[u8]) -> Result<AnyEvent, DecodeError> {
@@ -48,6 +63,10 @@ impl EventEntry {
             source,
         })
     }
+}
+
+fn decode_value<E: Event>(json: serde_json::Value) -> serde_json::Result<AnyEvent> {
+    serde_json::from_value::<E>(json).map(AnyEvent::new)
 }
 
 fn decode<E: Event>(json: &[u8]) -> serde_json::Result<AnyEvent> {

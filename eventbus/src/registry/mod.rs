@@ -43,6 +43,7 @@ mod error;
 
 pub use self::check::{BLESS_VAR, assert_fresh, bless, check, compare};
 pub use self::entry::FieldInfo;
+pub use self::entry::Upcast;
 #[doc(hidden)]
 pub use self::entry::{
     Dispatcher, EventEntry, EventField, ImplEntry, ProtocolEntry, Registration, assert_field,
@@ -163,6 +164,13 @@ impl Registry {
         Some(&self.events[i])
     }
 
+    /// The newest version registered under `name`.
+    pub fn latest(&self, name: &str) -> Option<&EventInfo> {
+        let versions = self.by_name.get(name)?;
+        let &(_, i) = versions.iter().max_by_key(|(v, _)| *v)?;
+        Some(&self.events[i])
+    }
+
     /// The event whose Rust type is `type_id`.
     pub fn event_of_type(&self, type_id: TypeId) -> Option<&EventInfo> {
         self.by_type.get(&type_id).map(|&i| &self.events[i])
@@ -218,6 +226,9 @@ impl Registry {
                 e.type_path(),
                 e.location()
             );
+            if e.has_upcast() {
+                out.push_str(" upcasts-older-versions");
+            }
             if !e.doc().is_empty() {
                 let _ = write!(out, " doc={:?}", e.doc());
             }
@@ -305,6 +316,44 @@ impl EventInfo {
     /// [`DecodeError::Invalid`] when the JSON does not fit the fields.
     pub fn decode(&self, json: &[u8]) -> Result<AnyEvent, DecodeError> {
         self.entry.decode(json)
+    }
+
+    /// Whether the event has an `upcast` for older versions.
+    pub fn has_upcast(&self) -> bool {
+        self.entry.upcast.is_some()
+    }
+
+    /// Reads JSON stored at an older `version` through the event's upcast,
+    /// then stamps the current version into its metadata.
+    pub(crate) fn decode_upcast(&self, stored: u32, json: &[u8]) -> Result<AnyEvent, DecodeError> {
+        let entry = self.entry;
+        let invalid = |source| DecodeError::Invalid {
+            name: entry.name.to_owned(),
+            version: stored,
+            source,
+        };
+        let Some(upcast) = entry.upcast else {
+            return Err(DecodeError::NoUpcast {
+                name: entry.name.to_owned(),
+                stored,
+                current: entry.version,
+            });
+        };
+        let value: serde_json::Value = serde_json::from_slice(json).map_err(invalid)?;
+        let mut value = upcast(stored, value).map_err(|source| DecodeError::Upcast {
+            name: entry.name.to_owned(),
+            stored,
+            current: entry.version,
+            source,
+        })?;
+        if let Some(meta) = value.get_mut("meta").and_then(|m| m.as_object_mut()) {
+            meta.insert("version".into(), entry.version.into());
+        }
+        (entry.decode_value)(value).map_err(|source| DecodeError::Invalid {
+            name: entry.name.to_owned(),
+            version: entry.version,
+            source,
+        })
     }
 }
 
