@@ -146,7 +146,7 @@ async fn a_sink_that_keeps_failing_dead_letters_its_events_for_replay() {
     assert_eq!(bus.stats()[0].dead_lettered, 3);
 
     sink.down.store(false, Ordering::SeqCst);
-    assert_eq!(bus.dead_letters().replay_all("tracking").unwrap(), 3);
+    assert_eq!(bus.dead_letters().replay_all("tracking").await.unwrap(), 3);
     bus.drain().await;
     let mut ids: Vec<String> = sink.batches.lock().unwrap().concat();
     ids.sort();

@@ -144,7 +144,7 @@ async fn a_dead_letter_replays_into_its_subscription_once_fixed() {
     let letter = bus.dead_letters().list_for("webhooks").pop().unwrap();
 
     hooks.broken.store(false, Ordering::SeqCst);
-    bus.dead_letters().replay(letter.id).unwrap();
+    bus.dead_letters().replay(letter.id).await.unwrap();
     bus.drain().await;
 
     assert_eq!(orders(&hooks.delivered), [13]);
@@ -154,6 +154,7 @@ async fn a_dead_letter_replays_into_its_subscription_once_fixed() {
     assert_eq!(
         bus.dead_letters()
             .replay(letter.id)
+            .await
             .unwrap_err()
             .to_string(),
         format!("no dead letter with id {}", letter.id)
@@ -173,7 +174,7 @@ async fn a_replay_that_fails_again_comes_back_as_a_new_letter() {
     bus.notify(PaymentTaken::new(13)).await.unwrap();
     bus.notify(PaymentTaken::new(13)).await.unwrap();
     bus.drain().await;
-    assert_eq!(bus.dead_letters().replay_all("webhooks").unwrap(), 2);
+    assert_eq!(bus.dead_letters().replay_all("webhooks").await.unwrap(), 2);
     bus.drain().await;
     let letters = bus.dead_letters().list();
     assert_eq!(letters.len(), 2);
@@ -195,13 +196,13 @@ async fn replaying_into_a_stopped_subscription_keeps_the_letter() {
     bus.drain().await;
     sub.stop().await;
     let id = bus.dead_letters().list()[0].id;
-    let err = bus.dead_letters().replay(id).unwrap_err();
+    let err = bus.dead_letters().replay(id).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "subscription `webhooks` is not running, so its dead letter cannot be replayed; restart it and replay again"
     );
     assert_eq!(bus.dead_letters().len(), 1);
-    assert!(bus.dead_letters().discard(id).is_some());
+    assert!(bus.dead_letters().discard(id).await.is_some());
     assert!(bus.dead_letters().is_empty());
 }
 

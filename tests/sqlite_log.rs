@@ -333,3 +333,75 @@ async fn finished_events_are_pruned_and_unfinished_ones_kept() {
     assert_eq!(slow.seen.len(), 21);
     bus.shutdown().await;
 }
+
+/// Fails every order while `broken` is set.
+#[derive(Clone, Default)]
+struct Flaky {
+    broken: Arc<std::sync::atomic::AtomicBool>,
+    seen: Recorder,
+}
+
+impl Consumer for Flaky {
+    async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("payment provider unreachable".into());
+        }
+        self.seen.handle(event).await
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_survive_a_restart_and_replay_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    {
+        let flaky = Flaky::default();
+        flaky
+            .broken
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let bus = bus_at(&path).await;
+        bus.subscribe("payments", flaky)
+            .retry(eventbus::Retry::never())
+            .start()
+            .await
+            .unwrap();
+        bus.notify(OrderPlaced::new(1)).await.unwrap();
+        bus.notify(OrderPlaced::new(2)).await.unwrap();
+        bus.drain().await;
+        assert_eq!(bus.dead_letters().len(), 2);
+        bus.shutdown().await;
+    }
+
+    let bus = bus_at(&path).await;
+    let letters = bus.dead_letters().list();
+    assert_eq!(letters.len(), 2, "kept across the restart");
+    assert_eq!(letters[0].subscription, "payments");
+    assert_eq!(letters[0].errors, ["payment provider unreachable"]);
+    assert_eq!(letters[0].attempts, 1);
+    assert_eq!(
+        letters[0]
+            .event
+            .downcast_ref::<OrderPlaced>()
+            .unwrap()
+            .order_id,
+        1
+    );
+
+    let healed = Flaky::default();
+    bus.subscribe("payments", healed.clone())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(bus.dead_letters().replay_all("payments").await.unwrap(), 2);
+    bus.drain().await;
+    assert_eq!(orders(&healed.seen), [1, 2]);
+    bus.shutdown().await;
+    drop(bus);
+
+    let bus = bus_at(&path).await;
+    assert!(
+        bus.dead_letters().is_empty(),
+        "replayed letters are gone for good"
+    );
+    bus.shutdown().await;
+}

@@ -136,12 +136,12 @@ impl Bus {
     pub(crate) fn from_log(log: Arc<dyn Log>, shutdown_timeout: Duration) -> Self {
         Bus {
             inner: Arc::new(Inner {
+                dead_letters: DeadLetters::new(log.dead_letter_store()),
                 log: LogHandle {
                     log,
                     closed: AtomicBool::new(false),
                 },
                 subscriptions: Mutex::new(BTreeMap::new()),
-                dead_letters: DeadLetters::default(),
                 shutdown_timeout,
             }),
         }

@@ -254,7 +254,9 @@ async fn write<T, S: Sink<T>>(
                 "sink rejected a batch for good; dead-lettering its events",
             );
             for event in events.drain(..) {
-                dead_letters.write(event, errors.clone(), attempt, first);
+                dead_letters
+                    .write(event, errors.clone(), attempt, first)
+                    .await;
             }
             break;
         }

@@ -7,6 +7,7 @@
 //! subscription once the cause is fixed.
 
 use crate::event::AnyEvent;
+use crate::log::DeadLetterStore;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -20,7 +21,6 @@ pub use self::error::ReplayError;
 
 /// One event a subscription gave up on.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct DeadLetter {
     /// Unique within the bus, in the order letters were written.
     pub id: u64,
@@ -67,6 +67,7 @@ struct Store {
     next_id: AtomicU64,
     letters: Mutex<BTreeMap<u64, DeadLetter>>,
     routes: Mutex<HashMap<String, Route>>,
+    persist: Option<Arc<dyn DeadLetterStore>>,
 }
 
 /// Where replayed events go: the subscription's replay queue.
@@ -85,6 +86,21 @@ impl fmt::Debug for DeadLetters {
 }
 
 impl DeadLetters {
+    /// Dead letters kept in `persist` too, starting with what it holds from
+    /// earlier runs.
+    pub(crate) fn new(persist: Option<Arc<dyn DeadLetterStore>>) -> Self {
+        let loaded = persist.as_ref().map(|p| p.load()).unwrap_or_default();
+        let next_id = loaded.iter().map(|l| l.id).max().unwrap_or(0);
+        DeadLetters {
+            inner: Arc::new(Store {
+                next_id: AtomicU64::new(next_id),
+                letters: Mutex::new(loaded.into_iter().map(|l| (l.id, l)).collect()),
+                routes: Mutex::default(),
+                persist,
+            }),
+        }
+    }
+
     /// Every dead letter, oldest first.
     pub fn list(&self) -> Vec<DeadLetter> {
         self.letters().values().cloned().collect()
@@ -115,8 +131,18 @@ impl DeadLetters {
     }
 
     /// Removes a dead letter without replaying it.
-    pub fn discard(&self, id: u64) -> Option<DeadLetter> {
-        self.letters().remove(&id)
+    pub async fn discard(&self, id: u64) -> Option<DeadLetter> {
+        let letter = self.letters().remove(&id)?;
+        self.forget(id).await;
+        Some(letter)
+    }
+
+    async fn forget(&self, id: u64) {
+        if let Some(persist) = &self.inner.persist
+            && let Err(err) = persist.remove(id).await
+        {
+            tracing::error!(id, error = %error_chain(&err).join(": "), "could not remove a stored dead letter; it will come back after a restart");
+        }
     }
 
     /// Sends the event back to its subscription, which handles it again with
@@ -128,7 +154,13 @@ impl DeadLetters {
     /// [`ReplayError::NotFound`] for an unknown id;
     /// [`ReplayError::NoSubscription`] when the subscription has stopped, in
     /// which case the letter stays.
-    pub fn replay(&self, id: u64) -> Result<(), ReplayError> {
+    pub async fn replay(&self, id: u64) -> Result<(), ReplayError> {
+        self.replay_now(id)?;
+        self.forget(id).await;
+        Ok(())
+    }
+
+    fn replay_now(&self, id: u64) -> Result<(), ReplayError> {
         let mut letters = self.letters();
         let letter = letters.get(&id).ok_or(ReplayError::NotFound(id))?;
         let route = self
@@ -153,7 +185,7 @@ impl DeadLetters {
     /// # Errors
     ///
     /// [`ReplayError::NoSubscription`] when the subscription has stopped.
-    pub fn replay_all(&self, subscription: &str) -> Result<usize, ReplayError> {
+    pub async fn replay_all(&self, subscription: &str) -> Result<usize, ReplayError> {
         let ids: Vec<u64> = self
             .letters()
             .values()
@@ -161,7 +193,7 @@ impl DeadLetters {
             .map(|l| l.id)
             .collect();
         for id in &ids {
-            self.replay(*id)?;
+            self.replay(*id).await?;
         }
         Ok(ids.len())
     }
@@ -221,8 +253,9 @@ impl fmt::Debug for DeadLetterWriter {
 }
 
 impl DeadLetterWriter {
-    /// Records that the subscription gave up on `event`.
-    pub fn write(
+    /// Records that the subscription gave up on `event`, durably when the
+    /// bus's log keeps dead letters.
+    pub async fn write(
         &self,
         event: AnyEvent,
         errors: Vec<String>,
@@ -250,6 +283,15 @@ impl DeadLetterWriter {
         metrics::counter!("eventbus_dead_lettered_total", "subscription" => self.subscription.to_string())
             .increment(1);
         self.counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(persist) = &self.store.inner.persist
+            && let Err(err) = persist.save(&letter).await
+        {
+            tracing::error!(
+                id,
+                error = %error_chain(&err).join(": "),
+                "could not store a dead letter; it is kept in memory only",
+            );
+        }
         self.store.letters().insert(id, letter);
         id
     }

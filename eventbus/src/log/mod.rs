@@ -21,9 +21,11 @@ pub use self::memory::MemoryLog;
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteLog;
 
+use crate::dead_letter::DeadLetter;
 use crate::event::AnyEvent;
 use futures_util::future::BoxFuture;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 /// A position in a log: events are numbered in the order they were appended.
 pub type Position = u64;
@@ -84,6 +86,27 @@ pub trait Log: Send + Sync + Debug + 'static {
     fn is_durable(&self) -> bool {
         false
     }
+
+    /// Where the bus keeps its dead letters, for a log that keeps them
+    /// across a restart. Default `None`: in memory only.
+    fn dead_letter_store(&self) -> Option<Arc<dyn DeadLetterStore>> {
+        None
+    }
+}
+
+/// Keeps dead letters across restarts; provided by a durable [`Log`].
+///
+/// The bus writes each letter here before the subscription releases the
+/// event's position, so a dead letter is never lost to a crash.
+pub trait DeadLetterStore: Send + Sync + Debug + 'static {
+    /// The letters stored by earlier runs.
+    fn load(&self) -> Vec<DeadLetter>;
+
+    /// Stores a letter.
+    fn save(&self, letter: &DeadLetter) -> BoxFuture<'_, Result<(), LogError>>;
+
+    /// Forgets a letter that was replayed or discarded.
+    fn remove(&self, id: u64) -> BoxFuture<'_, Result<(), LogError>>;
 }
 
 /// One subscription's read position in a [`Log`].

@@ -82,7 +82,8 @@ impl<C: Consumer> Deliverer<C> {
             let first = *first_failed_at.get_or_insert_with(Utc::now);
             if attempt >= self.retry.attempts() {
                 self.dead_letters
-                    .write(event.clone(), errors, attempt, first);
+                    .write(event.clone(), errors, attempt, first)
+                    .await;
                 return;
             }
             let delay = self.retry.delay(attempt);
@@ -267,18 +268,19 @@ impl<C: Consumer> Runner<C> {
                         ..
                     } => {
                         let key = std::panic::catch_unwind(AssertUnwindSafe(|| key(event)));
-                        let Ok(key) = key.map_err(|panic| {
-                            self.deliverer.dead_letters.write(
-                                event.clone(),
-                                vec![format!(
+                        let key = match key {
+                            Ok(key) => key,
+                            Err(panic) => {
+                                let errors = vec![format!(
                                     "panicked: partition key: {}",
                                     panic_message(&*panic)
-                                )],
-                                0,
-                                Utc::now(),
-                            );
-                        }) else {
-                            continue;
+                                )];
+                                deliverer
+                                    .dead_letters
+                                    .write(event.clone(), errors, 0, Utc::now())
+                                    .await;
+                                continue;
+                            }
                         };
                         let lane = (key % senders.len() as u64) as usize;
                         watermark.start(pos);

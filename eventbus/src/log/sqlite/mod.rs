@@ -39,8 +39,9 @@ mod writer;
 
 pub use self::error::OpenError;
 
-use self::writer::{Request, Writer};
-use super::{Cursor, Log, LogError, Position, StartFrom, TryAppendError};
+use self::writer::{DeadLetterRow, Request, Writer};
+use super::{Cursor, DeadLetterStore, Log, LogError, Position, StartFrom, TryAppendError};
+use crate::dead_letter::DeadLetter;
 use crate::event::AnyEvent;
 use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OpenFlags};
@@ -147,6 +148,8 @@ pub(crate) struct Shared {
     head_rx: watch::Receiver<Position>,
     closed: AtomicBool,
     closed_tx: watch::Sender<bool>,
+    /// Dead letters of earlier runs, handed to the bus once.
+    stored_letters: std::sync::Mutex<Vec<DeadLetterRow>>,
 }
 
 impl fmt::Debug for SqliteLog {
@@ -219,6 +222,7 @@ impl SqliteLog {
             )
             .map_err(|e| OpenError::classify(&path, e))?;
         let head = head as Position;
+        let stored_letters = load_dead_letters(&conn).map_err(|e| OpenError::classify(&path, e))?;
         let (requests, rx) = mpsc::channel(1 << 16);
         let head_cell = Arc::new(AtomicU64::new(head));
         let (head_tx, head_rx) = watch::channel(head);
@@ -246,6 +250,7 @@ impl SqliteLog {
                 head_rx,
                 closed: AtomicBool::new(false),
                 closed_tx,
+                stored_letters: std::sync::Mutex::new(stored_letters),
             }),
         })
     }
@@ -370,5 +375,109 @@ impl Log for SqliteLog {
 
     fn is_durable(&self) -> bool {
         true
+    }
+
+    fn dead_letter_store(&self) -> Option<Arc<dyn DeadLetterStore>> {
+        Some(Arc::new(SqliteDeadLetters {
+            shared: Arc::clone(&self.shared),
+        }))
+    }
+}
+
+fn load_dead_letters(conn: &Connection) -> rusqlite::Result<Vec<DeadLetterRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at
+         FROM dead_letters ORDER BY id",
+    )?;
+    stmt.query_map([], |r| {
+        Ok(DeadLetterRow {
+            id: r.get::<_, i64>(0)? as u64,
+            subscription: r.get(1)?,
+            name: r.get(2)?,
+            version: r.get(3)?,
+            payload: r.get(4)?,
+            errors: r.get(5)?,
+            attempts: r.get(6)?,
+            first_failed_at: r.get(7)?,
+            last_failed_at: r.get(8)?,
+        })
+    })?
+    .collect()
+}
+
+/// The dead letters of a [`SqliteLog`], in its `dead_letters` table.
+struct SqliteDeadLetters {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SqliteDeadLetters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteDeadLetters")
+            .field("path", &self.shared.path)
+            .finish()
+    }
+}
+
+fn millis_to_time(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+impl DeadLetterStore for SqliteDeadLetters {
+    fn load(&self) -> Vec<DeadLetter> {
+        let rows = std::mem::take(&mut *self.shared.stored_letters.lock().expect("letters lock"));
+        rows.into_iter()
+            .filter_map(|row| {
+                match AnyEvent::from_json_bytes(&row.name, row.version, &row.payload) {
+                    Ok(event) => Some(DeadLetter {
+                        id: row.id,
+                        subscription: row.subscription,
+                        event,
+                        errors: serde_json::from_str(&row.errors).unwrap_or_else(|_| vec![row.errors]),
+                        attempts: row.attempts,
+                        first_failed_at: millis_to_time(row.first_failed_at),
+                        last_failed_at: millis_to_time(row.last_failed_at),
+                    }),
+                    Err(err) => {
+                        tracing::error!(
+                            id = row.id,
+                            event = %row.name,
+                            error = %err,
+                            "a stored dead letter no longer decodes; it stays in the dead_letters table",
+                        );
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn save(&self, letter: &DeadLetter) -> BoxFuture<'_, Result<(), LogError>> {
+        let row = letter.event.to_json_bytes().map(|payload| DeadLetterRow {
+            id: letter.id,
+            subscription: letter.subscription.clone(),
+            name: letter.event.name().to_owned(),
+            version: letter.event.version(),
+            payload,
+            errors: serde_json::to_string(&letter.errors).unwrap_or_default(),
+            attempts: letter.attempts,
+            first_failed_at: letter.first_failed_at.timestamp_millis(),
+            last_failed_at: letter.last_failed_at.timestamp_millis(),
+        });
+        Box::pin(async move {
+            let row = row.map_err(|e| LogError::Backend(Box::new(e)))?;
+            self.shared
+                .request(|reply| Request::SaveDeadLetter { row, reply })
+                .await
+                .map(drop)
+        })
+    }
+
+    fn remove(&self, id: u64) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(async move {
+            self.shared
+                .request(|reply| Request::RemoveDeadLetter { id, reply })
+                .await
+                .map(drop)
+        })
     }
 }

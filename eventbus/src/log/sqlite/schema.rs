@@ -35,6 +35,17 @@ CREATE TABLE quarantine (
     quarantined_at INTEGER NOT NULL,
     PRIMARY KEY (subscription, position)
 );
+CREATE TABLE dead_letters (
+    id              INTEGER PRIMARY KEY,
+    subscription    TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    payload         BLOB    NOT NULL,
+    errors          TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL,
+    first_failed_at INTEGER NOT NULL,
+    last_failed_at  INTEGER NOT NULL
+);
 ";
 
 /// Creates the layout in an empty database, or checks that an existing one

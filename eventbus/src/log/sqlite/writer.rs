@@ -33,6 +33,14 @@ pub(crate) enum Request {
         from: StartFrom,
         reply: oneshot::Sender<Result<Position, String>>,
     },
+    SaveDeadLetter {
+        row: DeadLetterRow,
+        reply: oneshot::Sender<Result<Position, String>>,
+    },
+    RemoveDeadLetter {
+        id: u64,
+        reply: oneshot::Sender<Result<Position, String>>,
+    },
     Quarantine {
         subscription: String,
         position: Position,
@@ -41,6 +49,21 @@ pub(crate) enum Request {
         payload: Vec<u8>,
         reason: String,
     },
+}
+
+/// A dead letter as stored: the event as JSON, the error chain as a JSON
+/// array, times in milliseconds since the Unix epoch.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetterRow {
+    pub(crate) id: u64,
+    pub(crate) subscription: String,
+    pub(crate) name: String,
+    pub(crate) version: u32,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) errors: String,
+    pub(crate) attempts: u32,
+    pub(crate) first_failed_at: i64,
+    pub(crate) last_failed_at: i64,
 }
 
 pub(crate) struct Writer {
@@ -130,6 +153,29 @@ impl Writer {
                         Request::Open {
                             subscription, from, ..
                         } => open(&tx, subscription, *from, now)?,
+                        Request::SaveDeadLetter { row, .. } => {
+                            tx.execute(
+                                "INSERT OR REPLACE INTO dead_letters
+                                 (id, subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                params![
+                                    row.id as i64,
+                                    row.subscription,
+                                    row.name,
+                                    row.version,
+                                    row.payload,
+                                    row.errors,
+                                    row.attempts,
+                                    row.first_failed_at,
+                                    row.last_failed_at
+                                ],
+                            )?;
+                            row.id
+                        }
+                        Request::RemoveDeadLetter { id, .. } => {
+                            tx.execute("DELETE FROM dead_letters WHERE id = ?1", [*id as i64])?;
+                            *id
+                        }
                         Request::Quarantine {
                             subscription,
                             position,
@@ -178,7 +224,10 @@ impl Writer {
                 Some(message) => Err(message.clone()),
             };
             match request {
-                Request::Append { reply, .. } | Request::Open { reply, .. } => {
+                Request::Append { reply, .. }
+                | Request::Open { reply, .. }
+                | Request::SaveDeadLetter { reply, .. }
+                | Request::RemoveDeadLetter { reply, .. } => {
                     let _ = reply.send(result);
                 }
                 Request::Commit { reply, .. } => {
