@@ -405,3 +405,66 @@ async fn dead_letters_survive_a_restart_and_replay_after_it() {
     );
     bus.shutdown().await;
 }
+
+/// Counts attempts and always fails.
+#[derive(Clone, Default)]
+struct AlwaysDown {
+    attempts: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Consumer for AlwaysDown {
+    async fn handle(&self, _event: &AnyEvent) -> Result<(), BoxError> {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err("search cluster unreachable".into())
+    }
+}
+
+#[tokio::test]
+async fn a_retry_schedule_resumes_after_a_restart_instead_of_starting_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let retry = eventbus::Retry::exponential(Duration::from_millis(400))
+        .without_jitter()
+        .max_attempts(3);
+    {
+        let down = AlwaysDown::default();
+        let bus = bus_at(&path).await;
+        bus.subscribe("search", down.clone())
+            .retry(retry.clone())
+            .start()
+            .await
+            .unwrap();
+        bus.notify(OrderPlaced::new(1)).await.unwrap();
+        while down.attempts.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+            tokio::task::yield_now().await;
+        }
+        // Stopped while waiting 400 ms for the second attempt.
+        assert!(!bus.shutdown().await.is_clean());
+    }
+
+    let down = AlwaysDown::default();
+    let bus = bus_at(&path).await;
+    bus.subscribe("search", down.clone())
+        .retry(retry)
+        .start()
+        .await
+        .unwrap();
+    bus.drain().await;
+    let letters = bus.dead_letters().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3, "attempts counted across both runs");
+    assert_eq!(
+        down.attempts.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the second run made only the attempts that were left"
+    );
+    bus.shutdown().await;
+    drop(bus);
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let left: i64 = conn
+        .query_row("SELECT COUNT(*) FROM retries", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "a dead-lettered event has no schedule left");
+}

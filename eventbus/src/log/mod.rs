@@ -92,6 +92,45 @@ pub trait Log: Send + Sync + Debug + 'static {
     fn dead_letter_store(&self) -> Option<Arc<dyn DeadLetterStore>> {
         None
     }
+
+    /// Where subscriptions keep retry schedules, for a log that keeps them
+    /// across a restart. Default `None`: a restart starts them over.
+    fn retry_store(&self) -> Option<Arc<dyn RetryStore>> {
+        None
+    }
+}
+
+/// An event's retry state, kept across restarts by a [`RetryStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryState {
+    /// Attempts made so far, all failed.
+    pub attempts: u32,
+    /// When the next attempt is due.
+    pub next_attempt_at: chrono::DateTime<chrono::Utc>,
+    /// When the first attempt failed.
+    pub first_failed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Keeps the attempt counts of events waiting for a retry, so a restart
+/// resumes the schedule instead of starting it over; provided by a durable
+/// [`Log`].
+pub trait RetryStore: Send + Sync + Debug + 'static {
+    /// Every event of `subscription` waiting for a retry, by position.
+    fn load(
+        &self,
+        subscription: &str,
+    ) -> BoxFuture<'_, Result<Vec<(Position, RetryState)>, LogError>>;
+
+    /// Records a failed attempt.
+    fn save(
+        &self,
+        subscription: &str,
+        position: Position,
+        state: RetryState,
+    ) -> BoxFuture<'_, Result<(), LogError>>;
+
+    /// Forgets an event that succeeded or was dead-lettered.
+    fn clear(&self, subscription: &str, position: Position) -> BoxFuture<'_, Result<(), LogError>>;
 }
 
 /// Keeps dead letters across restarts; provided by a durable [`Log`].

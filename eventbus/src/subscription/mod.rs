@@ -302,6 +302,16 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             .await
             .map_err(SubscribeError::Log)?;
         let start = cursor.position();
+        let retries = match inner.log.log().retry_store() {
+            Some(store) => {
+                let pending = store.load(&name).await.map_err(SubscribeError::Log)?;
+                Some(runner::RetryBook {
+                    store,
+                    pending: Mutex::new(pending.into_iter().collect()),
+                })
+            }
+            None => None,
+        };
 
         let name: Arc<str> = Arc::from(name);
         let (flush_tx, flush_rx) = mpsc::channel(4);
@@ -334,6 +344,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
         let filter = filter.or_interest(consumer.interest());
         let runner = runner::Runner {
             deliverer: Arc::new(runner::Deliverer {
+                retries,
                 consumer,
                 retry,
                 state: Arc::clone(&state),

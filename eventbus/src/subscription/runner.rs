@@ -8,7 +8,7 @@ use super::{Config, Mode};
 use crate::consumer::Consumer;
 use crate::dead_letter::{DeadLetterWriter, error_chain, panic_message};
 use crate::event::AnyEvent;
-use crate::log::{Batch, Cursor, Log, Position};
+use crate::log::{Batch, Cursor, Log, Position, RetryState, RetryStore};
 use crate::retry::Retry;
 use chrono::Utc;
 use futures_util::FutureExt;
@@ -21,7 +21,25 @@ use tracing::Instrument;
 
 /// Hands one event to the consumer, with retries and dead-lettering. Shared
 /// by the runner and, in concurrent and partitioned modes, by its tasks.
+/// The retry schedules of one subscription, kept in a durable log's
+/// [`RetryStore`]. Loaded once at start: only events that were waiting for
+/// a retry when the process stopped are in it.
+pub(crate) struct RetryBook {
+    pub(crate) store: Arc<dyn RetryStore>,
+    pub(crate) pending: std::sync::Mutex<std::collections::HashMap<Position, RetryState>>,
+}
+
+impl RetryBook {
+    fn take(&self, position: Position) -> Option<RetryState> {
+        self.pending
+            .lock()
+            .expect("retry book lock")
+            .remove(&position)
+    }
+}
+
 pub(crate) struct Deliverer<C> {
+    pub(crate) retries: Option<RetryBook>,
     pub(crate) consumer: C,
     pub(crate) retry: Retry,
     pub(crate) state: Arc<State>,
@@ -51,10 +69,26 @@ impl Metrics {
 }
 
 impl<C: Consumer> Deliverer<C> {
-    pub(crate) async fn deliver(&self, event: &AnyEvent) {
+    /// Hands `event` (at `position` in the log; `None` for a replay) to the
+    /// consumer until it succeeds or runs out of attempts.
+    pub(crate) async fn deliver(&self, position: Option<Position>, event: &AnyEvent) {
         let counters = &self.state.counters;
         let mut attempt = 1;
         let mut first_failed_at = None;
+        // An event that was waiting for a retry when the process stopped
+        // resumes its schedule.
+        let book = self.retries.as_ref().zip(position);
+        let mut stored = false;
+        if let Some((book, position)) = book
+            && let Some(state) = book.take(position)
+        {
+            attempt = state.attempts + 1;
+            first_failed_at = Some(state.first_failed_at);
+            stored = true;
+            if let Ok(wait) = (state.next_attempt_at - Utc::now()).to_std() {
+                tokio::time::sleep(wait).await;
+            }
+        }
         loop {
             let span = tracing::debug_span!(
                 "eventbus.deliver",
@@ -72,6 +106,9 @@ impl<C: Consumer> Deliverer<C> {
                 Ok(Ok(())) => {
                     counters.delivered.fetch_add(1, Relaxed);
                     self.metrics.delivered.increment(1);
+                    if stored {
+                        self.forget_retry(book).await;
+                    }
                     return;
                 }
                 Ok(Err(err)) => error_chain(&*err),
@@ -84,9 +121,28 @@ impl<C: Consumer> Deliverer<C> {
                 self.dead_letters
                     .write(event.clone(), errors, attempt, first)
                     .await;
+                if stored {
+                    self.forget_retry(book).await;
+                }
                 return;
             }
             let delay = self.retry.delay(attempt);
+            if let Some((book, position)) = book {
+                let state = RetryState {
+                    attempts: attempt,
+                    next_attempt_at: Utc::now()
+                        + chrono::Duration::from_std(delay).unwrap_or_default(),
+                    first_failed_at: first,
+                };
+                match book.store.save(&self.state.name, position, state).await {
+                    Ok(()) => stored = true,
+                    Err(err) => tracing::warn!(
+                        subscription = %self.state.name,
+                        error = %error_chain(&err).join(": "),
+                        "could not store the retry schedule; a restart would start it over",
+                    ),
+                }
+            }
             tracing::warn!(
                 subscription = %self.state.name,
                 event = %event.name(),
@@ -100,6 +156,20 @@ impl<C: Consumer> Deliverer<C> {
             attempt += 1;
             counters.retried.fetch_add(1, Relaxed);
             self.metrics.retried.increment(1);
+        }
+    }
+}
+
+impl<C> Deliverer<C> {
+    async fn forget_retry(&self, book: Option<(&RetryBook, Position)>) {
+        if let Some((book, position)) = book
+            && let Err(err) = book.store.clear(&self.state.name, position).await
+        {
+            tracing::warn!(
+                subscription = %self.state.name,
+                error = %error_chain(&err).join(": "),
+                "could not clear a finished retry schedule",
+            );
         }
     }
 }
@@ -162,7 +232,7 @@ impl<C: Consumer> Runner<C> {
                     let _ = ack.send(());
                 }
                 Some(event) = self.replays.recv() => {
-                    self.deliverer.deliver(&event).await;
+                    self.deliverer.deliver(None, &event).await;
                     state.replays.fetch_sub(1, SeqCst);
                     state.done.send_modify(|_| {});
                 }
@@ -205,7 +275,7 @@ impl<C: Consumer> Runner<C> {
                         let watermark = Arc::clone(&watermark);
                         let task = tokio::spawn(async move {
                             while let Some((pos, event)) = rx.recv().await {
-                                deliverer.deliver(&event).await;
+                                deliverer.deliver(Some(pos), &event).await;
                                 deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
                                 watermark.finish(pos);
                             }
@@ -236,7 +306,7 @@ impl<C: Consumer> Runner<C> {
                 match lanes {
                     Lanes::Sequential => {
                         counters.in_flight.store(1, Relaxed);
-                        self.deliverer.deliver(event).await;
+                        self.deliverer.deliver(Some(pos), event).await;
                         counters.in_flight.store(0, Relaxed);
                     }
                     Lanes::Concurrent {
@@ -255,7 +325,7 @@ impl<C: Consumer> Runner<C> {
                         let watermark = Arc::clone(watermark);
                         let event = event.clone();
                         tokio::spawn(async move {
-                            deliverer.deliver(&event).await;
+                            deliverer.deliver(Some(pos), &event).await;
                             deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
                             watermark.finish(pos);
                             drop(permit);
@@ -366,7 +436,7 @@ impl<C: Consumer> Runner<C> {
         // Refuse new replays (the letter stays) and finish the queued ones.
         self.replays.close();
         while let Some(event) = self.replays.recv().await {
-            self.deliverer.deliver(&event).await;
+            self.deliverer.deliver(None, &event).await;
             state.replays.fetch_sub(1, SeqCst);
         }
         Self::flush_consumer(&self.deliverer).await;

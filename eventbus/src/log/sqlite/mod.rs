@@ -40,7 +40,10 @@ mod writer;
 pub use self::error::OpenError;
 
 use self::writer::{DeadLetterRow, Request, Writer};
-use super::{Cursor, DeadLetterStore, Log, LogError, Position, StartFrom, TryAppendError};
+use super::{
+    Cursor, DeadLetterStore, Log, LogError, Position, RetryState, RetryStore, StartFrom,
+    TryAppendError,
+};
 use crate::dead_letter::DeadLetter;
 use crate::event::AnyEvent;
 use futures_util::future::BoxFuture;
@@ -381,6 +384,98 @@ impl Log for SqliteLog {
         Some(Arc::new(SqliteDeadLetters {
             shared: Arc::clone(&self.shared),
         }))
+    }
+
+    fn retry_store(&self) -> Option<Arc<dyn RetryStore>> {
+        Some(Arc::new(SqliteRetries {
+            shared: Arc::clone(&self.shared),
+        }))
+    }
+}
+
+/// The retry schedules of a [`SqliteLog`], in its `retries` table.
+struct SqliteRetries {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SqliteRetries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteRetries")
+            .field("path", &self.shared.path)
+            .finish()
+    }
+}
+
+impl RetryStore for SqliteRetries {
+    fn load(
+        &self,
+        subscription: &str,
+    ) -> BoxFuture<'_, Result<Vec<(Position, RetryState)>, LogError>> {
+        let path = self.shared.path.clone();
+        let subscription = subscription.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || -> Result<Vec<(Position, RetryState)>, LogError> {
+                let conn = connect(&path).map_err(|e| LogError::Backend(Box::new(e)))?;
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT position, attempts, next_attempt_at, first_failed_at
+                         FROM retries WHERE subscription = ?1",
+                    )
+                    .map_err(|e| backend(e.to_string()))?;
+                let rows = stmt
+                    .query_map([&subscription], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)? as Position,
+                            RetryState {
+                                attempts: r.get(1)?,
+                                next_attempt_at: millis_to_time(r.get(2)?),
+                                first_failed_at: millis_to_time(r.get(3)?),
+                            },
+                        ))
+                    })
+                    .and_then(|rows| rows.collect())
+                    .map_err(|e| backend(e.to_string()))?;
+                Ok(rows)
+            })
+            .await
+            .map_err(|e| backend(e.to_string()))?
+        })
+    }
+
+    fn save(
+        &self,
+        subscription: &str,
+        position: Position,
+        state: RetryState,
+    ) -> BoxFuture<'_, Result<(), LogError>> {
+        let subscription = subscription.to_owned();
+        Box::pin(async move {
+            self.shared
+                .request(|reply| Request::SaveRetry {
+                    subscription,
+                    position,
+                    attempts: state.attempts,
+                    next_attempt_at: state.next_attempt_at.timestamp_millis(),
+                    first_failed_at: state.first_failed_at.timestamp_millis(),
+                    reply,
+                })
+                .await
+                .map(drop)
+        })
+    }
+
+    fn clear(&self, subscription: &str, position: Position) -> BoxFuture<'_, Result<(), LogError>> {
+        let subscription = subscription.to_owned();
+        Box::pin(async move {
+            self.shared
+                .request(|reply| Request::ClearRetry {
+                    subscription,
+                    position,
+                    reply,
+                })
+                .await
+                .map(drop)
+        })
     }
 }
 

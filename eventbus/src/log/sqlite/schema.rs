@@ -35,6 +35,14 @@ CREATE TABLE quarantine (
     quarantined_at INTEGER NOT NULL,
     PRIMARY KEY (subscription, position)
 );
+CREATE TABLE retries (
+    subscription    TEXT    NOT NULL,
+    position        INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    first_failed_at INTEGER NOT NULL,
+    PRIMARY KEY (subscription, position)
+);
 CREATE TABLE dead_letters (
     id              INTEGER PRIMARY KEY,
     subscription    TEXT    NOT NULL,

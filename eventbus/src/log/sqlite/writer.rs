@@ -41,6 +41,19 @@ pub(crate) enum Request {
         id: u64,
         reply: oneshot::Sender<Result<Position, String>>,
     },
+    SaveRetry {
+        subscription: String,
+        position: Position,
+        attempts: u32,
+        next_attempt_at: i64,
+        first_failed_at: i64,
+        reply: oneshot::Sender<Result<Position, String>>,
+    },
+    ClearRetry {
+        subscription: String,
+        position: Position,
+        reply: oneshot::Sender<Result<Position, String>>,
+    },
     Quarantine {
         subscription: String,
         position: Position,
@@ -172,6 +185,33 @@ impl Writer {
                             )?;
                             row.id
                         }
+                        Request::SaveRetry {
+                            subscription,
+                            position,
+                            attempts,
+                            next_attempt_at,
+                            first_failed_at,
+                            ..
+                        } => {
+                            tx.execute(
+                                "INSERT OR REPLACE INTO retries
+                                 (subscription, position, attempts, next_attempt_at, first_failed_at)
+                                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                                params![subscription, *position as i64, attempts, next_attempt_at, first_failed_at],
+                            )?;
+                            *position
+                        }
+                        Request::ClearRetry {
+                            subscription,
+                            position,
+                            ..
+                        } => {
+                            tx.execute(
+                                "DELETE FROM retries WHERE subscription = ?1 AND position = ?2",
+                                params![subscription, *position as i64],
+                            )?;
+                            *position
+                        }
                         Request::RemoveDeadLetter { id, .. } => {
                             tx.execute("DELETE FROM dead_letters WHERE id = ?1", [*id as i64])?;
                             *id
@@ -227,7 +267,9 @@ impl Writer {
                 Request::Append { reply, .. }
                 | Request::Open { reply, .. }
                 | Request::SaveDeadLetter { reply, .. }
-                | Request::RemoveDeadLetter { reply, .. } => {
+                | Request::RemoveDeadLetter { reply, .. }
+                | Request::SaveRetry { reply, .. }
+                | Request::ClearRetry { reply, .. } => {
                     let _ = reply.send(result);
                 }
                 Request::Commit { reply, .. } => {
