@@ -29,6 +29,10 @@ use proc_macro::TokenStream;
 ///   in lowercase words joined by dots (`UserCreated` is `user.created`).
 ///   Lowercase letters, digits, `.`, `_` and `-`.
 /// - `version = 2`: the schema version, from 1 (the default).
+/// - `upcast = path::to::fn`: reads events stored at older versions. The
+///   function, `fn(u32, eventbus::Value) -> Result<eventbus::Value,
+///   eventbus::BoxError>`, gets the stored version and JSON and returns the
+///   JSON of this version. Needs `version = 2` or higher.
 ///
 /// # Examples
 ///
