@@ -196,7 +196,9 @@ pub fn assert_exercise(samples: impl IntoIterator<Item = AnyEvent>) -> Exercise 
 
 fn round_trip(sample: &AnyEvent, info: &crate::registry::EventInfo) -> Result<(), String> {
     let bytes = sample.to_json_bytes().map_err(|e| e.to_string())?;
-    let back = info.decode(&bytes).map_err(|e| error_chain(&e))?;
+    let back = info
+        .decode(&bytes)
+        .map_err(|e| crate::dead_letter::error_chain(&e).join(": "))?;
     let before = sample.to_json().map_err(|e| e.to_string())?;
     let after = back.to_json().map_err(|e| e.to_string())?;
     if before == after {
@@ -204,15 +206,4 @@ fn round_trip(sample: &AnyEvent, info: &crate::registry::EventInfo) -> Result<()
     } else {
         Err(format!("wrote {before}, read back {after}"))
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

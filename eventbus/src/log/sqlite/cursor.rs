@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 pub(crate) struct SqliteCursor {
     subscription: String,
@@ -136,13 +136,7 @@ impl SqliteCursor {
     }
 
     async fn quarantine(&self, row: Row, err: &crate::event::DecodeError) -> Result<(), LogError> {
-        let mut reason = err.to_string();
-        let mut source = std::error::Error::source(err);
-        while let Some(s) = source {
-            reason.push_str(": ");
-            reason.push_str(&s.to_string());
-            source = s.source();
-        }
+        let reason = crate::dead_letter::error_chain(err).join(": ");
         tracing::error!(
             subscription = %self.subscription,
             position = row.position,
@@ -173,20 +167,12 @@ impl Cursor for SqliteCursor {
     fn release(&mut self, up_to: Position) -> BoxFuture<'_, Result<(), LogError>> {
         let subscription = self.subscription.clone();
         Box::pin(async move {
-            let (reply, answer) = oneshot::channel();
-            self.requests
-                .send(Request::Commit {
-                    subscription,
-                    position: up_to,
-                    reply,
-                })
-                .await
-                .map_err(|_| backend("the SQLite writer has stopped"))?;
-            match answer.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(message)) => Err(backend(message)),
-                Err(_) => Err(backend("the SQLite writer stopped before answering")),
-            }
+            super::request(&self.requests, |reply| Request::Commit {
+                subscription,
+                position: up_to,
+                reply,
+            })
+            .await
         })
     }
 

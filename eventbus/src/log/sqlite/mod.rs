@@ -287,16 +287,24 @@ impl Shared {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
     ) -> Result<T, LogError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(make(reply))
-            .await
-            .map_err(|_| backend("the SQLite writer has stopped"))?;
-        match answer.await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(message)) => Err(backend(message)),
-            Err(_) => Err(backend("the SQLite writer stopped before answering")),
-        }
+        request(&self.requests, make).await
+    }
+}
+
+/// Sends a request to the writer and waits for its commit.
+pub(crate) async fn request<T>(
+    requests: &mpsc::Sender<Request>,
+    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
+) -> Result<T, LogError> {
+    let (reply, answer) = oneshot::channel();
+    requests
+        .send(make(reply))
+        .await
+        .map_err(|_| backend("the SQLite writer has stopped"))?;
+    match answer.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => Err(backend(message)),
+        Err(_) => Err(backend("the SQLite writer stopped before answering")),
     }
 }
 
