@@ -369,3 +369,66 @@ async fn shutdown_stops_at_its_deadline_and_reports_what_is_left() {
     assert_eq!(report.timed_out[0].name, "stuck");
     assert_eq!(report.timed_out[0].lag, 2);
 }
+
+/// Counts handlers still running.
+#[derive(Clone, Default)]
+struct Endless {
+    running: Arc<AtomicUsize>,
+}
+
+impl Consumer for Endless {
+    async fn handle(&self, _event: &AnyEvent) -> Result<(), BoxError> {
+        struct Running(Arc<AtomicUsize>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let _running = Running(Arc::clone(&self.running));
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_deadline_stops_in_flight_tasks_too() {
+    let bus = Bus::builder()
+        .shutdown_timeout(std::time::Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let concurrent = Endless::default();
+    let partitioned = Endless::default();
+    bus.subscribe("concurrent", concurrent.clone())
+        .concurrent(4)
+        .start()
+        .await
+        .unwrap();
+    bus.subscribe("partitioned", partitioned.clone())
+        .partitioned(2, |e: &AnyEvent| {
+            e.downcast_ref::<UserCreated>().unwrap().user_id
+        })
+        .start()
+        .await
+        .unwrap();
+    for id in 0..4 {
+        bus.notify(UserCreated::new(id)).await.unwrap();
+    }
+    while concurrent.running.load(Ordering::SeqCst) < 4
+        || partitioned.running.load(Ordering::SeqCst) < 2
+    {
+        tokio::task::yield_now().await;
+    }
+    let report = bus.shutdown().await;
+    assert_eq!(report.timed_out.len(), 2);
+    // Aborted tasks are dropped by the runtime; give it a turn.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        concurrent.running.load(Ordering::SeqCst),
+        0,
+        "no handler outlives the deadline"
+    );
+    assert_eq!(partitioned.running.load(Ordering::SeqCst), 0);
+}

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
 /// Hands one event to the consumer, with retries and dead-lettering. Shared
@@ -191,12 +192,15 @@ enum Lanes {
     Sequential,
     Concurrent {
         permits: Arc<Semaphore>,
-        limit: usize,
         watermark: Arc<Watermark>,
+        /// The tasks in flight. Dropping the set (when the runner is
+        /// aborted at a shutdown deadline) aborts them too, so nothing keeps
+        /// calling the consumer after the bus said it stopped.
+        tasks: JoinSet<()>,
     },
     Partitioned {
         senders: Vec<mpsc::Sender<(Position, AnyEvent)>>,
-        tasks: Vec<tokio::task::JoinHandle<()>>,
+        tasks: JoinSet<()>,
         key: super::KeyFn,
         watermark: Arc<Watermark>,
     },
@@ -262,27 +266,28 @@ impl<C: Consumer> Runner<C> {
             Mode::Sequential => Lanes::Sequential,
             Mode::Concurrent(limit) => Lanes::Concurrent {
                 permits: Arc::new(Semaphore::new(*limit)),
-                limit: *limit,
                 watermark: Arc::default(),
+                tasks: JoinSet::new(),
             },
             Mode::Partitioned { lanes, key } => {
                 let watermark: Arc<Watermark> = Arc::default();
                 let depth = (self.config.max_demand / lanes).max(1);
-                let (senders, tasks) = (0..*lanes)
+                let mut tasks = JoinSet::new();
+                let senders = (0..*lanes)
                     .map(|_| {
                         let (tx, mut rx) = mpsc::channel::<(Position, AnyEvent)>(depth);
                         let deliverer = Arc::clone(&self.deliverer);
                         let watermark = Arc::clone(&watermark);
-                        let task = tokio::spawn(async move {
+                        tasks.spawn(async move {
                             while let Some((pos, event)) = rx.recv().await {
                                 deliverer.deliver(Some(pos), &event).await;
                                 deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
                                 watermark.finish(pos);
                             }
                         });
-                        (tx, task)
+                        tx
                     })
-                    .unzip();
+                    .collect();
                 Lanes::Partitioned {
                     senders,
                     tasks,
@@ -310,8 +315,14 @@ impl<C: Consumer> Runner<C> {
                         counters.in_flight.store(0, Relaxed);
                     }
                     Lanes::Concurrent {
-                        permits, watermark, ..
+                        permits,
+                        watermark,
+                        tasks,
+                        ..
                     } => {
+                        // Reap finished tasks so the set holds only those in
+                        // flight.
+                        while tasks.try_join_next().is_some() {}
                         let permit = match Arc::clone(permits).try_acquire_owned() {
                             Ok(permit) => permit,
                             Err(_) => Arc::clone(permits)
@@ -324,7 +335,7 @@ impl<C: Consumer> Runner<C> {
                         let deliverer = Arc::clone(&self.deliverer);
                         let watermark = Arc::clone(watermark);
                         let event = event.clone();
-                        tokio::spawn(async move {
+                        tasks.spawn(async move {
                             deliverer.deliver(Some(pos), &event).await;
                             deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
                             watermark.finish(pos);
@@ -420,17 +431,12 @@ impl<C: Consumer> Runner<C> {
         let state = Arc::clone(&self.deliverer.state);
         match lanes {
             Lanes::Sequential => {}
-            Lanes::Concurrent { permits, limit, .. } => {
-                let _all = permits
-                    .acquire_many(limit as u32)
-                    .await
-                    .expect("the runner never closes its semaphore");
-            }
-            Lanes::Partitioned { senders, tasks, .. } => {
+            Lanes::Concurrent { mut tasks, .. } => while tasks.join_next().await.is_some() {},
+            Lanes::Partitioned {
+                senders, mut tasks, ..
+            } => {
                 drop(senders);
-                for task in tasks {
-                    let _ = task.await;
-                }
+                while tasks.join_next().await.is_some() {}
             }
         }
         // Refuse new replays (the letter stays) and finish the queued ones.
