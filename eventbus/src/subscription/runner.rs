@@ -87,7 +87,7 @@ impl<C: Consumer> Deliverer<C> {
             first_failed_at = Some(state.first_failed_at);
             stored = true;
             if let Ok(wait) = (state.next_attempt_at - Utc::now()).to_std() {
-                tokio::time::sleep(wait).await;
+                Box::pin(tokio::time::sleep(wait)).await;
             }
         }
         loop {
@@ -108,7 +108,7 @@ impl<C: Consumer> Deliverer<C> {
                     counters.delivered.fetch_add(1, Relaxed);
                     self.metrics.delivered.increment(1);
                     if stored {
-                        self.forget_retry(book).await;
+                        Box::pin(self.forget_retry(book)).await;
                     }
                     return;
                 }
@@ -119,11 +119,13 @@ impl<C: Consumer> Deliverer<C> {
             self.metrics.failed.increment(1);
             let first = *first_failed_at.get_or_insert_with(Utc::now);
             if attempt >= self.retry.attempts() {
-                self.dead_letters
-                    .write(event.clone(), errors, attempt, first)
-                    .await;
+                Box::pin(
+                    self.dead_letters
+                        .write(event.clone(), errors, attempt, first),
+                )
+                .await;
                 if stored {
-                    self.forget_retry(book).await;
+                    Box::pin(self.forget_retry(book)).await;
                 }
                 return;
             }
@@ -135,7 +137,7 @@ impl<C: Consumer> Deliverer<C> {
                         + chrono::Duration::from_std(delay).unwrap_or_default(),
                     first_failed_at: first,
                 };
-                match book.store.save(&self.state.name, position, state).await {
+                match Box::pin(book.store.save(&self.state.name, position, state)).await {
                     Ok(()) => stored = true,
                     Err(err) => tracing::warn!(
                         subscription = %self.state.name,
@@ -153,7 +155,9 @@ impl<C: Consumer> Deliverer<C> {
                 error = %errors.join(": "),
                 "event handling failed; retrying",
             );
-            tokio::time::sleep(delay).await;
+            // The failure path is boxed, so the future every delivery
+            // allocates stays the size of the success path.
+            Box::pin(tokio::time::sleep(delay)).await;
             attempt += 1;
             counters.retried.fetch_add(1, Relaxed);
             self.metrics.retried.increment(1);
@@ -299,6 +303,11 @@ impl<C: Consumer> Runner<C> {
     }
 
     async fn process(&mut self, batch: &Batch, lanes: &mut Lanes) {
+        if let Lanes::Concurrent { tasks, .. } = lanes {
+            // Reap finished tasks once a read, so the set holds about what
+            // is in flight.
+            while tasks.try_join_next().is_some() {}
+        }
         let deliverer = Arc::clone(&self.deliverer);
         let counters = &deliverer.state.counters;
         let mut filtered = 0;
@@ -320,9 +329,6 @@ impl<C: Consumer> Runner<C> {
                         tasks,
                         ..
                     } => {
-                        // Reap finished tasks so the set holds only those in
-                        // flight.
-                        while tasks.try_join_next().is_some() {}
                         let permit = match Arc::clone(permits).try_acquire_owned() {
                             Ok(permit) => permit,
                             Err(_) => Arc::clone(permits)
