@@ -10,7 +10,8 @@
 //! moment a slot frees up, so with no limit it is the longest sleep (the
 //! physical limit) and with one slot it is the sum of all sleeps. Sequential
 //! implementations run `--sequential-events` events (default 20), since
-//! 10,000 of them would take almost an hour.
+//! 10,000 of them would take almost an hour. Every row is the median of
+//! `--runs` runs (default 3), with the range beside it.
 
 use eventbus::{AnyEvent, BoxError, Bus, Consumer, event};
 use std::cmp::Reverse;
@@ -38,6 +39,7 @@ struct Args {
     events: usize,
     limits: Vec<usize>,
     sequential_events: usize,
+    runs: usize,
 }
 
 fn args() -> Args {
@@ -45,12 +47,14 @@ fn args() -> Args {
         events: 10_000,
         limits: vec![10_000, 1_000, 100],
         sequential_events: 20,
+        runs: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--events" => args.events = value.parse().expect("--events N"),
+            "--runs" => args.runs = value.parse::<usize>().expect("--runs N").max(1),
             "--sequential-events" => {
                 args.sequential_events = value.parse().expect("--sequential-events N");
             }
@@ -81,12 +85,17 @@ fn ideal(sleeps: &[u64], slots: usize) -> Duration {
     Duration::from_millis(end)
 }
 
-fn row(name: &str, events: usize, limit: &str, wall: Duration, ideal: Duration) {
-    let over = (wall.as_secs_f64() / ideal.as_secs_f64() - 1.0) * 100.0;
+fn row(name: &str, events: usize, limit: &str, mut walls: Vec<Duration>, ideal: Duration) {
+    walls.sort();
+    let over = |wall: Duration| (wall.as_secs_f64() / ideal.as_secs_f64() - 1.0) * 100.0;
+    let median = walls[walls.len() / 2];
     println!(
-        "| {name} | {events} | {limit} | {:.3} s | {:.3} s | {over:+.2}% |",
-        wall.as_secs_f64(),
-        ideal.as_secs_f64()
+        "| {name} | {events} | {limit} | {:.3} s | {:.3} s | {:+.2}% | {:+.2}% to {:+.2}% |",
+        median.as_secs_f64(),
+        ideal.as_secs_f64(),
+        over(median),
+        over(walls[0]),
+        over(walls[walls.len() - 1]),
     );
 }
 
@@ -107,13 +116,77 @@ async fn main() {
         sleeps.len(),
         longest.as_secs_f64()
     );
-    println!("| implementation | events | concurrency limit | wall | ideal | over ideal |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| implementation | events | concurrency limit | wall (median of {}) | ideal | over ideal | range |",
+        args.runs
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let runs = args.runs;
 
-    // Fire-and-forget: nobody waits, so count completions to see the end.
+    let fire = repeat(runs, || fire_and_forget(&sleeps)).await;
+    row(
+        "fire-and-forget tokio::spawn",
+        sleeps.len(),
+        "none",
+        fire,
+        longest,
+    );
+    let seq = repeat(runs, || call_and_wait(few)).await;
+    row(
+        "sequential call-and-wait",
+        few.len(),
+        "1",
+        seq,
+        ideal(few, 1),
+    );
+    let par = repeat(runs, || parallel(&sleeps)).await;
+    row("parallel call-and-wait", sleeps.len(), "none", par, longest);
+    let bus_seq = repeat(runs, || bus_run(few, None)).await;
+    row(
+        "eventbus, sequential",
+        few.len(),
+        "1",
+        bus_seq,
+        ideal(few, 1),
+    );
+    for &limit in &args.limits {
+        let limit_s = limit.to_string();
+        let sem = repeat(runs, || semaphore(&sleeps, limit)).await;
+        row(
+            "tokio::spawn + Semaphore",
+            sleeps.len(),
+            &limit_s,
+            sem,
+            ideal(&sleeps, limit),
+        );
+        let bus = repeat(runs, || bus_run(&sleeps, Some(limit))).await;
+        row(
+            "eventbus, concurrent",
+            sleeps.len(),
+            &limit_s,
+            bus,
+            ideal(&sleeps, limit),
+        );
+    }
+}
+
+async fn repeat<F, Fut>(runs: usize, mut f: F) -> Vec<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    let mut walls = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        walls.push(f().await);
+    }
+    walls
+}
+
+/// Nobody waits, so count completions to see the end.
+async fn fire_and_forget(sleeps: &[u64]) -> Duration {
     let start = Instant::now();
     let left = Arc::new(Semaphore::new(0));
-    for &ms in &sleeps {
+    for &ms in sleeps {
         let left = Arc::clone(&left);
         tokio::spawn(async move {
             sleep_ms(ms).await;
@@ -121,26 +194,18 @@ async fn main() {
         });
     }
     let _all = left.acquire_many(sleeps.len() as u32).await.expect("open");
-    row(
-        "fire-and-forget tokio::spawn",
-        sleeps.len(),
-        "none",
-        start.elapsed(),
-        longest,
-    );
+    start.elapsed()
+}
 
+async fn call_and_wait(sleeps: &[u64]) -> Duration {
     let start = Instant::now();
-    for &ms in few {
+    for &ms in sleeps {
         sleep_ms(ms).await;
     }
-    row(
-        "sequential call-and-wait",
-        few.len(),
-        "1",
-        start.elapsed(),
-        ideal(few, 1),
-    );
+    start.elapsed()
+}
 
+async fn parallel(sleeps: &[u64]) -> Duration {
     let start = Instant::now();
     let handles: Vec<_> = sleeps
         .iter()
@@ -149,80 +214,44 @@ async fn main() {
     for h in handles {
         h.await.expect("task");
     }
-    row(
-        "parallel call-and-wait",
-        sleeps.len(),
-        "none",
-        start.elapsed(),
-        longest,
-    );
+    start.elapsed()
+}
 
+async fn semaphore(sleeps: &[u64], limit: usize) -> Duration {
+    let start = Instant::now();
+    let permits = Arc::new(Semaphore::new(limit));
+    let mut handles = Vec::with_capacity(sleeps.len());
+    for &ms in sleeps {
+        let permit = Arc::clone(&permits).acquire_owned().await.expect("open");
+        handles.push(tokio::spawn(async move {
+            sleep_ms(ms).await;
+            drop(permit);
+        }));
+    }
+    for h in handles {
+        h.await.expect("task");
+    }
+    start.elapsed()
+}
+
+/// The bus, sequential (`None`) or concurrent with a limit.
+async fn bus_run(sleeps: &[u64], limit: Option<usize>) -> Duration {
     let bus = Bus::builder()
         .capacity(sleeps.len().max(1))
         .build()
         .expect("bus");
-    bus.subscribe("sequential", Sleeper)
-        .start()
-        .await
-        .expect("subscribe");
+    let subscription = bus.subscribe("jobs", Sleeper);
+    let subscription = match limit {
+        Some(limit) => subscription.concurrent(limit),
+        None => subscription.sequential(),
+    };
+    subscription.start().await.expect("subscribe");
     let start = Instant::now();
-    for &ms in few {
+    for &ms in sleeps {
         bus.notify(JobQueued::new(ms)).await.expect("notify");
     }
     bus.drain().await;
-    row(
-        "eventbus, sequential",
-        few.len(),
-        "1",
-        start.elapsed(),
-        ideal(few, 1),
-    );
+    let wall = start.elapsed();
     bus.shutdown().await;
-
-    for &limit in &args.limits {
-        let start = Instant::now();
-        let permits = Arc::new(Semaphore::new(limit));
-        let mut handles = Vec::with_capacity(sleeps.len());
-        for &ms in &sleeps {
-            let permit = Arc::clone(&permits).acquire_owned().await.expect("open");
-            handles.push(tokio::spawn(async move {
-                sleep_ms(ms).await;
-                drop(permit);
-            }));
-        }
-        for h in handles {
-            h.await.expect("task");
-        }
-        let limit_s = limit.to_string();
-        row(
-            "tokio::spawn + Semaphore",
-            sleeps.len(),
-            &limit_s,
-            start.elapsed(),
-            ideal(&sleeps, limit),
-        );
-
-        let bus = Bus::builder()
-            .capacity(sleeps.len().max(1))
-            .build()
-            .expect("bus");
-        bus.subscribe("concurrent", Sleeper)
-            .concurrent(limit)
-            .start()
-            .await
-            .expect("subscribe");
-        let start = Instant::now();
-        for &ms in &sleeps {
-            bus.notify(JobQueued::new(ms)).await.expect("notify");
-        }
-        bus.drain().await;
-        row(
-            "eventbus, concurrent",
-            sleeps.len(),
-            &limit_s,
-            start.elapsed(),
-            ideal(&sleeps, limit),
-        );
-        bus.shutdown().await;
-    }
+    wall
 }
