@@ -468,3 +468,68 @@ async fn a_retry_schedule_resumes_after_a_restart_instead_of_starting_over() {
         .unwrap();
     assert_eq!(left, 0, "a dead-lettered event has no schedule left");
 }
+
+/// An analytics endpoint that hangs while `down` is set.
+#[derive(Clone, Default)]
+struct Analytics {
+    down: Arc<std::sync::atomic::AtomicBool>,
+    written: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl eventbus::Sink<eventbus::Track> for Analytics {
+    async fn write(&self, batch: &[eventbus::Track]) -> Result<(), BoxError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let mut written = self.written.lock().unwrap();
+        written.extend(batch.iter().map(|t| t.distinct_id.clone()));
+        Ok(())
+    }
+}
+
+#[eventbus::register]
+impl eventbus::Trackable for OrderPlaced {
+    fn track(&self) -> eventbus::Track {
+        eventbus::Track::new(self, self.order_id)
+    }
+}
+
+fn tracking(sink: Analytics) -> eventbus::ProtocolConsumer<dyn eventbus::Trackable, Analytics> {
+    eventbus::ProtocolConsumer::new(sink).batch(eventbus::BatchConfig {
+        size: 100,
+        timeout: Duration::from_secs(60),
+        retry: eventbus::Retry::never(),
+    })
+}
+
+#[tokio::test]
+async fn batched_payloads_not_yet_written_come_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    {
+        let hanging = Analytics::default();
+        hanging
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let bus = bus_at(&path).await;
+        bus.subscribe("analytics", tracking(hanging))
+            .start()
+            .await
+            .unwrap();
+        for id in 1..=3 {
+            bus.notify(OrderPlaced::new(id)).await.unwrap();
+        }
+        // The batch never reaches the endpoint before the deadline.
+        assert!(!bus.shutdown().await.is_clean());
+    }
+
+    let healthy = Analytics::default();
+    let bus = bus_at(&path).await;
+    bus.subscribe("analytics", tracking(healthy.clone()))
+        .start()
+        .await
+        .unwrap();
+    bus.drain().await;
+    assert_eq!(*healthy.written.lock().unwrap(), ["1", "2", "3"]);
+    bus.shutdown().await;
+}

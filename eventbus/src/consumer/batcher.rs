@@ -118,15 +118,29 @@ enum Message<T> {
 ///
 /// [`push`](Batcher::push) waits while a full batch is being written, so a
 /// slow sink slows its subscription down instead of piling up payloads.
+///
+/// Dropping the last clone stops the task, even in the middle of a write
+/// that hangs, so an aborted subscription leaves nothing running; call
+/// [`flush`](Batcher::flush) first to write what is waiting.
 pub struct Batcher<T> {
     tx: mpsc::Sender<Message<T>>,
+    _task: Arc<AbortOnDrop>,
 }
 
 impl<T> Clone for Batcher<T> {
     fn clone(&self) -> Self {
         Batcher {
             tx: self.tx.clone(),
+            _task: Arc::clone(&self._task),
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -153,8 +167,11 @@ impl<T: Send + 'static> Batcher<T> {
         // The queue in front of the batcher holds at most one batch (and
         // never more than the channel allows).
         let (tx, rx) = mpsc::channel(config.size.min(1 << 16));
-        tokio::spawn(run(rx, Arc::new(sink), config, dead_letters));
-        Batcher { tx }
+        let task = tokio::spawn(run(rx, Arc::new(sink), config, dead_letters));
+        Batcher {
+            tx,
+            _task: Arc::new(AbortOnDrop(task.abort_handle())),
+        }
     }
 
     /// Adds a payload, and the event it came from (dead-lettered if the

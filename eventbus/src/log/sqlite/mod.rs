@@ -389,32 +389,33 @@ impl Log for SqliteLog {
     }
 
     fn dead_letter_store(&self) -> Option<Arc<dyn DeadLetterStore>> {
-        Some(Arc::new(SqliteDeadLetters {
+        Some(Arc::new(Stores {
             shared: Arc::clone(&self.shared),
         }))
     }
 
     fn retry_store(&self) -> Option<Arc<dyn RetryStore>> {
-        Some(Arc::new(SqliteRetries {
+        Some(Arc::new(Stores {
             shared: Arc::clone(&self.shared),
         }))
     }
 }
 
-/// The retry schedules of a [`SqliteLog`], in its `retries` table.
-struct SqliteRetries {
+/// The retry schedules and dead letters of a [`SqliteLog`], in its
+/// `retries` and `dead_letters` tables.
+struct Stores {
     shared: Arc<Shared>,
 }
 
-impl fmt::Debug for SqliteRetries {
+impl fmt::Debug for Stores {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteRetries")
+        f.debug_struct("Stores")
             .field("path", &self.shared.path)
             .finish()
     }
 }
 
-impl RetryStore for SqliteRetries {
+impl RetryStore for Stores {
     fn load(
         &self,
         subscription: &str,
@@ -508,24 +509,11 @@ fn load_dead_letters(conn: &Connection) -> rusqlite::Result<Vec<DeadLetterRow>> 
     .collect()
 }
 
-/// The dead letters of a [`SqliteLog`], in its `dead_letters` table.
-struct SqliteDeadLetters {
-    shared: Arc<Shared>,
-}
-
-impl fmt::Debug for SqliteDeadLetters {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteDeadLetters")
-            .field("path", &self.shared.path)
-            .finish()
-    }
-}
-
 fn millis_to_time(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-impl DeadLetterStore for SqliteDeadLetters {
+impl DeadLetterStore for Stores {
     fn load(&self) -> Vec<DeadLetter> {
         let rows = std::mem::take(&mut *self.shared.stored_letters.lock().expect("letters lock"));
         rows.into_iter()
