@@ -432,3 +432,42 @@ async fn a_shutdown_deadline_stops_in_flight_tasks_too() {
     );
     assert_eq!(partitioned.running.load(Ordering::SeqCst), 0);
 }
+
+/// A burst into free permits is spawned by fan-out tasks; aborting the
+/// subscription must reach the deliveries they spawned, on a runtime with
+/// real worker threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_deadline_stops_a_burst_of_deliveries() {
+    let bus = Bus::builder()
+        .shutdown_timeout(std::time::Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let endless = Endless::default();
+    bus.subscribe("burst", endless.clone())
+        .concurrent(1000)
+        .start()
+        .await
+        .unwrap();
+    for id in 0..300 {
+        bus.notify(UserCreated::new(id)).await.unwrap();
+    }
+    while endless.running.load(Ordering::SeqCst) < 300 {
+        tokio::task::yield_now().await;
+    }
+    let report = bus.shutdown().await;
+    assert_eq!(report.timed_out.len(), 1);
+    assert_eq!(report.timed_out[0].in_flight, 300);
+    // Aborted tasks are dropped by the worker threads; wait for them without
+    // a fixed sleep.
+    let gone = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while endless.running.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert!(
+        gone.is_ok(),
+        "{} handlers outlived the deadline",
+        endless.running.load(Ordering::SeqCst)
+    );
+}

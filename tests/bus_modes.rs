@@ -59,6 +59,49 @@ async fn concurrent_mode_fills_every_slot_and_never_more() {
     assert_eq!(bus.stats()[0].in_flight, 0);
 }
 
+/// Bursts into free permits are spawned in groups by fan-out tasks; limits
+/// below, at and above a group's size must hold on real worker threads, and
+/// every event must be delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bursts_respect_the_limit_on_worker_threads() {
+    for limit in [1, 7, 32, 100, 5000] {
+        let bus = Bus::builder().capacity(4096).build().unwrap();
+        let probe = Probe::default();
+        bus.subscribe("burst", probe.clone())
+            .concurrent(limit)
+            .start()
+            .await
+            .unwrap();
+        let events = match limit {
+            1 => 50,
+            7 => 300,
+            _ => 2000,
+        };
+        for seq in 0..events {
+            bus.notify(MessageSent::new(seq % 3, seq)).await.unwrap();
+        }
+        bus.drain().await;
+        let peak = probe.peak.load(Ordering::SeqCst);
+        assert!(peak <= limit, "limit {limit}, peak {peak}");
+        let mut seen: Vec<u64> = probe
+            .order
+            .lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .copied()
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..events).collect::<Vec<_>>(), "limit {limit}");
+        let stats = &bus.stats()[0];
+        assert_eq!(
+            (stats.delivered, stats.in_flight, stats.lag),
+            (events, 0, 0)
+        );
+        bus.shutdown().await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn sequential_mode_runs_one_at_a_time_in_order() {
     let bus = Bus::builder().build().unwrap();

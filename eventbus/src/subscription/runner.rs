@@ -16,7 +16,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -197,10 +197,13 @@ enum Lanes {
     Concurrent {
         permits: Arc<Semaphore>,
         watermark: Arc<Watermark>,
-        /// The tasks in flight. Dropping the set (when the runner is
-        /// aborted at a shutdown deadline) aborts them too, so nothing keeps
-        /// calling the consumer after the bus said it stopped.
+        /// The tasks in flight: single deliveries and fan-outs (see
+        /// [`Pending`]). Dropping the set (when the runner is aborted at a
+        /// shutdown deadline) aborts them, and an aborted fan-out aborts its
+        /// deliveries, so nothing keeps calling the consumer after the bus
+        /// said it stopped.
         tasks: JoinSet<()>,
+        pending: Pending,
     },
     Partitioned {
         senders: Vec<mpsc::Sender<(Position, AnyEvent)>>,
@@ -211,12 +214,129 @@ enum Lanes {
 }
 
 impl Lanes {
+    /// Starts the concurrent deliveries that are waiting for a fan-out.
+    fn launch<C: Consumer>(&mut self, deliverer: &Arc<Deliverer<C>>) {
+        if let Lanes::Concurrent {
+            tasks,
+            pending,
+            watermark,
+            ..
+        } = self
+        {
+            pending.launch(tasks, deliverer, watermark);
+        }
+    }
+
     fn watermark(&self) -> Option<&Arc<Watermark>> {
         match self {
             Lanes::Sequential => None,
             Lanes::Concurrent { watermark, .. } | Lanes::Partitioned { watermark, .. } => {
                 Some(watermark)
             }
+        }
+    }
+}
+
+/// How many concurrent deliveries one fan-out task spawns.
+const FAN_OUT: usize = 32;
+
+/// An event that holds a concurrency permit and waits to be spawned.
+struct Started {
+    position: Position,
+    event: AnyEvent,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Concurrent deliveries the runner has admitted but not spawned yet.
+///
+/// The runner spawns one task per event, and spawning costs more than
+/// everything else it does per event. When many events are admitted at once
+/// (a burst into a subscription with free permits) the runner hands them over
+/// [`FAN_OUT`] at a time to a fan-out task that spawns them, so the spawning
+/// runs on every worker thread instead of queueing behind the one runner. A
+/// lone event is spawned directly, so a trickle pays no extra hop. The
+/// runner launches what is pending before every wait, so an admitted event
+/// never sits behind a permit or a release.
+#[derive(Default)]
+struct Pending(Vec<Started>);
+
+impl Pending {
+    fn push(&mut self, started: Started) {
+        if self.0.capacity() == 0 {
+            self.0.reserve_exact(FAN_OUT);
+        }
+        self.0.push(started);
+    }
+
+    fn is_full(&self) -> bool {
+        self.0.len() >= FAN_OUT
+    }
+
+    fn launch<C: Consumer>(
+        &mut self,
+        tasks: &mut JoinSet<()>,
+        deliverer: &Arc<Deliverer<C>>,
+        watermark: &Arc<Watermark>,
+    ) {
+        match self.0.len() {
+            0 => {}
+            1 => {
+                let started = self.0.pop().expect("one pending delivery");
+                tasks.spawn(deliver_one(
+                    Arc::clone(deliverer),
+                    Arc::clone(watermark),
+                    started,
+                ));
+            }
+            _ => {
+                let batch = std::mem::take(&mut self.0);
+                let deliverer = Arc::clone(deliverer);
+                let watermark = Arc::clone(watermark);
+                tasks.spawn(async move {
+                    let mut deliveries = AbortOnDrop(Vec::with_capacity(batch.len()));
+                    for started in batch {
+                        deliveries.0.push(tokio::spawn(deliver_one(
+                            Arc::clone(&deliverer),
+                            Arc::clone(&watermark),
+                            started,
+                        )));
+                    }
+                    // Each delivery catches its consumer's panics, so a
+                    // join error here can only be an abort.
+                    for delivery in &mut deliveries.0 {
+                        let _ = delivery.await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// One concurrent delivery, from admission to its finished position.
+async fn deliver_one<C: Consumer>(
+    deliverer: Arc<Deliverer<C>>,
+    watermark: Arc<Watermark>,
+    started: Started,
+) {
+    let Started {
+        position,
+        event,
+        permit,
+    } = started;
+    deliverer.deliver(Some(position), &event).await;
+    deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
+    watermark.finish(position);
+    drop(permit);
+}
+
+/// Aborts the deliveries of a fan-out task when it is aborted, as a
+/// [`JoinSet`] would, without the set's bookkeeping per task.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for delivery in &self.0 {
+            delivery.abort();
         }
     }
 }
@@ -272,6 +392,7 @@ impl<C: Consumer> Runner<C> {
                 permits: Arc::new(Semaphore::new(*limit)),
                 watermark: Arc::default(),
                 tasks: JoinSet::new(),
+                pending: Pending::default(),
             },
             Mode::Partitioned { lanes, key } => {
                 let watermark: Arc<Watermark> = Arc::default();
@@ -327,26 +448,30 @@ impl<C: Consumer> Runner<C> {
                         permits,
                         watermark,
                         tasks,
-                        ..
+                        pending,
                     } => {
                         let permit = match Arc::clone(permits).try_acquire_owned() {
                             Ok(permit) => permit,
-                            Err(_) => Arc::clone(permits)
-                                .acquire_owned()
-                                .await
-                                .expect("the runner never closes its semaphore"),
+                            Err(_) => {
+                                // Whatever already holds a permit starts
+                                // before the runner waits for the next one.
+                                pending.launch(tasks, &self.deliverer, watermark);
+                                Arc::clone(permits)
+                                    .acquire_owned()
+                                    .await
+                                    .expect("the runner never closes its semaphore")
+                            }
                         };
                         watermark.start(pos);
                         counters.in_flight.fetch_add(1, Relaxed);
-                        let deliverer = Arc::clone(&self.deliverer);
-                        let watermark = Arc::clone(watermark);
-                        let event = event.clone();
-                        tasks.spawn(async move {
-                            deliverer.deliver(Some(pos), &event).await;
-                            deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
-                            watermark.finish(pos);
-                            drop(permit);
+                        pending.push(Started {
+                            position: pos,
+                            event: event.clone(),
+                            permit,
                         });
+                        if pending.is_full() {
+                            pending.launch(tasks, &self.deliverer, watermark);
+                        }
                     }
                     Lanes::Partitioned {
                         senders,
@@ -390,11 +515,13 @@ impl<C: Consumer> Runner<C> {
             since_release += 1;
             if since_release >= self.config.release_every {
                 since_release = 0;
+                lanes.launch(&self.deliverer);
                 self.read = pos + 1;
                 let done = lanes.watermark().map_or(pos + 1, |w| w.done(pos + 1));
                 self.release(done).await;
             }
         }
+        lanes.launch(&self.deliverer);
         if filtered > 0 {
             counters.filtered.fetch_add(filtered, Relaxed);
         }
