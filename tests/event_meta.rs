@@ -56,6 +56,20 @@ fn ids_are_unique_and_ordered_by_time() {
 }
 
 #[test]
+fn the_id_carries_the_time_of_the_event() {
+    for _ in 0..1000 {
+        let meta = CacheCleared::new().meta().clone();
+        let (secs, nanos) = meta.id.get_timestamp().expect("a v7 id").to_unix();
+        let id_millis = secs * 1000 + u64::from(nanos / 1_000_000);
+        assert_eq!(
+            id_millis,
+            u64::try_from(meta.occurred_at.timestamp_millis()).unwrap(),
+            "{meta:?}"
+        );
+    }
+}
+
+#[test]
 fn caused_by_links_a_chain() {
     let root = UserCreated::new(1, "a@example.com".into()).with_actor("user:1");
     let child = CacheCleared::new().caused_by(&root);

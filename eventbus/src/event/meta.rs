@@ -1,7 +1,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use uuid::Uuid;
+use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+use uuid::timestamp::context::ContextV7;
+use uuid::{Timestamp, Uuid};
 
 /// The standard metadata every event carries, in its `meta` field.
 ///
@@ -60,12 +63,27 @@ impl Meta {
     /// an event with a struct literal.
     #[must_use]
     pub fn new(name: &'static str, version: u32, source: &'static str) -> Self {
-        let id = Uuid::now_v7();
+        // One clock read serves both the id and `occurred_at`, so the time in
+        // the id is the time of the event. The ids come from one context per
+        // process, as `Uuid::now_v7`'s do: they increase even within a
+        // millisecond, and keep increasing if the clock steps back (then,
+        // and only then, the id's time runs ahead of `occurred_at`).
+        static IDS: Mutex<ContextV7> = Mutex::new(ContextV7::new());
+        let now = SystemTime::now();
+        let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let id = {
+            let context = IDS.lock().unwrap_or_else(PoisonError::into_inner);
+            Uuid::new_v7(Timestamp::from_unix(
+                &*context,
+                since_epoch.as_secs(),
+                since_epoch.subsec_nanos(),
+            ))
+        };
         Meta {
             id,
             name: Cow::Borrowed(name),
             version,
-            occurred_at: Utc::now(),
+            occurred_at: DateTime::<Utc>::from(now),
             actor: None,
             correlation_id: id,
             causation_id: None,
