@@ -17,8 +17,12 @@
 //!   at a time, in log order.
 //! - [`concurrent(n)`](SubscriptionBuilder::concurrent): one task per event,
 //!   at most `n` in flight; a finished task's slot is refilled at once.
-//!   Events still in flight occupy the bus's buffer, so a limit above the
-//!   bus capacity is capped by the capacity.
+//!   Events take their slots in log order, but their tasks may start and
+//!   finish in any order. When many events get slots at once, small fan-out
+//!   tasks spawn them, so a burst is spawned by every worker thread rather
+//!   than by the subscription's one task. Events still in flight occupy the
+//!   bus's buffer, so a limit above the bus capacity is capped by the
+//!   capacity.
 //! - [`partitioned(n, key)`](SubscriptionBuilder::partitioned): `n` lanes,
 //!   each sequential; events with the same key stay in order.
 //!
@@ -166,7 +170,8 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
         self
     }
 
-    /// One task per event, at most `limit` in flight.
+    /// One task per event, at most `limit` in flight. Slots are taken in
+    /// log order; the tasks may start and finish in any order.
     pub fn concurrent(mut self, limit: usize) -> Self {
         self.mode = Mode::Concurrent(limit);
         self
