@@ -55,17 +55,28 @@ fn ids_are_unique_and_ordered_by_time() {
     );
 }
 
+/// Several threads create events at once, as producers do, so the ids
+/// come from one shared context in an order the threads race for.
 #[test]
 fn the_id_carries_the_time_of_the_event() {
-    for _ in 0..1000 {
-        let meta = CacheCleared::new().meta().clone();
-        let (secs, nanos) = meta.id.get_timestamp().expect("a v7 id").to_unix();
-        let id_millis = secs * 1000 + u64::from(nanos / 1_000_000);
-        assert_eq!(
-            id_millis,
-            u64::try_from(meta.occurred_at.timestamp_millis()).unwrap(),
-            "{meta:?}"
-        );
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(|| {
+                for _ in 0..20_000 {
+                    let meta = CacheCleared::new().meta().clone();
+                    let (secs, nanos) = meta.id.get_timestamp().expect("a v7 id").to_unix();
+                    let id_millis = secs * 1000 + u64::from(nanos / 1_000_000);
+                    assert_eq!(
+                        id_millis,
+                        u64::try_from(meta.occurred_at.timestamp_millis()).unwrap(),
+                        "{meta:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
     }
 }
 

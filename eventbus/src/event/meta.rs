@@ -68,16 +68,19 @@ impl Meta {
         // process, as `Uuid::now_v7`'s do: they increase even within a
         // millisecond, and keep increasing if the clock steps back (then,
         // and only then, the id's time runs ahead of `occurred_at`).
+        // The clock is read under the lock, so two threads cannot take
+        // their times in one order and their ids in the other.
         static IDS: Mutex<ContextV7> = Mutex::new(ContextV7::new());
-        let now = SystemTime::now();
-        let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let id = {
+        let (id, now) = {
             let context = IDS.lock().unwrap_or_else(PoisonError::into_inner);
-            Uuid::new_v7(Timestamp::from_unix(
+            let now = SystemTime::now();
+            let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+            let id = Uuid::new_v7(Timestamp::from_unix(
                 &*context,
                 since_epoch.as_secs(),
                 since_epoch.subsec_nanos(),
-            ))
+            ));
+            (id, now)
         };
         Meta {
             id,
