@@ -293,19 +293,21 @@ impl Pending {
                 let deliverer = Arc::clone(deliverer);
                 let watermark = Arc::clone(watermark);
                 tasks.spawn(async move {
-                    let mut deliveries = AbortOnDrop(Vec::with_capacity(batch.len()));
+                    // A set, not a list awaited in order: each finished
+                    // delivery is reaped (and its task freed) at once, even
+                    // while a slow one of the same group runs on. Dropping
+                    // the set, when this task is aborted, aborts them.
+                    let mut deliveries = JoinSet::new();
                     for started in batch {
-                        deliveries.0.push(tokio::spawn(deliver_one(
+                        deliveries.spawn(deliver_one(
                             Arc::clone(&deliverer),
                             Arc::clone(&watermark),
                             started,
-                        )));
+                        ));
                     }
                     // Each delivery catches its consumer's panics, so a
                     // join error here can only be an abort.
-                    for delivery in &mut deliveries.0 {
-                        let _ = delivery.await;
-                    }
+                    while deliveries.join_next().await.is_some() {}
                 });
             }
         }
@@ -327,18 +329,6 @@ async fn deliver_one<C: Consumer>(
     deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
     watermark.finish(position);
     drop(permit);
-}
-
-/// Aborts the deliveries of a fan-out task when it is aborted, as a
-/// [`JoinSet`] would, without the set's bookkeeping per task.
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for delivery in &self.0 {
-            delivery.abort();
-        }
-    }
 }
 
 impl<C: Consumer> Runner<C> {
