@@ -471,3 +471,63 @@ async fn a_shutdown_deadline_stops_a_burst_of_deliveries() {
         endless.running.load(Ordering::SeqCst)
     );
 }
+
+/// Handlers that wait on a gate which opens only after shutdown returned.
+#[derive(Clone)]
+struct Gated {
+    gate: Arc<Semaphore>,
+    started: Arc<AtomicUsize>,
+    resumed: Arc<AtomicUsize>,
+}
+
+impl Gated {
+    fn new() -> Self {
+        Gated {
+            gate: Arc::new(Semaphore::new(0)),
+            started: Arc::default(),
+            resumed: Arc::default(),
+        }
+    }
+}
+
+impl Consumer for Gated {
+    async fn handle(&self, _event: &AnyEvent) -> Result<(), BoxError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        self.gate.acquire().await?.forget();
+        self.resumed.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Once `shutdown` has returned past its deadline, no handler of the
+/// stopped subscription runs again, even one woken right then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_handler_resumes_after_a_shutdown_deadline() {
+    for _ in 0..20 {
+        let bus = Bus::builder()
+            .shutdown_timeout(std::time::Duration::from_millis(20))
+            .build()
+            .unwrap();
+        let gated = Gated::new();
+        bus.subscribe("gated", gated.clone())
+            .concurrent(1000)
+            .start()
+            .await
+            .unwrap();
+        for id in 0..300 {
+            bus.notify(UserCreated::new(id)).await.unwrap();
+        }
+        while gated.started.load(Ordering::SeqCst) < 300 {
+            tokio::task::yield_now().await;
+        }
+        let report = bus.shutdown().await;
+        assert_eq!(report.timed_out.len(), 1);
+        gated.gate.add_permits(300);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(
+            gated.resumed.load(Ordering::SeqCst),
+            0,
+            "a handler ran on after shutdown returned"
+        );
+    }
+}

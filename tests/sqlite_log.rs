@@ -533,3 +533,127 @@ async fn batched_payloads_not_yet_written_come_again_after_a_restart() {
     assert_eq!(*healthy.written.lock().unwrap(), ["1", "2", "3"]);
     bus.shutdown().await;
 }
+
+/// A durable log whose dead-letter store panics: a bug in a custom backend,
+/// around the consumer rather than in it.
+#[derive(Debug)]
+struct PanickyStoreLog(SqliteLog);
+
+#[derive(Debug)]
+struct PanickyStore;
+
+type Boxed<'a, T> = futures_util::future::BoxFuture<'a, Result<T, eventbus::log::LogError>>;
+
+impl eventbus::log::DeadLetterStore for PanickyStore {
+    fn load(&self) -> Vec<eventbus::DeadLetter> {
+        Vec::new()
+    }
+
+    fn save(&self, _letter: &eventbus::DeadLetter) -> Boxed<'_, ()> {
+        panic!("dead-letter store broke")
+    }
+
+    fn remove(&self, _id: u64) -> Boxed<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl eventbus::Log for PanickyStoreLog {
+    fn try_append(
+        &self,
+        event: AnyEvent,
+    ) -> Result<eventbus::log::Position, eventbus::log::TryAppendError> {
+        self.0.try_append(event)
+    }
+
+    fn append(&self, event: AnyEvent) -> Boxed<'_, eventbus::log::Position> {
+        self.0.append(event)
+    }
+
+    fn head(&self) -> eventbus::log::Position {
+        self.0.head()
+    }
+
+    fn open(
+        &self,
+        subscription: &str,
+        from: eventbus::StartFrom,
+    ) -> Boxed<'_, Box<dyn eventbus::log::Cursor>> {
+        self.0.open(subscription, from)
+    }
+
+    fn close(&self) {
+        self.0.close();
+    }
+
+    fn is_durable(&self) -> bool {
+        self.0.is_durable()
+    }
+
+    fn retry_store(&self) -> Option<Arc<dyn eventbus::log::RetryStore>> {
+        self.0.retry_store()
+    }
+
+    fn dead_letter_store(&self) -> Option<Arc<dyn eventbus::log::DeadLetterStore>> {
+        Some(Arc::new(PanickyStore))
+    }
+}
+
+/// Fails every attempt at order 3.
+#[derive(Clone)]
+struct FailsOrderThree(Recorder);
+
+impl Consumer for FailsOrderThree {
+    async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
+        if event.downcast_ref::<OrderPlaced>().unwrap().order_id == 3 {
+            return Err("card declined".into());
+        }
+        self.0.handle(event).await
+    }
+}
+
+/// A panic around a concurrent delivery (here, writing its dead letter)
+/// must not let the subscription's position pass the event: after a
+/// restart it is delivered again, while the other deliveries went on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_around_a_concurrent_delivery_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    {
+        let bus = Bus::builder()
+            .log(PanickyStoreLog(SqliteLog::open(&path).await.unwrap()))
+            .shutdown_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let first = FailsOrderThree(Recorder::new());
+        bus.subscribe("billing", first.clone())
+            .concurrent(8)
+            .retry(eventbus::Retry::never())
+            .start()
+            .await
+            .unwrap();
+        for order_id in 0..10 {
+            bus.notify(OrderPlaced::new(order_id)).await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while first.0.len() < 9 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the other nine are handled");
+        let stats = &bus.stats()[0];
+        assert!(stats.lag >= 1, "order 3 is still owed: {stats:?}");
+        bus.shutdown().await;
+    }
+    let second = Recorder::new();
+    let bus = bus_at(&path).await;
+    bus.subscribe("billing", second.clone())
+        .start()
+        .await
+        .unwrap();
+    bus.drain().await;
+    let again = orders(&second);
+    assert!(again.starts_with(&[3]), "{again:?}");
+    assert!(bus.shutdown().await.is_clean());
+}

@@ -248,7 +248,13 @@ impl Bus {
             if let Some(mut task) = task
                 && tokio::time::timeout_at(deadline, &mut task).await.is_err()
             {
+                // The flag stops deliveries at once, wherever they were
+                // spawned; the abort drops the runner and its tasks, and is
+                // awaited so nothing of the subscription runs once this
+                // returns.
+                state.aborted.store(true, SeqCst);
                 task.abort();
+                let _ = (&mut task).await;
                 state.mark_finished();
                 let stats = state.stats(self.head());
                 tracing::warn!(

@@ -327,6 +327,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             done: watch::Sender::new(start),
             replays: Arc::new(AtomicU64::new(0)),
             stop: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             wake: Notify::new(),
             flush: flush_tx,

@@ -12,9 +12,12 @@ use crate::log::{Batch, Cursor, Log, Position, RetryState, RetryStore};
 use crate::retry::Retry;
 use chrono::Utc;
 use futures_util::FutureExt;
+use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -240,6 +243,9 @@ impl Lanes {
 /// How many concurrent deliveries one fan-out task spawns.
 const FAN_OUT: usize = 32;
 
+/// Fewer pending deliveries than this are spawned by the runner itself.
+const FAN_OUT_FROM: usize = 4;
+
 /// An event that holds a concurrency permit and waits to be spawned.
 struct Started {
     position: Position,
@@ -279,14 +285,16 @@ impl Pending {
         watermark: &Arc<Watermark>,
     ) {
         match self.0.len() {
-            0 => {}
-            1 => {
-                let started = self.0.pop().expect("one pending delivery");
-                tasks.spawn(deliver_one(
-                    Arc::clone(deliverer),
-                    Arc::clone(watermark),
-                    started,
-                ));
+            // A fan-out would cost a spawn and a set of its own; a few
+            // deliveries are cheaper to spawn here.
+            0..FAN_OUT_FROM => {
+                for started in self.0.drain(..) {
+                    tasks.spawn(deliver_one(
+                        Arc::clone(deliverer),
+                        Arc::clone(watermark),
+                        started,
+                    ));
+                }
             }
             _ => {
                 let batch = std::mem::take(&mut self.0);
@@ -305,12 +313,28 @@ impl Pending {
                             started,
                         ));
                     }
-                    // Each delivery catches its consumer's panics, so a
-                    // join error here can only be an abort.
-                    while deliveries.join_next().await.is_some() {}
+                    while let Some(joined) = deliveries.join_next().await {
+                        report_panic(&deliverer.state.name, joined);
+                    }
                 });
             }
         }
+    }
+}
+
+/// Logs a delivery task that panicked. The consumer's own panics are caught
+/// and retried inside the delivery, so this is a panic around it (writing a
+/// dead letter or a retry schedule): the event stays unfinished, and holds
+/// back the subscription's position rather than being lost.
+fn report_panic(subscription: &str, joined: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = joined
+        && err.is_panic()
+    {
+        tracing::error!(
+            subscription,
+            panic = %panic_message(&*err.into_panic()),
+            "a delivery task panicked outside the consumer; its event stays unfinished",
+        );
     }
 }
 
@@ -325,9 +349,22 @@ async fn deliver_one<C: Consumer>(
         event,
         permit,
     } = started;
-    deliverer.deliver(Some(position), &event).await;
-    deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
-    watermark.finish(position);
+    // An abort reaches a delivery through its fan-out task, one hop later
+    // than the runner; until then the flag keeps the consumer from being
+    // resumed.
+    let state = &deliverer.state;
+    let mut delivery = pin!(deliverer.deliver(Some(position), &event));
+    let delivered = poll_fn(|cx| {
+        if state.aborted.load(Relaxed) {
+            return Poll::Ready(false);
+        }
+        delivery.as_mut().poll(cx).map(|()| true)
+    })
+    .await;
+    if delivered {
+        state.counters.in_flight.fetch_sub(1, Relaxed);
+        watermark.finish(position);
+    }
     drop(permit);
 }
 
@@ -417,7 +454,9 @@ impl<C: Consumer> Runner<C> {
         if let Lanes::Concurrent { tasks, .. } = lanes {
             // Reap finished tasks once a read, so the set holds about what
             // is in flight.
-            while tasks.try_join_next().is_some() {}
+            while let Some(joined) = tasks.try_join_next() {
+                report_panic(&self.deliverer.state.name, joined);
+            }
         }
         let deliverer = Arc::clone(&self.deliverer);
         let counters = &deliverer.state.counters;
@@ -552,9 +591,17 @@ impl<C: Consumer> Runner<C> {
     /// Finishes in-flight work and buffered batches before the task ends.
     async fn finish(mut self, lanes: Lanes) {
         let state = Arc::clone(&self.deliverer.state);
+        let watermark = lanes.watermark().cloned();
         match lanes {
             Lanes::Sequential => {}
-            Lanes::Concurrent { mut tasks, .. } => while tasks.join_next().await.is_some() {},
+            Lanes::Concurrent {
+                mut tasks, pending, ..
+            } => {
+                debug_assert!(pending.0.is_empty(), "launched before every wait");
+                while let Some(joined) = tasks.join_next().await {
+                    report_panic(&state.name, joined);
+                }
+            }
             Lanes::Partitioned {
                 senders, mut tasks, ..
             } => {
@@ -569,8 +616,12 @@ impl<C: Consumer> Runner<C> {
             state.replays.fetch_sub(1, SeqCst);
         }
         Self::flush_consumer(&self.deliverer).await;
+        // Every task has ended, but one that panicked around its consumer
+        // left its event unfinished: the watermark stops before it, so a
+        // durable log delivers it again rather than skipping it.
         let read = self.read;
-        self.release(read).await;
+        let done = watermark.map_or(read, |w| w.done(read));
+        self.release(done).await;
         self.deliverer.metrics.lag.set(0.0);
         state.mark_finished();
     }

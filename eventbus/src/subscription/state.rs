@@ -50,6 +50,10 @@ pub(crate) struct State {
     /// Replays sent but not yet finished.
     pub(crate) replays: Arc<AtomicU64>,
     pub(crate) stop: AtomicBool,
+    /// Set when the subscription is stopped at a shutdown deadline. A
+    /// concurrent delivery still running returns at its next poll without
+    /// resuming the consumer, whichever task it was spawned from.
+    pub(crate) aborted: AtomicBool,
     /// Set when the runner has ended, however it ended, so nobody waits on
     /// a subscription that will never move again.
     pub(crate) finished: AtomicBool,
