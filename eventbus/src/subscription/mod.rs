@@ -44,8 +44,10 @@ use crate::dead_letter::Route;
 use crate::event::AnyEvent;
 use crate::log::StartFrom;
 use crate::retry::Retry;
+use futures_util::FutureExt;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -369,7 +371,22 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             flushes: flush_rx,
             read: start,
         };
-        let task = tokio::spawn(runner.run());
+        let watched = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            // In sequential mode the consumer runs inside this task, so a
+            // panic around it (a broken dead-letter or retry store) ends
+            // the subscription here. Nothing past the event was released,
+            // so a durable log delivers it again after a restart; the flag
+            // keeps `drain` from waiting on a subscription that is gone.
+            if let Err(panic) = AssertUnwindSafe(runner.run()).catch_unwind().await {
+                tracing::error!(
+                    subscription = %watched.name,
+                    panic = %crate::dead_letter::panic_message(&*panic),
+                    "subscription stopped: it panicked outside its consumer",
+                );
+                watched.mark_finished();
+            }
+        });
         *state.task.lock().expect("task lock") = Some(task);
         inner
             .subscriptions

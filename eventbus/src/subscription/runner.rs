@@ -314,7 +314,7 @@ impl Pending {
                         ));
                     }
                     while let Some(joined) = deliveries.join_next().await {
-                        report_panic(&deliverer.state.name, joined);
+                        report_joined(&deliverer.state.name, joined);
                     }
                 });
             }
@@ -326,15 +326,20 @@ impl Pending {
 /// and retried inside the delivery, so this is a panic around it (writing a
 /// dead letter or a retry schedule): the event stays unfinished, and holds
 /// back the subscription's position rather than being lost.
-fn report_panic(subscription: &str, joined: Result<(), tokio::task::JoinError>) {
+fn report_panic(subscription: &str, panic: &(dyn std::any::Any + Send)) {
+    tracing::error!(
+        subscription,
+        panic = %panic_message(panic),
+        "a delivery panicked outside the consumer; its event stays unfinished",
+    );
+}
+
+/// [`report_panic`] for a joined delivery task.
+fn report_joined(subscription: &str, joined: Result<(), tokio::task::JoinError>) {
     if let Err(err) = joined
         && err.is_panic()
     {
-        tracing::error!(
-            subscription,
-            panic = %panic_message(&*err.into_panic()),
-            "a delivery task panicked outside the consumer; its event stays unfinished",
-        );
+        report_panic(subscription, &*err.into_panic());
     }
 }
 
@@ -432,9 +437,17 @@ impl<C: Consumer> Runner<C> {
                         let watermark = Arc::clone(&watermark);
                         tasks.spawn(async move {
                             while let Some((pos, event)) = rx.recv().await {
-                                deliverer.deliver(Some(pos), &event).await;
+                                let delivered =
+                                    AssertUnwindSafe(deliverer.deliver(Some(pos), &event))
+                                        .catch_unwind()
+                                        .await;
                                 deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
-                                watermark.finish(pos);
+                                match delivered {
+                                    Ok(()) => watermark.finish(pos),
+                                    // The lane goes on; the event stays
+                                    // unfinished, like a concurrent one.
+                                    Err(panic) => report_panic(&deliverer.state.name, &*panic),
+                                }
                             }
                         });
                         tx
@@ -455,7 +468,7 @@ impl<C: Consumer> Runner<C> {
             // Reap finished tasks once a read, so the set holds about what
             // is in flight.
             while let Some(joined) = tasks.try_join_next() {
-                report_panic(&self.deliverer.state.name, joined);
+                report_joined(&self.deliverer.state.name, joined);
             }
         }
         let deliverer = Arc::clone(&self.deliverer);
@@ -599,7 +612,7 @@ impl<C: Consumer> Runner<C> {
             } => {
                 debug_assert!(pending.0.is_empty(), "launched before every wait");
                 while let Some(joined) = tasks.join_next().await {
-                    report_panic(&state.name, joined);
+                    report_joined(&state.name, joined);
                 }
             }
             Lanes::Partitioned {
