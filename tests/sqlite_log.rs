@@ -673,8 +673,10 @@ async fn a_panic_around_a_delivery_loses_nothing_in_any_mode() {
             .await
             .unwrap();
         bus.drain().await;
+        // At least once: events finished before the panic but not yet
+        // released may come again too; order 3 must.
         let again = orders(&second);
-        assert!(again.starts_with(&[3]), "{name}: {again:?}");
+        assert!(again.contains(&3), "{name}: {again:?}");
         assert!(bus.shutdown().await.is_clean());
     }
 }
