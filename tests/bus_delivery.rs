@@ -433,17 +433,14 @@ async fn a_shutdown_deadline_stops_in_flight_tasks_too() {
     assert_eq!(partitioned.running.load(Ordering::SeqCst), 0);
 }
 
-/// A burst into free permits is spawned by fan-out tasks; aborting the
-/// subscription must reach the deliveries they spawned, on a runtime with
-/// real worker threads.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shutdown_deadline_stops_a_burst_of_deliveries() {
+/// A bus whose one concurrent subscription has 300 handlers running at
+/// once, counted by `started`; its shutdown deadline is `deadline_ms`.
+async fn burst_of_300(consumer: impl Consumer, started: &AtomicUsize, deadline_ms: u64) -> Bus {
     let bus = Bus::builder()
-        .shutdown_timeout(std::time::Duration::from_millis(200))
+        .shutdown_timeout(std::time::Duration::from_millis(deadline_ms))
         .build()
         .unwrap();
-    let endless = Endless::default();
-    bus.subscribe("burst", endless.clone())
+    bus.subscribe("burst", consumer)
         .concurrent(1000)
         .start()
         .await
@@ -451,9 +448,19 @@ async fn a_shutdown_deadline_stops_a_burst_of_deliveries() {
     for id in 0..300 {
         bus.notify(UserCreated::new(id)).await.unwrap();
     }
-    while endless.running.load(Ordering::SeqCst) < 300 {
+    while started.load(Ordering::SeqCst) < 300 {
         tokio::task::yield_now().await;
     }
+    bus
+}
+
+/// A burst into free permits is spawned by fan-out tasks; aborting the
+/// subscription must reach the deliveries they spawned, on a runtime with
+/// real worker threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_deadline_stops_a_burst_of_deliveries() {
+    let endless = Endless::default();
+    let bus = burst_of_300(endless.clone(), &endless.running, 200).await;
     let report = bus.shutdown().await;
     assert_eq!(report.timed_out.len(), 1);
     assert_eq!(report.timed_out[0].in_flight, 300);
@@ -504,22 +511,8 @@ impl Consumer for Gated {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_handler_resumes_after_a_shutdown_deadline() {
     for _ in 0..20 {
-        let bus = Bus::builder()
-            .shutdown_timeout(std::time::Duration::from_millis(20))
-            .build()
-            .unwrap();
         let gated = Gated::new();
-        bus.subscribe("gated", gated.clone())
-            .concurrent(1000)
-            .start()
-            .await
-            .unwrap();
-        for id in 0..300 {
-            bus.notify(UserCreated::new(id)).await.unwrap();
-        }
-        while gated.started.load(Ordering::SeqCst) < 300 {
-            tokio::task::yield_now().await;
-        }
+        let bus = burst_of_300(gated.clone(), &gated.started, 20).await;
         let report = bus.shutdown().await;
         assert_eq!(report.timed_out.len(), 1);
         gated.gate.add_permits(300);

@@ -200,11 +200,11 @@ enum Lanes {
     Concurrent {
         permits: Arc<Semaphore>,
         watermark: Arc<Watermark>,
-        /// The tasks in flight: single deliveries and fan-outs (see
-        /// [`Pending`]). Dropping the set (when the runner is aborted at a
-        /// shutdown deadline) aborts them, and an aborted fan-out aborts its
-        /// deliveries, so nothing keeps calling the consumer after the bus
-        /// said it stopped.
+        /// The tasks in flight: deliveries and fan-outs (see [`Pending`]).
+        /// Dropping the set (when the runner is aborted at a shutdown
+        /// deadline) aborts them, and an aborted fan-out aborts its
+        /// deliveries; the subscription's `aborted` flag, set first, keeps
+        /// any of them from resuming the consumer in between.
         tasks: JoinSet<()>,
         pending: Pending,
     },
@@ -259,10 +259,10 @@ struct Started {
 /// everything else it does per event. When many events are admitted at once
 /// (a burst into a subscription with free permits) the runner hands them over
 /// [`FAN_OUT`] at a time to a fan-out task that spawns them, so the spawning
-/// runs on every worker thread instead of queueing behind the one runner. A
-/// lone event is spawned directly, so a trickle pays no extra hop. The
-/// runner launches what is pending before every wait, so an admitted event
-/// never sits behind a permit or a release.
+/// runs on every worker thread instead of queueing behind the one runner.
+/// Fewer than [`FAN_OUT_FROM`] are spawned directly, so a trickle pays no
+/// extra hop. The runner launches what is pending before every wait, so an
+/// admitted event never sits behind a permit or a release.
 #[derive(Default)]
 struct Pending(Vec<Started>);
 
@@ -322,10 +322,10 @@ impl Pending {
     }
 }
 
-/// Logs a delivery task that panicked. The consumer's own panics are caught
-/// and retried inside the delivery, so this is a panic around it (writing a
-/// dead letter or a retry schedule): the event stays unfinished, and holds
-/// back the subscription's position rather than being lost.
+/// Logs a delivery that panicked. The consumer's own panics are caught and
+/// retried inside the delivery, so this is a panic around it (writing a dead
+/// letter or a retry schedule): the event stays unfinished, and holds back
+/// the subscription's position rather than being lost.
 fn report_panic(subscription: &str, panic: &(dyn std::any::Any + Send)) {
     tracing::error!(
         subscription,
