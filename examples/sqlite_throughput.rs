@@ -131,7 +131,7 @@ async fn durable_notify(
         t.await.expect("producer");
     }
     if subscribers > 0 {
-        bus.drain().await;
+        bus.drain().await.unwrap();
     }
     let rate = (per * producers) as f64 / start.elapsed().as_secs_f64();
     bus.shutdown().await;

@@ -257,7 +257,7 @@ async fn bus_run(sleeps: &[u64], limit: Option<usize>) -> Duration {
     for &ms in sleeps {
         bus.notify(JobQueued::new(ms)).await.expect("notify");
     }
-    bus.drain().await;
+    bus.drain().await.unwrap();
     let wall = start.elapsed();
     bus.shutdown().await;
     wall

@@ -189,7 +189,7 @@ async fn bus_throughput(events: &[AnyEvent], k: usize) -> Duration {
     for event in events {
         bus.notify(event.clone()).await.expect("notify");
     }
-    bus.drain().await;
+    bus.drain().await.unwrap();
     let elapsed = start.elapsed();
     bus.shutdown().await;
     elapsed
@@ -284,7 +284,7 @@ async fn latency_bus(n: usize) -> (Duration, Duration, Duration) {
             .await
             .expect("notify");
     }
-    bus.drain().await;
+    bus.drain().await.unwrap();
     bus.shutdown().await;
     let samples = probes
         .iter()
@@ -345,6 +345,6 @@ async fn memory(offered: usize) {
         "after {offered} offered ({accepted} accepted, {full} refused as full)"
     ));
     gate.add_permits(usize::MAX >> 4);
-    bus.drain().await;
+    bus.drain().await.unwrap();
     bus.shutdown().await;
 }

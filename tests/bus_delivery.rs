@@ -76,7 +76,7 @@ async fn every_subscription_gets_every_event_in_order() {
     for id in 0..1_000 {
         bus.notify(UserCreated::new(id)).await.unwrap();
     }
-    bus.drain().await;
+    bus.drain().await.unwrap();
     for r in &recorders {
         assert_eq!(ids(r), (0..1_000).collect::<Vec<_>>());
     }
@@ -103,7 +103,7 @@ async fn many_producers_lose_nothing() {
     for p in producers {
         p.await.unwrap();
     }
-    bus.drain().await;
+    bus.drain().await.unwrap();
     let mut got = ids(&all);
     assert_eq!(got.len(), 4_000);
     // Each producer's events arrive in that producer's order.
@@ -151,7 +151,7 @@ async fn a_full_buffer_makes_the_producer_wait_not_drop() {
 
     gate.permits.add_permits(100);
     waiting.await.unwrap().unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(ids(&gate.seen), [0, 1, 2, 3, 4]);
 }
 
@@ -165,7 +165,7 @@ async fn a_new_subscription_starts_at_the_head() {
     let late = Recorder::new();
     bus.subscribe("late", late.clone()).start().await.unwrap();
     bus.notify(UserCreated::new(2)).await.unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
 
     assert_eq!(ids(&early), [1, 2]);
     assert_eq!(ids(&late), [2]);
@@ -204,7 +204,7 @@ async fn removing_a_stalled_subscription_frees_the_producer() {
     stopper.await.unwrap();
 
     bus.notify(third).await.unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(ids(&healthy), [1, 2, 3]);
 }
 
@@ -235,7 +235,7 @@ async fn filters_pick_events_by_name_prefix_and_protocol() {
     bus.notify(UserCreated::new(1)).await.unwrap();
     bus.notify(InvoicePaid::new(9)).await.unwrap();
     bus.notify(UserDeleted::new(1)).await.unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
 
     assert_eq!(exact.names(), ["user.deleted"]);
     assert_eq!(prefix.names(), ["user.created", "user.deleted"]);
@@ -260,7 +260,7 @@ async fn filtered_events_do_not_use_up_demand() {
         bus.notify(UserCreated::new(id)).await.unwrap();
     }
     bus.notify(UserDeleted::new(7)).await.unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(deleted.names(), ["user.deleted"]);
     assert_eq!(bus.stats()[0].filtered, 50);
 }
@@ -283,7 +283,7 @@ async fn a_bus_runs_on_a_log_given_to_it() {
     for id in 0..100 {
         bus.notify(UserCreated::new(id)).await.unwrap();
     }
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(all.len(), 100);
 }
 
@@ -293,7 +293,7 @@ async fn stopped_subscriptions_miss_later_events_and_free_their_name() {
     let first = Recorder::new();
     let sub = bus.subscribe("audit", first.clone()).start().await.unwrap();
     bus.notify(UserCreated::new(1)).await.unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
     sub.stop().await;
     bus.notify(UserCreated::new(2)).await.unwrap();
     assert_eq!(ids(&first), [1]);
@@ -304,7 +304,7 @@ async fn stopped_subscriptions_miss_later_events_and_free_their_name() {
         .await
         .unwrap();
     bus.notify(UserCreated::new(3)).await.unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(ids(&second), [3]);
     assert!(!bus.unsubscribe("nobody").await);
 }

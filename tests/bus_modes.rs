@@ -52,7 +52,7 @@ async fn concurrent_mode_fills_every_slot_and_never_more() {
     for seq in 0..500 {
         bus.notify(MessageSent::new(seq % 5, seq)).await.unwrap();
     }
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(probe.peak.load(Ordering::SeqCst), 16);
     let total: usize = probe.order.lock().unwrap().values().map(Vec::len).sum();
     assert_eq!(total, 500);
@@ -80,7 +80,7 @@ async fn concurrent_bursts_respect_the_limit_on_worker_threads() {
         for seq in 0..events {
             bus.notify(MessageSent::new(seq % 3, seq)).await.unwrap();
         }
-        bus.drain().await;
+        bus.drain().await.unwrap();
         let peak = probe.peak.load(Ordering::SeqCst);
         assert!(peak <= limit, "limit {limit}, peak {peak}");
         let mut seen: Vec<u64> = probe
@@ -113,7 +113,7 @@ async fn sequential_mode_runs_one_at_a_time_in_order() {
     for seq in 0..50 {
         bus.notify(MessageSent::new(1, seq)).await.unwrap();
     }
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(probe.peak.load(Ordering::SeqCst), 1);
     assert_eq!(probe.order.lock().unwrap()[&1], (0..50).collect::<Vec<_>>());
 }
@@ -132,7 +132,7 @@ async fn partitioned_mode_keeps_each_key_in_order_and_runs_keys_in_parallel() {
     for seq in 0..400 {
         bus.notify(MessageSent::new(seq % 8, seq)).await.unwrap();
     }
-    bus.drain().await;
+    bus.drain().await.unwrap();
     let order = probe.order.lock().unwrap();
     assert_eq!(order.len(), 8);
     for (conversation, seqs) in order.iter() {

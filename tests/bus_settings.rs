@@ -131,6 +131,6 @@ async fn a_huge_capacity_does_not_overflow() {
     for _ in 0..10 {
         bus.try_notify(Pinged::new()).unwrap();
     }
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(all.len(), 10);
 }

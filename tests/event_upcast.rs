@@ -138,7 +138,7 @@ async fn a_durable_log_upcasts_old_rows_and_quarantines_unreadable_ones() {
     bus.notify(OrderPlaced::new(9, 100, "EUR".into()))
         .await
         .unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
     let orders: Vec<(u64, u64)> = seen
         .of::<OrderPlaced>()
         .iter()

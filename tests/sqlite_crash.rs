@@ -93,7 +93,7 @@ fn crash_child() {
             bus.notify(OrderPlaced::new(id)).await.unwrap();
             accepted.record(id);
         }
-        bus.drain().await;
+        bus.drain().await.unwrap();
         assert!(bus.shutdown().await.is_clean());
     });
 }

@@ -82,7 +82,7 @@ async fn a_subscription_resumes_where_it_left_off() {
         .await
         .unwrap();
     bus.notify(OrderPlaced::new(10)).await.unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
     // At least once: the event in flight at the stop may come again.
     let resumed = orders(&second);
     assert!(
@@ -109,7 +109,7 @@ async fn new_subscriptions_start_now_or_from_the_beginning() {
         .await
         .unwrap();
     bus.notify(OrderPlaced::new(3)).await.unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(orders(&now), [3]);
     assert_eq!(orders(&history), [1, 2, 3]);
     bus.shutdown().await;
@@ -123,7 +123,7 @@ async fn a_row_that_no_longer_decodes_is_quarantined_and_the_stream_goes_on() {
     let seen = Recorder::new();
     bus.subscribe("audit", seen.clone()).start().await.unwrap();
     bus.notify(OrderPlaced::new(1)).await.unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
 
     // Another writer (a bug, a bad migration) leaves two rows behind that
     // this binary cannot read.
@@ -137,7 +137,7 @@ async fn a_row_that_no_longer_decodes_is_quarantined_and_the_stream_goes_on() {
         .unwrap();
     }
     bus.notify(OrderPlaced::new(2)).await.unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(orders(&seen), [1, 2]);
     bus.shutdown().await;
 
@@ -269,7 +269,7 @@ async fn a_full_database_refuses_new_events_and_keeps_the_old() {
         .start()
         .await
         .unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(orders(&all), accepted);
     bus.shutdown().await;
 }
@@ -329,7 +329,7 @@ async fn finished_events_are_pruned_and_unfinished_ones_kept() {
     );
     assert_eq!(kept, 22 - slow_at);
     slow.permits.add_permits(100);
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(slow.seen.len(), 21);
     bus.shutdown().await;
 }
@@ -367,13 +367,13 @@ async fn dead_letters_survive_a_restart_and_replay_after_it() {
             .unwrap();
         bus.notify(OrderPlaced::new(1)).await.unwrap();
         bus.notify(OrderPlaced::new(2)).await.unwrap();
-        bus.drain().await;
-        assert_eq!(bus.dead_letters().len(), 2);
+        bus.drain().await.unwrap();
+        assert_eq!(bus.dead_letters().count().await.unwrap(), 2);
         bus.shutdown().await;
     }
 
     let bus = bus_at(&path).await;
-    let letters = bus.dead_letters().list();
+    let letters = bus.dead_letters().list().await.unwrap();
     assert_eq!(letters.len(), 2, "kept across the restart");
     assert_eq!(letters[0].subscription, "payments");
     assert_eq!(letters[0].errors, ["payment provider unreachable"]);
@@ -393,14 +393,14 @@ async fn dead_letters_survive_a_restart_and_replay_after_it() {
         .await
         .unwrap();
     assert_eq!(bus.dead_letters().replay_all("payments").await.unwrap(), 2);
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(orders(&healed.seen), [1, 2]);
     bus.shutdown().await;
     drop(bus);
 
     let bus = bus_at(&path).await;
     assert!(
-        bus.dead_letters().is_empty(),
+        bus.dead_letters().count().await.unwrap() == 0,
         "replayed letters are gone for good"
     );
     bus.shutdown().await;
@@ -450,8 +450,8 @@ async fn a_retry_schedule_resumes_after_a_restart_instead_of_starting_over() {
         .start()
         .await
         .unwrap();
-    bus.drain().await;
-    let letters = bus.dead_letters().list();
+    bus.drain().await.unwrap();
+    let letters = bus.dead_letters().list().await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 3, "attempts counted across both runs");
     assert_eq!(
@@ -529,7 +529,7 @@ async fn batched_payloads_not_yet_written_come_again_after_a_restart() {
         .start()
         .await
         .unwrap();
-    bus.drain().await;
+    bus.drain().await.unwrap();
     assert_eq!(*healthy.written.lock().unwrap(), ["1", "2", "3"]);
     bus.shutdown().await;
 }
@@ -545,16 +545,27 @@ struct PanickyStore;
 type Boxed<'a, T> = futures_util::future::BoxFuture<'a, Result<T, eventbus::log::LogError>>;
 
 impl eventbus::log::DeadLetterStore for PanickyStore {
-    fn load(&self) -> Vec<eventbus::DeadLetter> {
-        Vec::new()
-    }
-
-    fn save(&self, _letter: &eventbus::DeadLetter) -> Boxed<'_, ()> {
+    fn insert<'a>(&'a self, _letter: &'a eventbus::DeadLetter) -> Boxed<'a, u64> {
         panic!("dead-letter store broke")
     }
 
-    fn remove(&self, _id: u64) -> Boxed<'_, ()> {
-        Box::pin(std::future::ready(Ok(())))
+    fn get(&self, _id: u64) -> Boxed<'_, Option<eventbus::DeadLetter>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn page<'a>(
+        &'a self,
+        _query: &'a eventbus::dead_letter::DeadLetterQuery,
+    ) -> Boxed<'a, eventbus::dead_letter::DeadLetterPage> {
+        Box::pin(std::future::ready(Ok(Default::default())))
+    }
+
+    fn count<'a>(&'a self, _subscription: Option<&'a str>) -> Boxed<'a, u64> {
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    fn remove(&self, _id: u64) -> Boxed<'_, bool> {
+        Box::pin(std::future::ready(Ok(false)))
     }
 }
 
@@ -662,7 +673,10 @@ async fn a_panic_around_a_delivery_loses_nothing_in_any_mode() {
             .unwrap_or_else(|_| panic!("{name}: {} handled", first.0.len()));
             tokio::time::timeout(Duration::from_secs(1), bus.drain())
                 .await
-                .map(|()| assert_eq!(name, "sequential", "only a stopped subscription drains"))
+                .map(|drained| {
+                    drained.unwrap();
+                    assert_eq!(name, "sequential", "only a stopped subscription drains");
+                })
                 .unwrap_or_else(|_| assert_ne!(name, "sequential", "drain waits on nothing"));
             bus.shutdown().await;
         }
@@ -672,7 +686,7 @@ async fn a_panic_around_a_delivery_loses_nothing_in_any_mode() {
             .start()
             .await
             .unwrap();
-        bus.drain().await;
+        bus.drain().await.unwrap();
         // At least once: events finished before the panic but not yet
         // released may come again too; order 3 must.
         let again = orders(&second);

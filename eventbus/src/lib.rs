@@ -108,6 +108,7 @@ pub mod log;
 pub mod protocol;
 pub mod registry;
 mod retry;
+mod stall;
 pub mod subscription;
 pub mod testing;
 

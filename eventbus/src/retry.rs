@@ -100,6 +100,11 @@ impl Retry {
         self.max_attempts
     }
 
+    /// The longest delay between two attempts.
+    pub(crate) fn cap(&self) -> Duration {
+        self.max_delay
+    }
+
     /// The delay after failed attempt `attempt` (counting from 1).
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = self

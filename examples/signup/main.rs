@@ -115,7 +115,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         println!("first run: shutting down without waiting for the slow webhook endpoint...");
     } else {
         println!("draining...");
-        bus.drain().await;
+        bus.drain().await.unwrap();
     }
     let stats = bus.stats();
     let report = bus.shutdown().await;

@@ -67,7 +67,7 @@ mod end_to_end {
         let signup = accounts.sign_up(7, "ada@example.com", "web").await.unwrap();
         accounts.subscribe(&signup, "pro", 2_900).await.unwrap();
         accounts.delete(8, None).await.unwrap();
-        bus.drain().await;
+        bus.drain().await.unwrap();
 
         let created = everything.assert_received::<UserCreated>(|e| e.user_id == 7);
         assert_eq!(created.email, "ada@example.com");

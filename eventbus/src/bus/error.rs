@@ -117,3 +117,24 @@ pub enum SubscribeError {
     #[error("the bus's log could not open a cursor for the subscription")]
     Log(#[source] LogError),
 }
+
+/// Returned by [`Bus::drain`](super::Bus::drain) when waiting cannot end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DrainError {
+    /// Called from inside a handler of this bus: its own subscription
+    /// cannot finish until the handler returns, so the wait would never end.
+    #[error(
+        "`drain` was called from inside a handler of subscription `{0}`, which cannot finish until that handler returns; call it from outside the bus's consumers"
+    )]
+    InsideHandler(String),
+    /// A subscription cannot move on for a reason retrying will not fix,
+    /// such as a damaged log file.
+    #[error("subscription `{subscription}` cannot finish: {reason}")]
+    Stalled {
+        /// The subscription.
+        subscription: String,
+        /// What is wrong, and what to do about it.
+        reason: String,
+    },
+}

@@ -9,10 +9,10 @@ mod builder;
 mod error;
 
 pub use self::builder::BusBuilder;
-pub use self::error::{BuildError, NotifyError, SubscribeError, TryNotifyError};
+pub use self::error::{BuildError, DrainError, NotifyError, SubscribeError, TryNotifyError};
 
 use crate::consumer::Consumer;
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter::{DeadLetters, MemoryDeadLetters};
 use crate::event::AnyEvent;
 use crate::log::{Log, Position, TryAppendError};
 use crate::subscription::{self, State, SubscriptionBuilder, SubscriptionStats};
@@ -42,7 +42,7 @@ use std::time::Duration;
 /// bus.subscribe("audit", audit.clone()).start().await?;
 ///
 /// bus.notify(UserCreated::new(7)).await?;
-/// bus.drain().await;
+/// bus.drain().await?;
 /// audit.assert_received::<UserCreated>(|e| e.user_id == 7);
 ///
 /// bus.shutdown().await;
@@ -101,12 +101,17 @@ pub struct ShutdownReport {
     /// Subscriptions stopped at the deadline with work left, and their
     /// counters at that moment (`lag` is what they had not finished).
     pub timed_out: Vec<SubscriptionStats>,
+    /// Subscriptions not waited for because `shutdown` was called from one
+    /// of their own handlers, which they cannot finish before it returns.
+    /// They read no further and stop once the handler returns; a later
+    /// `shutdown` from outside the handlers waits for them.
+    pub still_running: Vec<String>,
 }
 
 impl ShutdownReport {
     /// Whether every subscription finished everything.
     pub fn is_clean(&self) -> bool {
-        self.timed_out.is_empty()
+        self.timed_out.is_empty() && self.still_running.is_empty()
     }
 }
 
@@ -136,7 +141,10 @@ impl Bus {
     pub(crate) fn from_log(log: Arc<dyn Log>, shutdown_timeout: Duration) -> Self {
         Bus {
             inner: Arc::new(Inner {
-                dead_letters: DeadLetters::new(log.dead_letter_store()),
+                dead_letters: DeadLetters::new(
+                    log.dead_letter_store()
+                        .unwrap_or_else(|| Arc::new(MemoryDeadLetters::default())),
+                ),
                 log: LogHandle {
                     log,
                     closed: AtomicBool::new(false),
@@ -206,43 +214,109 @@ impl Bus {
     /// attempt) and every pending replay, and has flushed its consumer, so
     /// batching sinks have seen everything too.
     ///
-    /// This is what makes tests deterministic without sleeps.
-    pub async fn drain(&self) {
+    /// This is what makes tests deterministic without sleeps. A
+    /// subscription held back by a problem that retrying can fix (a locked
+    /// file, a full disk) is waited for; its [stats](Bus::stats) say why.
+    ///
+    /// # Errors
+    ///
+    /// [`DrainError::InsideHandler`] when called from a handler of this
+    /// bus, which would wait for itself; [`DrainError::Stalled`] when a
+    /// subscription cannot move on for a reason retrying will not fix, such
+    /// as a damaged log file.
+    pub async fn drain(&self) -> Result<(), DrainError> {
+        if let Some(own) = self.own_handler() {
+            return Err(DrainError::InsideHandler(own.name.to_string()));
+        }
         let head = self.head();
         for state in self.running() {
             let mut done = state.done.subscribe();
-            let _ = done
-                .wait_for(|done| {
-                    state.finished.load(SeqCst)
-                        || (*done >= head && state.replays.load(SeqCst) == 0)
-                })
-                .await;
-            // Replays change no position; their runner pings `done` when one
-            // finishes, which re-runs the check above.
+            let mut stall = state.stall.watch();
+            loop {
+                if let Some(stalled) = stall.borrow_and_update().clone()
+                    && stalled.fatal
+                {
+                    return Err(DrainError::Stalled {
+                        subscription: state.name.to_string(),
+                        reason: stalled.reason,
+                    });
+                }
+                // Replays change no position; their runner pings `done`
+                // when one finishes, which re-runs this check.
+                if state.finished.load(SeqCst)
+                    || (*done.borrow_and_update() >= head && state.replays.load(SeqCst) == 0)
+                {
+                    break;
+                }
+                tokio::select! {
+                    _ = done.changed() => {}
+                    _ = stall.changed() => {}
+                }
+            }
             let (ack, acked) = tokio::sync::oneshot::channel();
             if state.flush.send(ack).await.is_ok() {
                 let _ = acked.await;
             }
         }
+        Ok(())
+    }
+
+    /// The subscription of this bus whose handler the current task is in.
+    fn own_handler(&self) -> Option<Arc<State>> {
+        let handling = subscription::handling()?;
+        if handling.bus != Arc::as_ptr(&self.inner) as usize {
+            return None;
+        }
+        let subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
+        subscriptions
+            .values()
+            .filter_map(Slot::running)
+            .find(|state| state.handling() == handling)
+            .cloned()
     }
 
     /// Stops intake, lets every subscription finish what was notified
     /// (in-flight work and retries included) and flush its consumer, within
     /// the [shutdown timeout](BusBuilder::shutdown_timeout). Subscriptions
-    /// still busy at the deadline are stopped and reported. Calling it again
-    /// returns at once.
+    /// still busy at the deadline are stopped and reported. Every event
+    /// whose `notify` returned `Ok` is either handled by then or counted in
+    /// the report.
+    ///
+    /// Called from inside a handler, it does not wait for that handler's own
+    /// subscription (which cannot finish before the handler returns): the
+    /// subscription is told to stop and listed in
+    /// [`still_running`](ShutdownReport::still_running). Calling `shutdown`
+    /// again waits for whatever is left, and returns at once when nothing is.
     pub async fn shutdown(&self) -> ShutdownReport {
         self.inner.log.closed.store(true, SeqCst);
         self.inner.log.log.close();
+        let own = self.own_handler();
         let states: Vec<Arc<State>> = {
             let mut subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
-            std::mem::take(&mut *subscriptions)
-                .into_values()
-                .filter_map(|slot| slot.running().cloned())
-                .collect()
+            let own_name = own.as_ref().map(|state| state.name.to_string());
+            let all = std::mem::take(&mut *subscriptions);
+            let mut states = Vec::new();
+            for (name, slot) in all {
+                if Some(&name) == own_name.as_ref() {
+                    // Stays listed, so a later shutdown still waits for it.
+                    subscriptions.insert(name, slot);
+                } else if let Some(state) = slot.running() {
+                    states.push(Arc::clone(state));
+                }
+            }
+            states
         };
         let deadline = tokio::time::Instant::now() + self.inner.shutdown_timeout;
         let mut report = ShutdownReport::default();
+        if let Some(own) = own {
+            own.stop.store(true, SeqCst);
+            own.wake.notify_one();
+            tracing::warn!(
+                subscription = %own.name,
+                "shutdown called from inside a handler; that subscription stops once the handler returns",
+            );
+            report.still_running.push(own.name.to_string());
+        }
         for state in states {
             let task = state.task.lock().expect("task lock").take();
             if let Some(mut task) = task
@@ -293,6 +367,21 @@ impl Bus {
     }
 
     pub(crate) async fn remove(&self, name: &str) -> bool {
+        if let Some(own) = self.own_handler()
+            && *own.name == *name
+        {
+            // Stopping itself from its own handler: waiting here would wait
+            // for this very handler. Ask it to stop and finish the stop in
+            // the background once the handler has returned.
+            let bus = self.clone();
+            let name = name.to_owned();
+            tokio::spawn(async move { bus.remove_now(&name).await });
+            return true;
+        }
+        self.remove_now(name).await
+    }
+
+    async fn remove_now(&self, name: &str) -> bool {
         let state = {
             let mut subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
             match subscriptions.get_mut(name) {

@@ -46,7 +46,7 @@ use std::marker::PhantomData;
 ///     .await?;
 ///
 /// bus.notify(UserCreated::new(7)).await?;
-/// bus.drain().await; // flushes the batch
+/// bus.drain().await?; // flushes the batch
 /// assert_eq!(sent.lock().unwrap()[0].distinct_id, "7");
 /// # Ok(()) }
 /// ```

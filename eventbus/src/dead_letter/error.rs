@@ -1,8 +1,10 @@
 //! Errors of the dead letters.
 
+use crate::log::LogError;
+
 /// Returned by [`DeadLetters::replay`](super::DeadLetters::replay) and
 /// [`DeadLetters::replay_all`](super::DeadLetters::replay_all).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplayError {
     /// No dead letter has this id.
@@ -13,4 +15,11 @@ pub enum ReplayError {
         "subscription `{0}` is not running, so its dead letter cannot be replayed; restart it and replay again"
     )]
     NoSubscription(String),
+    /// The letter's replay is queued or running; it leaves the store once
+    /// that delivery finished.
+    #[error("dead letter {0} is being replayed already; it is removed once that replay finished")]
+    InProgress(u64),
+    /// The dead-letter store could not be read.
+    #[error("the dead-letter store could not be read")]
+    Store(#[source] LogError),
 }

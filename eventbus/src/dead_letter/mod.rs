@@ -5,19 +5,29 @@
 //! kept rejecting, lands here with the error chain, the attempt count and
 //! timestamps. Dead letters can be listed, inspected, and replayed into their
 //! subscription once the cause is fixed.
+//!
+//! Letters live in a [`DeadLetterStore`]: in memory by default, in the log's
+//! own storage for a durable log, so they survive a restart. A letter leaves
+//! the store only when its replay has finished (handled, or dead-lettered
+//! again under a new id) or when it is discarded; a replay cut short by a
+//! crash or a shutdown deadline leaves it where it was.
 
 use crate::event::AnyEvent;
-use crate::log::DeadLetterStore;
+use crate::log::{DeadLetterStore, LogError};
+use crate::stall::Stall;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 mod error;
+mod memory;
 
 pub use self::error::ReplayError;
+pub(crate) use self::memory::MemoryDeadLetters;
 
 /// One event a subscription gave up on.
 #[derive(Debug, Clone)]
@@ -54,115 +64,322 @@ impl fmt::Display for DeadLetter {
     }
 }
 
-/// The dead letters of a bus: list, inspect, replay. Cheap to clone.
+/// Which dead letters a [`page`](DeadLetters::page) returns: oldest first,
+/// after a given id, at most `limit`.
 ///
-/// Returned by [`Bus::dead_letters`](crate::Bus::dead_letters).
-#[derive(Clone, Default)]
-pub struct DeadLetters {
-    inner: Arc<Store>,
+/// # Examples
+///
+/// ```
+/// use eventbus::dead_letter::DeadLetterQuery;
+///
+/// let first = DeadLetterQuery::new().subscription("webhooks").limit(50);
+/// assert_eq!(first.limit, 50);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetterQuery {
+    /// Only letters of this subscription; `None` for all.
+    pub subscription: Option<String>,
+    /// Only letters with a larger id: the [`next`](DeadLetterPage::next) of
+    /// the page before.
+    pub after: Option<u64>,
+    /// The most letters in the page. Default 100.
+    pub limit: usize,
 }
 
-#[derive(Default)]
-struct Store {
-    next_id: AtomicU64,
-    letters: Mutex<BTreeMap<u64, DeadLetter>>,
+impl Default for DeadLetterQuery {
+    fn default() -> Self {
+        DeadLetterQuery {
+            subscription: None,
+            after: None,
+            limit: 100,
+        }
+    }
+}
+
+impl DeadLetterQuery {
+    /// Every letter, 100 a page.
+    pub fn new() -> Self {
+        DeadLetterQuery::default()
+    }
+
+    /// Only letters of `subscription`.
+    #[must_use]
+    pub fn subscription(mut self, subscription: impl Into<String>) -> Self {
+        self.subscription = Some(subscription.into());
+        self
+    }
+
+    /// Only letters with an id above `id`.
+    #[must_use]
+    pub fn after(mut self, id: u64) -> Self {
+        self.after = Some(id);
+        self
+    }
+
+    /// At most `limit` letters; values below 1 count as 1.
+    #[must_use]
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit.max(1);
+        self
+    }
+}
+
+/// One page of dead letters; from [`DeadLetters::page`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct DeadLetterPage {
+    /// The letters, oldest first.
+    pub letters: Vec<DeadLetter>,
+    /// Where the next page starts (its [`after`](DeadLetterQuery::after)),
+    /// or `None` when this was the last. A page can hold fewer letters than
+    /// the limit and still have a next one: a stored letter that no longer
+    /// decodes (written by a newer version) is skipped and logged.
+    pub next: Option<u64>,
+}
+
+impl DeadLetterPage {
+    /// A page for a [`DeadLetterStore`] to return: `next` is the id of the
+    /// last stored letter it read, or `None` when nothing follows.
+    pub fn new(letters: Vec<DeadLetter>, next: Option<u64>) -> Self {
+        DeadLetterPage { letters, next }
+    }
+}
+
+/// The dead letters of a bus: list, inspect, replay, discard. Cheap to
+/// clone.
+///
+/// Returned by [`Bus::dead_letters`](crate::Bus::dead_letters).
+#[derive(Clone)]
+pub struct DeadLetters {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    store: Arc<dyn DeadLetterStore>,
+    /// Letters whose replay is queued or running, so one letter is not
+    /// replayed twice at once.
+    replaying: Mutex<HashSet<u64>>,
     routes: Mutex<HashMap<String, Route>>,
-    persist: Option<Arc<dyn DeadLetterStore>>,
 }
 
 /// Where replayed events go: the subscription's replay queue.
 #[derive(Clone)]
 pub(crate) struct Route {
-    pub(crate) tx: mpsc::UnboundedSender<AnyEvent>,
+    pub(crate) tx: mpsc::UnboundedSender<Replay>,
     pub(crate) pending: Arc<AtomicU64>,
+}
+
+/// A dead letter on its way back into its subscription. The letter stays
+/// stored until [`finish`](Replay::finish); dropping a replay unfinished (a
+/// stop at a deadline, a subscription that went away) leaves it there to
+/// be replayed again.
+pub(crate) struct Replay {
+    pub(crate) id: u64,
+    pub(crate) event: AnyEvent,
+    claim: Claim,
+}
+
+/// Marks a letter as being replayed for as long as it lives.
+struct Claim {
+    letters: Weak<Shared>,
+    id: u64,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(shared) = self.letters.upgrade() {
+            shared
+                .replaying
+                .lock()
+                .expect("replaying lock")
+                .remove(&self.id);
+        }
+    }
+}
+
+impl Replay {
+    /// The replayed delivery finished: handled, or dead-lettered again
+    /// under a new id. Either way the old letter goes.
+    pub(crate) async fn finish(self) {
+        let Some(shared) = self.claim.letters.upgrade() else {
+            return;
+        };
+        if let Err(err) = shared.store.remove(self.id).await {
+            tracing::error!(
+                id = self.id,
+                error = %error_chain(&err).join(": "),
+                "a replayed dead letter could not be removed; it stays and can be replayed again",
+            );
+        }
+    }
 }
 
 impl fmt::Debug for DeadLetters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeadLetters")
-            .field("len", &self.len())
-            .finish()
+            .field("store", &self.inner.store)
+            .finish_non_exhaustive()
     }
 }
 
 impl DeadLetters {
-    /// Dead letters kept in `persist` too, starting with what it holds from
-    /// earlier runs.
-    pub(crate) fn new(persist: Option<Arc<dyn DeadLetterStore>>) -> Self {
-        let loaded = persist.as_ref().map(|p| p.load()).unwrap_or_default();
-        let next_id = loaded.iter().map(|l| l.id).max().unwrap_or(0);
+    /// Dead letters kept in `store`.
+    pub(crate) fn new(store: Arc<dyn DeadLetterStore>) -> Self {
         DeadLetters {
-            inner: Arc::new(Store {
-                next_id: AtomicU64::new(next_id),
-                letters: Mutex::new(loaded.into_iter().map(|l| (l.id, l)).collect()),
+            inner: Arc::new(Shared {
+                store,
+                replaying: Mutex::default(),
                 routes: Mutex::default(),
-                persist,
             }),
         }
     }
 
-    /// Every dead letter, oldest first.
-    pub fn list(&self) -> Vec<DeadLetter> {
-        self.letters().values().cloned().collect()
+    /// Every dead letter, oldest first. Reads the store a page at a time;
+    /// use [`page`](DeadLetters::page) to hold only one page in memory.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError`] when the store cannot be read.
+    pub async fn list(&self) -> Result<Vec<DeadLetter>, LogError> {
+        self.collect(DeadLetterQuery::new().limit(1000)).await
     }
 
     /// The dead letters of one subscription, oldest first.
-    pub fn list_for(&self, subscription: &str) -> Vec<DeadLetter> {
-        self.letters()
-            .values()
-            .filter(|l| l.subscription == subscription)
-            .cloned()
-            .collect()
+    ///
+    /// # Errors
+    ///
+    /// [`LogError`] when the store cannot be read.
+    pub async fn list_for(&self, subscription: &str) -> Result<Vec<DeadLetter>, LogError> {
+        self.collect(
+            DeadLetterQuery::new()
+                .subscription(subscription)
+                .limit(1000),
+        )
+        .await
     }
 
-    /// One dead letter.
-    pub fn get(&self, id: u64) -> Option<DeadLetter> {
-        self.letters().get(&id).cloned()
-    }
-
-    /// How many dead letters there are.
-    pub fn len(&self) -> usize {
-        self.letters().len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Removes a dead letter without replaying it.
-    pub async fn discard(&self, id: u64) -> Option<DeadLetter> {
-        let letter = self.letters().remove(&id)?;
-        self.forget(id).await;
-        Some(letter)
-    }
-
-    async fn forget(&self, id: u64) {
-        if let Some(persist) = &self.inner.persist
-            && let Err(err) = persist.remove(id).await
-        {
-            tracing::error!(id, error = %error_chain(&err).join(": "), "could not remove a stored dead letter; it will come back after a restart");
+    async fn collect(&self, mut query: DeadLetterQuery) -> Result<Vec<DeadLetter>, LogError> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.page(&query).await?;
+            all.extend(page.letters);
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(all),
+            }
         }
     }
 
+    /// One page of dead letters.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError`] when the store cannot be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use eventbus::dead_letter::DeadLetterQuery;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bus = eventbus::Bus::builder().build()?;
+    /// let mut query = DeadLetterQuery::new().subscription("webhooks").limit(50);
+    /// loop {
+    ///     let page = bus.dead_letters().page(&query).await?;
+    ///     for letter in &page.letters {
+    ///         println!("{letter}");
+    ///     }
+    ///     match page.next {
+    ///         Some(next) => query = query.after(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn page(&self, query: &DeadLetterQuery) -> Result<DeadLetterPage, LogError> {
+        self.inner.store.page(query).await
+    }
+
+    /// One dead letter.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError`] when the store cannot be read.
+    pub async fn get(&self, id: u64) -> Result<Option<DeadLetter>, LogError> {
+        self.inner.store.get(id).await
+    }
+
+    /// How many dead letters are stored. Counts letters that no longer
+    /// decode too, which the lists skip.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError`] when the store cannot be read.
+    pub async fn count(&self) -> Result<u64, LogError> {
+        self.inner.store.count(None).await
+    }
+
+    /// How many dead letters one subscription has.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError`] when the store cannot be read.
+    pub async fn count_for(&self, subscription: &str) -> Result<u64, LogError> {
+        self.inner.store.count(Some(subscription)).await
+    }
+
+    /// Whether the letter's replay is queued or running. It stays listed
+    /// until the replay has finished.
+    pub fn is_replaying(&self, id: u64) -> bool {
+        self.inner
+            .replaying
+            .lock()
+            .expect("replaying lock")
+            .contains(&id)
+    }
+
+    /// Removes a dead letter without replaying it; returns it, or `None`
+    /// for an unknown id.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError`] when the store cannot be read or written; the letter
+    /// then stays.
+    pub async fn discard(&self, id: u64) -> Result<Option<DeadLetter>, LogError> {
+        let Some(letter) = self.inner.store.get(id).await? else {
+            return Ok(None);
+        };
+        self.inner.store.remove(id).await?;
+        Ok(Some(letter))
+    }
+
     /// Sends the event back to its subscription, which handles it again with
-    /// a fresh set of attempts, and removes the letter. If it fails again, it
-    /// comes back as a new dead letter.
+    /// a fresh set of attempts, through the same limits and lanes as a new
+    /// event. The letter stays stored (and listed) until that delivery has
+    /// finished: then it is removed, and if the event failed again it comes
+    /// back as a new dead letter. A crash or a shutdown before then leaves
+    /// the letter where it was.
     ///
     /// # Errors
     ///
     /// [`ReplayError::NotFound`] for an unknown id;
-    /// [`ReplayError::NoSubscription`] when the subscription has stopped, in
-    /// which case the letter stays.
+    /// [`ReplayError::NoSubscription`] when the subscription is not running;
+    /// [`ReplayError::InProgress`] when the letter's replay has not finished
+    /// yet; [`ReplayError::Store`] when the store cannot be read.
     pub async fn replay(&self, id: u64) -> Result<(), ReplayError> {
-        self.replay_now(id)?;
-        self.forget(id).await;
-        Ok(())
+        let letter = self
+            .inner
+            .store
+            .get(id)
+            .await
+            .map_err(ReplayError::Store)?
+            .ok_or(ReplayError::NotFound(id))?;
+        self.send(letter)
     }
 
-    fn replay_now(&self, id: u64) -> Result<(), ReplayError> {
-        let mut letters = self.letters();
-        let letter = letters.get(&id).ok_or(ReplayError::NotFound(id))?;
+    fn send(&self, letter: DeadLetter) -> Result<(), ReplayError> {
         let route = self
             .inner
             .routes
@@ -171,42 +388,70 @@ impl DeadLetters {
             .get(&letter.subscription)
             .cloned()
             .ok_or_else(|| ReplayError::NoSubscription(letter.subscription.clone()))?;
-        route.pending.fetch_add(1, Ordering::SeqCst);
-        if route.tx.send(letter.event.clone()).is_err() {
-            route.pending.fetch_sub(1, Ordering::SeqCst);
-            return Err(ReplayError::NoSubscription(letter.subscription.clone()));
+        if !self
+            .inner
+            .replaying
+            .lock()
+            .expect("replaying lock")
+            .insert(letter.id)
+        {
+            return Err(ReplayError::InProgress(letter.id));
         }
-        letters.remove(&id);
+        let replay = Replay {
+            id: letter.id,
+            event: letter.event,
+            claim: Claim {
+                letters: Arc::downgrade(&self.inner),
+                id: letter.id,
+            },
+        };
+        route.pending.fetch_add(1, Ordering::SeqCst);
+        if route.tx.send(replay).is_err() {
+            // The replay (and its claim) is dropped with the error.
+            route.pending.fetch_sub(1, Ordering::SeqCst);
+            return Err(ReplayError::NoSubscription(letter.subscription));
+        }
         Ok(())
     }
 
-    /// Replays every dead letter of `subscription`; returns how many.
+    /// Replays every dead letter of `subscription` that is not being
+    /// replayed already; returns how many were sent. See
+    /// [`replay`](DeadLetters::replay).
     ///
     /// # Errors
     ///
-    /// [`ReplayError::NoSubscription`] when the subscription has stopped.
+    /// [`ReplayError::NoSubscription`] when the subscription is not running;
+    /// [`ReplayError::Store`] when the store cannot be read.
     pub async fn replay_all(&self, subscription: &str) -> Result<usize, ReplayError> {
-        let ids: Vec<u64> = self
-            .letters()
-            .values()
-            .filter(|l| l.subscription == subscription)
-            .map(|l| l.id)
-            .collect();
-        for id in &ids {
-            self.replay(*id).await?;
+        let mut query = DeadLetterQuery::new().subscription(subscription).limit(500);
+        let mut sent = 0;
+        loop {
+            let page = self.page(&query).await.map_err(ReplayError::Store)?;
+            for letter in page.letters {
+                match self.send(letter) {
+                    Ok(()) => sent += 1,
+                    Err(ReplayError::InProgress(_)) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(sent),
+            }
         }
-        Ok(ids.len())
     }
 
     pub(crate) fn writer(
         &self,
         subscription: Arc<str>,
         counter: Arc<AtomicU64>,
+        stall: Arc<Stall>,
     ) -> DeadLetterWriter {
         DeadLetterWriter {
             store: self.clone(),
             subscription,
             counter,
+            stall,
         }
     }
 
@@ -229,11 +474,10 @@ impl DeadLetters {
             routes.remove(subscription);
         }
     }
-
-    fn letters(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, DeadLetter>> {
-        self.inner.letters.lock().expect("dead letters lock")
-    }
 }
+
+/// The longest wait between two attempts to store a dead letter.
+const MAX_STORE_WAIT: Duration = Duration::from_secs(5);
 
 /// Writes the dead letters of one subscription. Handed to consumers through
 /// [`Context::dead_letters`](crate::consumer::Context::dead_letters).
@@ -242,6 +486,7 @@ pub struct DeadLetterWriter {
     store: DeadLetters,
     subscription: Arc<str>,
     counter: Arc<AtomicU64>,
+    stall: Arc<Stall>,
 }
 
 impl fmt::Debug for DeadLetterWriter {
@@ -254,7 +499,12 @@ impl fmt::Debug for DeadLetterWriter {
 
 impl DeadLetterWriter {
     /// Records that the subscription gave up on `event`, durably when the
-    /// bus's log keeps dead letters.
+    /// bus's log keeps dead letters, and returns the letter's id.
+    ///
+    /// Returns only once the letter is stored. When the store refuses it (a
+    /// full disk, a locked file), this waits and tries again, with the
+    /// reason in the subscription's [stats](crate::SubscriptionStats), so
+    /// the event is never released without its letter.
     pub async fn write(
         &self,
         event: AnyEvent,
@@ -262,9 +512,8 @@ impl DeadLetterWriter {
         attempts: u32,
         first_failed_at: DateTime<Utc>,
     ) -> u64 {
-        let id = self.store.inner.next_id.fetch_add(1, Ordering::SeqCst) + 1;
-        let letter = DeadLetter {
-            id,
+        let mut letter = DeadLetter {
+            id: 0,
             subscription: self.subscription.to_string(),
             event,
             errors,
@@ -272,8 +521,28 @@ impl DeadLetterWriter {
             first_failed_at,
             last_failed_at: Utc::now(),
         };
+        let mut wait = Duration::from_millis(100);
+        letter.id = loop {
+            match self.store.inner.store.insert(&letter).await {
+                Ok(id) => break id,
+                Err(err) => {
+                    let reason = format!(
+                        "could not store the dead letter of {} {}, so the subscription holds it unfinished and tries again in {wait:?}: {}",
+                        letter.event.name(),
+                        letter.event.meta().id,
+                        error_chain(&err).join(": "),
+                    );
+                    tracing::error!(subscription = %self.subscription, "{reason}");
+                    self.stall.set(reason, false);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_STORE_WAIT);
+                }
+            }
+        };
+        self.stall.clear();
         tracing::error!(
             subscription = %letter.subscription,
+            id = letter.id,
             event = %letter.event.name(),
             event_id = %letter.event.meta().id,
             attempts,
@@ -283,17 +552,7 @@ impl DeadLetterWriter {
         metrics::counter!("eventbus_dead_lettered_total", "subscription" => self.subscription.to_string())
             .increment(1);
         self.counter.fetch_add(1, Ordering::Relaxed);
-        if let Some(persist) = &self.store.inner.persist
-            && let Err(err) = persist.save(&letter).await
-        {
-            tracing::error!(
-                id,
-                error = %error_chain(&err).join(": "),
-                "could not store a dead letter; it is kept in memory only",
-            );
-        }
-        self.store.letters().insert(id, letter);
-        id
+        letter.id
     }
 }
 

@@ -31,4 +31,16 @@ pub enum LogError {
     /// The backend failed, for a reason it explains.
     #[error("log backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend's storage is damaged: retrying will not help, a person
+    /// has to repair or restore it. The source says where and how.
+    #[error("the log's storage is damaged")]
+    Damaged(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl LogError {
+    /// Whether retrying cannot fix the failure ([`LogError::Damaged`]), so
+    /// waiting for a subscription that hit it is pointless.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, LogError::Damaged(_))
+    }
 }

@@ -21,7 +21,7 @@ pub use self::memory::MemoryLog;
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteLog;
 
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 use crate::event::AnyEvent;
 use futures_util::future::BoxFuture;
 use std::fmt::Debug;
@@ -88,7 +88,7 @@ pub trait Log: Send + Sync + Debug + 'static {
     }
 
     /// Where the bus keeps its dead letters, for a log that keeps them
-    /// across a restart. Default `None`: in memory only.
+    /// across a restart. Default `None`: in memory only, for this process.
     fn dead_letter_store(&self) -> Option<Arc<dyn DeadLetterStore>> {
         None
     }
@@ -133,19 +133,34 @@ pub trait RetryStore: Send + Sync + Debug + 'static {
     fn clear(&self, subscription: &str, position: Position) -> BoxFuture<'_, Result<(), LogError>>;
 }
 
-/// Keeps dead letters across restarts; provided by a durable [`Log`].
+/// Where a bus keeps its dead letters: in memory by default, in the log's
+/// own storage for a durable [`Log`].
 ///
 /// The bus writes each letter here before the subscription releases the
-/// event's position, so a dead letter is never lost to a crash.
+/// event's position, and removes it only once a replay of it finished, so
+/// a dead letter is never lost to a crash. Reads are paged: a store never
+/// has to hold every letter in memory.
 pub trait DeadLetterStore: Send + Sync + Debug + 'static {
-    /// The letters stored by earlier runs.
-    fn load(&self) -> Vec<DeadLetter>;
+    /// Stores a new letter and returns the id the store gave it. `letter.id`
+    /// is ignored: ids come from the store, increase, and are never given
+    /// out twice, even after the letter that had one was removed. An insert
+    /// never replaces a stored letter.
+    fn insert<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<u64, LogError>>;
 
-    /// Stores a letter.
-    fn save(&self, letter: &DeadLetter) -> BoxFuture<'_, Result<(), LogError>>;
+    /// One letter, if it is stored and decodes.
+    fn get(&self, id: u64) -> BoxFuture<'_, Result<Option<DeadLetter>, LogError>>;
 
-    /// Forgets a letter that was replayed or discarded.
-    fn remove(&self, id: u64) -> BoxFuture<'_, Result<(), LogError>>;
+    /// Up to `query.limit` letters in id order, after `query.after`.
+    fn page<'a>(
+        &'a self,
+        query: &'a DeadLetterQuery,
+    ) -> BoxFuture<'a, Result<DeadLetterPage, LogError>>;
+
+    /// How many letters are stored, of one subscription or of all.
+    fn count<'a>(&'a self, subscription: Option<&'a str>) -> BoxFuture<'a, Result<u64, LogError>>;
+
+    /// Removes a letter; `Ok(false)` when there was none with that id.
+    fn remove(&self, id: u64) -> BoxFuture<'_, Result<bool, LogError>>;
 }
 
 /// One subscription's read position in a [`Log`].

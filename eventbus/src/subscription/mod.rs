@@ -36,6 +36,7 @@ mod state;
 pub use self::filter::{Filter, PatternError};
 pub use self::state::SubscriptionStats;
 
+pub(crate) use self::runner::handling;
 pub(crate) use self::state::State;
 
 use crate::bus::{Bus, Slot, SubscribeError};
@@ -325,6 +326,8 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
         let (replay_tx, replay_rx) = mpsc::unbounded_channel();
         let state = Arc::new(State {
             name: Arc::clone(&name),
+            bus: inner as *const crate::bus::Inner as usize,
+            stall: Arc::default(),
             counters: Default::default(),
             done: watch::Sender::new(start),
             replays: Arc::new(AtomicU64::new(0)),
@@ -335,9 +338,11 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             flush: flush_tx,
             task: Mutex::new(None),
         });
-        let dead_letters = inner
-            .dead_letters
-            .writer(Arc::clone(&name), Arc::clone(&state.counters.dead_lettered));
+        let dead_letters = inner.dead_letters.writer(
+            Arc::clone(&name),
+            Arc::clone(&state.counters.dead_lettered),
+            Arc::clone(&state.stall),
+        );
         inner.dead_letters.route(
             &name,
             Route {
@@ -433,6 +438,10 @@ impl Subscription {
     /// Stops the subscription: it reads no further, finishes the events it
     /// already took, flushes its consumer and releases its cursor. Events
     /// notified afterwards are not delivered to it.
+    ///
+    /// Called from inside the subscription's own handler, it returns at
+    /// once (waiting would wait for that handler) and the stop completes in
+    /// the background once the handler has returned.
     pub async fn stop(&self) {
         self.bus.remove(&self.state.name).await;
     }

@@ -6,7 +6,7 @@ use super::filter::CachedFilter;
 use super::state::{State, Watermark};
 use super::{Config, Mode};
 use crate::consumer::Consumer;
-use crate::dead_letter::{DeadLetterWriter, error_chain, panic_message};
+use crate::dead_letter::{DeadLetterWriter, Replay, error_chain, panic_message};
 use crate::event::AnyEvent;
 use crate::log::{Batch, Cursor, Log, Position, RetryState, RetryStore};
 use crate::retry::Retry;
@@ -40,6 +40,26 @@ impl RetryBook {
             .expect("retry book lock")
             .remove(&position)
     }
+}
+
+tokio::task_local! {
+    /// Set while a consumer's `handle` or `flush` runs, so the bus can tell
+    /// a call made from inside a handler (a `drain` that would wait for
+    /// itself) from one made outside.
+    static HANDLING: Handling;
+}
+
+/// Which bus and subscription a handler belongs to, by address: copied
+/// into every delivery, so it must cost no reference count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Handling {
+    pub(crate) bus: usize,
+    pub(crate) subscription: usize,
+}
+
+/// The handler the current task is inside of, if any.
+pub(crate) fn handling() -> Option<Handling> {
+    HANDLING.try_with(|h| *h).ok()
 }
 
 pub(crate) struct Deliverer<C> {
@@ -89,8 +109,10 @@ impl<C: Consumer> Deliverer<C> {
             attempt = state.attempts + 1;
             first_failed_at = Some(state.first_failed_at);
             stored = true;
+            // The stored time comes from the wall clock, which may have
+            // been stepped since; the policy's cap still bounds the wait.
             if let Ok(wait) = (state.next_attempt_at - Utc::now()).to_std() {
-                Box::pin(tokio::time::sleep(wait)).await;
+                Box::pin(tokio::time::sleep(wait.min(self.retry.cap()))).await;
             }
         }
         loop {
@@ -102,8 +124,11 @@ impl<C: Consumer> Deliverer<C> {
                 correlation_id = %event.meta().correlation_id,
                 attempt,
             );
-            let outcome = AssertUnwindSafe(self.consumer.handle(event))
-                .catch_unwind()
+            let outcome = HANDLING
+                .scope(
+                    self.state.handling(),
+                    AssertUnwindSafe(self.consumer.handle(event)).catch_unwind(),
+                )
                 .instrument(span)
                 .await;
             let errors = match outcome {
@@ -188,7 +213,7 @@ pub(crate) struct Runner<C> {
     pub(crate) log: Arc<dyn Log>,
     pub(crate) filter: CachedFilter,
     pub(crate) config: Config,
-    pub(crate) replays: mpsc::UnboundedReceiver<AnyEvent>,
+    pub(crate) replays: mpsc::UnboundedReceiver<Replay>,
     pub(crate) flushes: mpsc::Receiver<oneshot::Sender<()>>,
     /// Everything before this was read from the cursor.
     pub(crate) read: Position,
@@ -378,6 +403,7 @@ impl<C: Consumer> Runner<C> {
         let mut lanes = self.lanes();
         let state = Arc::clone(&self.deliverer.state);
         let never = Arc::new(Watermark::default());
+        let mut read_failures = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
             if state.stop.load(SeqCst) {
                 break;
@@ -391,25 +417,31 @@ impl<C: Consumer> Runner<C> {
                     Self::flush_consumer(&self.deliverer).await;
                     let _ = ack.send(());
                 }
-                Some(event) = self.replays.recv() => {
-                    self.deliverer.deliver(None, &event).await;
-                    state.replays.fetch_sub(1, SeqCst);
-                    state.done.send_modify(|_| {});
+                Some(replay) = self.replays.recv() => {
+                    Self::replay(&self.deliverer, replay).await;
                 }
                 () = progressed.progressed.notified(), if lanes.watermark().is_some() => {
                     let done = progressed.done(self.read);
                     self.release(done).await;
                 }
                 batch = self.cursor.next(max) => match batch {
-                    Ok(Some(batch)) => self.process(&batch, &mut lanes).await,
+                    Ok(Some(batch)) => {
+                        if read_failures.reset() {
+                            state.stall.clear();
+                        }
+                        self.process(&batch, &mut lanes).await;
+                    }
                     Ok(None) => break,
                     Err(err) => {
-                        tracing::error!(
-                            subscription = %state.name,
-                            error = %error_chain(&err).join(": "),
-                            "reading the log failed; trying again in 1s",
+                        let wait = read_failures.next();
+                        let reason = format!(
+                            "cannot read the log, so the subscription tries again in {wait:?}: {}",
+                            error_chain(&err).join(": "),
                         );
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tracing::error!(subscription = %state.name, "{reason}");
+                        state.stall.set(reason, err.is_fatal());
+                        tokio::time::sleep(wait).await;
+                        continue;
                     }
                 },
             }
@@ -585,13 +617,27 @@ impl<C: Consumer> Runner<C> {
             Self::flush_consumer(&self.deliverer).await;
         }
         let state = &self.deliverer.state;
-        if let Err(err) = self.cursor.release(done).await {
-            tracing::error!(
-                subscription = %state.name,
-                error = %error_chain(&err).join(": "),
-                "releasing finished events to the log failed",
+        // A position that cannot be committed is tried again until it is:
+        // nothing past it is reported finished in the meantime. Only a
+        // stopping subscription on a damaged log gives up, leaving the
+        // events to be delivered again after a restart.
+        let mut failures = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        while let Err(err) = self.cursor.release(done).await {
+            let wait = failures.next();
+            let fatal = err.is_fatal();
+            let reason = format!(
+                "cannot commit the subscription's position {done} to the log, so it tries again in {wait:?}: {}",
+                error_chain(&err).join(": "),
             );
-            return;
+            tracing::error!(subscription = %state.name, "{reason}");
+            state.stall.set(reason, fatal);
+            if fatal && state.stop.load(SeqCst) {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+        }
+        if failures.reset() {
+            state.stall.clear();
         }
         state.set_done(done);
         let metrics = &self.deliverer.metrics;
@@ -624,9 +670,8 @@ impl<C: Consumer> Runner<C> {
         }
         // Refuse new replays (the letter stays) and finish the queued ones.
         self.replays.close();
-        while let Some(event) = self.replays.recv().await {
-            self.deliverer.deliver(None, &event).await;
-            state.replays.fetch_sub(1, SeqCst);
+        while let Some(replay) = self.replays.recv().await {
+            Self::replay(&self.deliverer, replay).await;
         }
         Self::flush_consumer(&self.deliverer).await;
         // Every task has ended, but one that panicked around its consumer
@@ -639,10 +684,23 @@ impl<C: Consumer> Runner<C> {
         state.mark_finished();
     }
 
+    /// Hands a dead letter's event to the consumer again; the letter goes
+    /// once that finished, and stays if this is cut short.
+    async fn replay(deliverer: &Deliverer<C>, replay: Replay) {
+        deliverer.deliver(None, &replay.event).await;
+        replay.finish().await;
+        let state = &deliverer.state;
+        state.replays.fetch_sub(1, SeqCst);
+        state.done.send_modify(|_| {});
+    }
+
     /// A panicking flush is logged, not allowed to end the subscription.
     async fn flush_consumer(deliverer: &Deliverer<C>) {
-        let flushed = AssertUnwindSafe(deliverer.consumer.flush())
-            .catch_unwind()
+        let flushed = HANDLING
+            .scope(
+                deliverer.state.handling(),
+                AssertUnwindSafe(deliverer.consumer.flush()).catch_unwind(),
+            )
             .await;
         if let Err(panic) = flushed {
             tracing::error!(
@@ -651,5 +709,34 @@ impl<C: Consumer> Runner<C> {
                 "consumer panicked while flushing",
             );
         }
+    }
+}
+
+/// Waits that double from `first` up to `max` while failures repeat.
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Option<Duration>,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Self {
+        Backoff {
+            first,
+            max,
+            next: None,
+        }
+    }
+
+    /// The wait after one more failure.
+    fn next(&mut self) -> Duration {
+        let wait = self.next.unwrap_or(self.first);
+        self.next = Some((wait * 2).min(self.max));
+        wait
+    }
+
+    /// Forgets the failures; returns whether there were any.
+    fn reset(&mut self) -> bool {
+        self.next.take().is_some()
     }
 }

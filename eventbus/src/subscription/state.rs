@@ -1,7 +1,9 @@
 //! What a running subscription shares with its handle and the bus: counters,
 //! the finished position, and the controls to flush and stop it.
 
+use super::runner::Handling;
 use crate::log::Position;
+use crate::stall::Stall;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,13 @@ pub struct SubscriptionStats {
     pub in_flight: u64,
     /// Events notified but not yet finished by this subscription.
     pub lag: u64,
+    /// Dead letters sent back to this subscription whose replay has not
+    /// finished; each stays stored until it has.
+    pub replaying: u64,
+    /// Why the subscription cannot move on right now, if it cannot: a dead
+    /// letter it cannot store, a position it cannot commit, a log it cannot
+    /// read. It keeps trying; this clears once it succeeds.
+    pub stalled: Option<String>,
 }
 
 #[derive(Default)]
@@ -44,6 +53,9 @@ pub(crate) struct Counters {
 
 pub(crate) struct State {
     pub(crate) name: Arc<str>,
+    /// The address of the bus's shared state, to tell its handlers apart.
+    pub(crate) bus: usize,
+    pub(crate) stall: Arc<Stall>,
     pub(crate) counters: Counters,
     /// Every event before this position is finished.
     pub(crate) done: watch::Sender<Position>,
@@ -74,6 +86,17 @@ impl State {
             filtered: c.filtered.load(Relaxed),
             in_flight: c.in_flight.load(Relaxed),
             lag: head.saturating_sub(*self.done.borrow()),
+            replaying: self.replays.load(Relaxed),
+            stalled: self.stall.get().map(|s| s.reason),
+        }
+    }
+
+    /// What a handler of this subscription carries, so the bus can tell it
+    /// is inside one.
+    pub(crate) fn handling(&self) -> Handling {
+        Handling {
+            bus: self.bus,
+            subscription: self as *const State as usize,
         }
     }
 

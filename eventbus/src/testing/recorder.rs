@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 ///
 /// bus.notify(OrderPlaced::new(1, 500)).await?;
 /// bus.notify(OrderPlaced::new(2, 900)).await?;
-/// bus.drain().await;
+/// bus.drain().await?;
 ///
 /// let big = orders.assert_received::<OrderPlaced>(|o| o.cents > 800);
 /// assert_eq!(big.order_id, 2);

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 pub(crate) struct SqliteCursor {
     subscription: String,
+    path: std::path::PathBuf,
     read: Position,
     conn: Arc<Mutex<Connection>>,
     requests: mpsc::Sender<Request>,
@@ -41,6 +42,7 @@ struct Row {
 impl SqliteCursor {
     pub(crate) fn new(
         subscription: String,
+        path: std::path::PathBuf,
         start: Position,
         conn: Connection,
         requests: mpsc::Sender<Request>,
@@ -49,6 +51,7 @@ impl SqliteCursor {
     ) -> Self {
         SqliteCursor {
             subscription,
+            path,
             read: start,
             conn: Arc::new(Mutex::new(conn)),
             requests,
@@ -96,7 +99,7 @@ impl SqliteCursor {
         })
         .await
         .map_err(|e| backend(e.to_string()))?
-        .map_err(|e| backend(super::writer::describe(&e)))
+        .map_err(|e| super::writer::Failure::of(&e).into_log_error(&self.path))
     }
 
     async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, LogError> {
@@ -167,7 +170,7 @@ impl Cursor for SqliteCursor {
     fn release(&mut self, up_to: Position) -> BoxFuture<'_, Result<(), LogError>> {
         let subscription = self.subscription.clone();
         Box::pin(async move {
-            super::request(&self.requests, |reply| Request::Commit {
+            super::request(&self.requests, &self.path, |reply| Request::Commit {
                 subscription,
                 position: up_to,
                 reply,

@@ -83,3 +83,30 @@ fn writable(path: &std::path::Path) -> bool {
     };
     std::fs::metadata(&target).is_ok_and(|m| !m.permissions().readonly())
 }
+
+/// A log file SQLite found damaged; the source of
+/// [`LogError::Damaged`](crate::log::LogError::Damaged), naming the file and
+/// what to do.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{}` is damaged; stop the service, keep a copy of the file, then recover it into a new file (`sqlite3 {} .recover`) or restore a backup",
+    path.display(),
+    path.display()
+)]
+pub(crate) struct Damaged {
+    pub(crate) path: PathBuf,
+    #[source]
+    pub(crate) source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Damaged {
+    pub(crate) fn log_error(
+        path: &std::path::Path,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> crate::log::LogError {
+        crate::log::LogError::Damaged(Box::new(Damaged {
+            path: path.to_owned(),
+            source: source.into(),
+        }))
+    }
+}

@@ -39,15 +39,15 @@ mod writer;
 
 pub use self::error::OpenError;
 
-use self::writer::{DeadLetterRow, Request, Writer};
+use self::writer::{DeadLetterRow, Reply, Request, Writer};
 use super::{
     Cursor, DeadLetterStore, Log, LogError, Position, RetryState, RetryStore, StartFrom,
     TryAppendError,
 };
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 use crate::event::AnyEvent;
 use futures_util::future::BoxFuture;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -150,9 +150,13 @@ pub(crate) struct Shared {
     head: Arc<AtomicU64>,
     head_rx: watch::Receiver<Position>,
     closed: AtomicBool,
+    /// Appends that passed the `closed` check and have not been answered.
+    appending: AtomicU64,
+    /// Tells cursors the log is closed, once no accepted append is still
+    /// on its way to the file: a cursor that sees it has read everything.
     closed_tx: watch::Sender<bool>,
-    /// Dead letters of earlier runs, handed to the bus once.
-    stored_letters: std::sync::Mutex<Vec<DeadLetterRow>>,
+    /// A connection for reading dead letters, opened on first use.
+    reader: Arc<std::sync::Mutex<Option<Connection>>>,
 }
 
 impl fmt::Debug for SqliteLog {
@@ -225,7 +229,6 @@ impl SqliteLog {
             )
             .map_err(|e| OpenError::classify(&path, e))?;
         let head = head as Position;
-        let stored_letters = load_dead_letters(&conn).map_err(|e| OpenError::classify(&path, e))?;
         let (requests, rx) = mpsc::channel(1 << 16);
         let head_cell = Arc::new(AtomicU64::new(head));
         let (head_tx, head_rx) = watch::channel(head);
@@ -252,8 +255,9 @@ impl SqliteLog {
                 head: head_cell,
                 head_rx,
                 closed: AtomicBool::new(false),
+                appending: AtomicU64::new(0),
                 closed_tx,
-                stored_letters: std::sync::Mutex::new(stored_letters),
+                reader: Arc::default(),
             }),
         })
     }
@@ -283,18 +287,55 @@ pub(crate) fn connect(path: &Path) -> Result<Connection, OpenError> {
 }
 
 impl Shared {
-    async fn request<T>(
+    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, LogError> {
+        request(&self.requests, &self.path, make).await
+    }
+
+    /// Tells cursors the log is closed if it is and no append is still on
+    /// its way. Called by `close` and by the last append to finish, so
+    /// whichever comes second sends it.
+    fn announce_closed(&self) {
+        if self.closed.load(SeqCst) && self.appending.load(SeqCst) == 0 {
+            self.closed_tx.send_replace(true);
+        }
+    }
+
+    /// Runs `read` on the reader connection, on a blocking thread.
+    async fn read<T: Send + 'static>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, LogError> {
-        request(&self.requests, make).await
+        let reader = Arc::clone(&self.reader);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = reader.lock().expect("reader lock");
+            if conn.is_none() {
+                *conn = Some(connect(&path).map_err(|e| LogError::Backend(Box::new(e)))?);
+            }
+            let conn = conn.as_ref().expect("connected above");
+            read(conn).map_err(|e| writer::Failure::of(&e).into_log_error(&path))
+        })
+        .await
+        .map_err(|e| backend(e.to_string()))?
+    }
+}
+
+/// Counts an append as on its way for as long as it lives, however its
+/// future ends.
+struct Appending<'a>(&'a Shared);
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.0.appending.fetch_sub(1, SeqCst);
+        self.0.announce_closed();
     }
 }
 
 /// Sends a request to the writer and waits for its commit.
 pub(crate) async fn request<T>(
     requests: &mpsc::Sender<Request>,
-    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
+    path: &Path,
+    make: impl FnOnce(Reply<T>) -> Request,
 ) -> Result<T, LogError> {
     let (reply, answer) = oneshot::channel();
     requests
@@ -303,7 +344,7 @@ pub(crate) async fn request<T>(
         .map_err(|_| backend("the SQLite writer has stopped"))?;
     match answer.await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(message)) => Err(backend(message)),
+        Ok(Err(failure)) => Err(failure.into_log_error(path)),
         Err(_) => Err(backend("the SQLite writer stopped before answering")),
     }
 }
@@ -323,6 +364,12 @@ impl Log for SqliteLog {
 
     fn append(&self, event: AnyEvent) -> BoxFuture<'_, Result<Position, LogError>> {
         Box::pin(async move {
+            // Counted before the check, so `close` cannot announce the end
+            // while an append it let through is still on its way: the
+            // cursors would stop short of an event whose `notify` then
+            // returns `Ok`.
+            self.shared.appending.fetch_add(1, SeqCst);
+            let _appending = Appending(&self.shared);
             if self.shared.closed.load(SeqCst) {
                 return Err(LogError::Closed(event));
             }
@@ -370,6 +417,7 @@ impl Log for SqliteLog {
                 .map_err(|e| LogError::Backend(Box::new(e)))?;
             Ok(Box::new(cursor::SqliteCursor::new(
                 subscription,
+                self.shared.path.clone(),
                 start,
                 conn,
                 self.shared.requests.clone(),
@@ -381,7 +429,7 @@ impl Log for SqliteLog {
 
     fn close(&self) {
         self.shared.closed.store(true, SeqCst);
-        self.shared.closed_tx.send_replace(true);
+        self.shared.announce_closed();
     }
 
     fn is_durable(&self) -> bool {
@@ -488,63 +536,75 @@ impl RetryStore for Stores {
     }
 }
 
-fn load_dead_letters(conn: &Connection) -> rusqlite::Result<Vec<DeadLetterRow>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at
-         FROM dead_letters ORDER BY id",
-    )?;
-    stmt.query_map([], |r| {
-        Ok(DeadLetterRow {
-            id: r.get::<_, i64>(0)? as u64,
-            subscription: r.get(1)?,
-            name: r.get(2)?,
-            version: r.get(3)?,
-            payload: r.get(4)?,
-            errors: r.get(5)?,
-            attempts: r.get(6)?,
-            first_failed_at: r.get(7)?,
-            last_failed_at: r.get(8)?,
-        })
-    })?
-    .collect()
-}
-
 fn millis_to_time(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-impl DeadLetterStore for Stores {
-    fn load(&self) -> Vec<DeadLetter> {
-        let rows = std::mem::take(&mut *self.shared.stored_letters.lock().expect("letters lock"));
-        rows.into_iter()
-            .filter_map(|row| {
-                match AnyEvent::from_json_bytes(&row.name, row.version, &row.payload) {
-                    Ok(event) => Some(DeadLetter {
-                        id: row.id,
-                        subscription: row.subscription,
-                        event,
-                        errors: serde_json::from_str(&row.errors).unwrap_or_else(|_| vec![row.errors]),
-                        attempts: row.attempts,
-                        first_failed_at: millis_to_time(row.first_failed_at),
-                        last_failed_at: millis_to_time(row.last_failed_at),
-                    }),
-                    Err(err) => {
-                        tracing::error!(
-                            id = row.id,
-                            event = %row.name,
-                            error = %err,
-                            "a stored dead letter no longer decodes; it stays in the dead_letters table",
-                        );
-                        None
-                    }
-                }
-            })
-            .collect()
-    }
+const LETTER_COLUMNS: &str =
+    "id, subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at";
 
-    fn save(&self, letter: &DeadLetter) -> BoxFuture<'_, Result<(), LogError>> {
+/// Reads a letter loosely: a column of an unexpected type (text where
+/// bytes were written, a NULL) makes the letter fail to decode, and so be
+/// skipped and logged, instead of failing the whole page.
+fn letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetterRow> {
+    use rusqlite::types::ValueRef;
+    let bytes = |i: usize| -> rusqlite::Result<Vec<u8>> {
+        Ok(match r.get_ref(i)? {
+            ValueRef::Text(b) | ValueRef::Blob(b) => b.to_vec(),
+            _ => Vec::new(),
+        })
+    };
+    let text = |i: usize| -> rusqlite::Result<String> {
+        Ok(String::from_utf8_lossy(&bytes(i)?).into_owned())
+    };
+    let int = |i: usize| -> rusqlite::Result<i64> {
+        Ok(match r.get_ref(i)? {
+            ValueRef::Integer(v) => v,
+            _ => 0,
+        })
+    };
+    Ok(DeadLetterRow {
+        id: int(0)? as u64,
+        subscription: text(1)?,
+        name: text(2)?,
+        version: u32::try_from(int(3)?).unwrap_or(0),
+        payload: bytes(4)?,
+        errors: text(5)?,
+        attempts: u32::try_from(int(6)?).unwrap_or(0),
+        first_failed_at: int(7)?,
+        last_failed_at: int(8)?,
+    })
+}
+
+/// A stored letter as the bus sees it, or `None` (logged) when its event no
+/// longer decodes, such as one written by a newer version. It stays stored.
+fn decode_letter(row: DeadLetterRow) -> Option<DeadLetter> {
+    match AnyEvent::from_json_bytes(&row.name, row.version, &row.payload) {
+        Ok(event) => Some(DeadLetter {
+            id: row.id,
+            subscription: row.subscription,
+            event,
+            errors: serde_json::from_str(&row.errors).unwrap_or_else(|_| vec![row.errors]),
+            attempts: row.attempts,
+            first_failed_at: millis_to_time(row.first_failed_at),
+            last_failed_at: millis_to_time(row.last_failed_at),
+        }),
+        Err(err) => {
+            tracing::error!(
+                id = row.id,
+                event = %row.name,
+                error = %err,
+                "a stored dead letter no longer decodes; it stays in the dead_letters table",
+            );
+            None
+        }
+    }
+}
+
+impl DeadLetterStore for Stores {
+    fn insert<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<u64, LogError>> {
         let row = letter.event.to_json_bytes().map(|payload| DeadLetterRow {
-            id: letter.id,
+            id: 0,
             subscription: letter.subscription.clone(),
             name: letter.event.name().to_owned(),
             version: letter.event.version(),
@@ -557,18 +617,79 @@ impl DeadLetterStore for Stores {
         Box::pin(async move {
             let row = row.map_err(|e| LogError::Backend(Box::new(e)))?;
             self.shared
-                .request(|reply| Request::SaveDeadLetter { row, reply })
+                .request(|reply| Request::InsertDeadLetter { row, reply })
                 .await
-                .map(drop)
         })
     }
 
-    fn remove(&self, id: u64) -> BoxFuture<'_, Result<(), LogError>> {
+    fn get(&self, id: u64) -> BoxFuture<'_, Result<Option<DeadLetter>, LogError>> {
+        Box::pin(async move {
+            let row = self
+                .shared
+                .read(move |conn| {
+                    conn.query_row(
+                        &format!("SELECT {LETTER_COLUMNS} FROM dead_letters WHERE id = ?1"),
+                        [id as i64],
+                        letter_row,
+                    )
+                    .optional()
+                })
+                .await?;
+            Ok(row.and_then(decode_letter))
+        })
+    }
+
+    fn page<'a>(
+        &'a self,
+        query: &'a DeadLetterQuery,
+    ) -> BoxFuture<'a, Result<DeadLetterPage, LogError>> {
+        let after = query.after.map_or(0, |a| a.min(i64::MAX as u64) as i64);
+        let limit = query.limit.clamp(1, i64::MAX as usize) as i64;
+        let subscription = query.subscription.clone();
+        Box::pin(async move {
+            let rows = self
+                .shared
+                .read(move |conn| {
+                    let mut stmt = conn.prepare_cached(&format!(
+                        "SELECT {LETTER_COLUMNS} FROM dead_letters
+                         WHERE id > ?1 AND (?2 IS NULL OR subscription = ?2)
+                         ORDER BY id LIMIT ?3"
+                    ))?;
+                    stmt.query_map(rusqlite::params![after, subscription, limit], letter_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .await?;
+            let next = rows
+                .last()
+                .map(|r| r.id)
+                .filter(|_| rows.len() as i64 >= limit);
+            let letters = rows.into_iter().filter_map(decode_letter).collect();
+            Ok(DeadLetterPage::new(letters, next))
+        })
+    }
+
+    fn count<'a>(&'a self, subscription: Option<&'a str>) -> BoxFuture<'a, Result<u64, LogError>> {
+        let subscription = subscription.map(str::to_owned);
+        Box::pin(async move {
+            self.shared
+                .read(move |conn| {
+                    conn.query_row(
+                        "SELECT COUNT(*) FROM dead_letters WHERE ?1 IS NULL OR subscription = ?1",
+                        [subscription],
+                        |r| r.get::<_, i64>(0),
+                    )
+                })
+                .await
+                .map(|n| n as u64)
+        })
+    }
+
+    fn remove(&self, id: u64) -> BoxFuture<'_, Result<bool, LogError>> {
         Box::pin(async move {
             self.shared
                 .request(|reply| Request::RemoveDeadLetter { id, reply })
                 .await
-                .map(drop)
+                .map(|removed| removed > 0)
         })
     }
 }

@@ -8,8 +8,10 @@ use std::path::Path;
 /// `EVBS`, stamped into the file header so another application's database
 /// is never mistaken for ours.
 pub(crate) const APPLICATION_ID: i64 = 0x4556_4253;
-/// The layout version this code writes.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// The layout version this code writes. Version 2 gives dead letters ids
+/// that are never reused (`AUTOINCREMENT`) and an index to page them by
+/// subscription.
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 const CREATE: &str = "
 CREATE TABLE events (
@@ -43,8 +45,13 @@ CREATE TABLE retries (
     first_failed_at INTEGER NOT NULL,
     PRIMARY KEY (subscription, position)
 );
+";
+
+/// The dead-letter table as of version 2, created by both a new file and
+/// the migration from version 1.
+const DEAD_LETTERS: &str = "
 CREATE TABLE dead_letters (
-    id              INTEGER PRIMARY KEY,
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
     subscription    TEXT    NOT NULL,
     name            TEXT    NOT NULL,
     version         INTEGER NOT NULL,
@@ -54,6 +61,20 @@ CREATE TABLE dead_letters (
     first_failed_at INTEGER NOT NULL,
     last_failed_at  INTEGER NOT NULL
 );
+CREATE INDEX dead_letters_by_subscription ON dead_letters (subscription, id);
+";
+
+/// Version 1 to 2: the dead-letter table is rebuilt with `AUTOINCREMENT`,
+/// so the id of a removed letter is never given to a new one. Rows keep
+/// their ids, and `sqlite_sequence` starts past the highest.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE dead_letters RENAME TO dead_letters_v1;
+{DEAD_LETTERS}
+INSERT INTO dead_letters
+    (id, subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at)
+    SELECT id, subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at
+    FROM dead_letters_v1;
+DROP TABLE dead_letters_v1;
 ";
 
 /// Creates the layout in an empty database, or checks that an existing one
@@ -72,7 +93,7 @@ pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<(), OpenError> {
     };
     if application_id == 0 && tables.is_empty() {
         conn.execute_batch(&format!(
-            "BEGIN; {CREATE} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            "BEGIN; {CREATE} {DEAD_LETTERS} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         ))
         .map_err(|e| OpenError::classify(path, e))?;
         return Ok(());
@@ -96,6 +117,13 @@ pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<(), OpenError> {
             found: version,
             supported: SCHEMA_VERSION,
         });
+    }
+    if version < 2 {
+        let migrate = MIGRATE_1_TO_2.replace("{DEAD_LETTERS}", DEAD_LETTERS);
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {migrate} PRAGMA user_version = 2; COMMIT;"
+        ))
+        .map_err(|e| OpenError::classify(path, e))?;
     }
     Ok(())
 }

@@ -15,31 +15,58 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// The most requests one transaction takes.
 const MAX_GROUP: usize = 4096;
 
+/// Why the writer could not commit: a message for people, and whether the
+/// file is damaged (retrying will not help).
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) damaged: bool,
+}
+
+impl Failure {
+    pub(crate) fn of(err: &rusqlite::Error) -> Self {
+        Failure {
+            message: describe(err),
+            damaged: is_damage(err),
+        }
+    }
+
+    pub(crate) fn into_log_error(self, path: &std::path::Path) -> crate::log::LogError {
+        if self.damaged {
+            super::error::Damaged::log_error(path, self.message)
+        } else {
+            super::backend(self.message)
+        }
+    }
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, Failure>>;
+
 pub(crate) enum Request {
     Append {
         name: String,
         version: u32,
         event_id: String,
         payload: Vec<u8>,
-        reply: oneshot::Sender<Result<Position, String>>,
+        reply: Reply<Position>,
     },
     Commit {
         subscription: String,
         position: Position,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: Reply<()>,
     },
     Open {
         subscription: String,
         from: StartFrom,
-        reply: oneshot::Sender<Result<Position, String>>,
+        reply: Reply<Position>,
     },
-    SaveDeadLetter {
+    InsertDeadLetter {
         row: DeadLetterRow,
-        reply: oneshot::Sender<Result<Position, String>>,
+        reply: Reply<Position>,
     },
     RemoveDeadLetter {
         id: u64,
-        reply: oneshot::Sender<Result<Position, String>>,
+        reply: Reply<Position>,
     },
     SaveRetry {
         subscription: String,
@@ -47,12 +74,12 @@ pub(crate) enum Request {
         attempts: u32,
         next_attempt_at: i64,
         first_failed_at: i64,
-        reply: oneshot::Sender<Result<Position, String>>,
+        reply: Reply<Position>,
     },
     ClearRetry {
         subscription: String,
         position: Position,
-        reply: oneshot::Sender<Result<Position, String>>,
+        reply: Reply<Position>,
     },
     Quarantine {
         subscription: String,
@@ -166,13 +193,15 @@ impl Writer {
                         Request::Open {
                             subscription, from, ..
                         } => open(&tx, subscription, *from, now)?,
-                        Request::SaveDeadLetter { row, .. } => {
+                        Request::InsertDeadLetter { row, .. } => {
+                            // The table gives the id (AUTOINCREMENT): never
+                            // one a stored or removed letter had, and a
+                            // plain INSERT never replaces a row.
                             tx.execute(
-                                "INSERT OR REPLACE INTO dead_letters
-                                 (id, subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at)
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                "INSERT INTO dead_letters
+                                 (subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                                 params![
-                                    row.id as i64,
                                     row.subscription,
                                     row.name,
                                     row.version,
@@ -183,7 +212,7 @@ impl Writer {
                                     row.last_failed_at
                                 ],
                             )?;
-                            row.id
+                            tx.last_insert_rowid() as Position
                         }
                         Request::SaveRetry {
                             subscription,
@@ -212,10 +241,9 @@ impl Writer {
                             )?;
                             *position
                         }
-                        Request::RemoveDeadLetter { id, .. } => {
-                            tx.execute("DELETE FROM dead_letters WHERE id = ?1", [*id as i64])?;
-                            *id
-                        }
+                        Request::RemoveDeadLetter { id, .. } => tx
+                            .execute("DELETE FROM dead_letters WHERE id = ?1", [*id as i64])?
+                            as Position,
                         Request::Quarantine {
                             subscription,
                             position,
@@ -239,9 +267,9 @@ impl Writer {
             tx.commit()
         })();
         let failure = outcome.err().map(|err| {
-            let message = describe(&err);
-            tracing::error!(error = %message, requests = batch.len(), "eventbus SQLite commit failed");
-            message
+            let failure = Failure::of(&err);
+            tracing::error!(error = %failure.message, requests = batch.len(), "eventbus SQLite commit failed");
+            failure
         });
         // Publish the new head before answering anyone, so a caller whose
         // `notify` returned already sees its event counted (`drain` relies
@@ -261,12 +289,12 @@ impl Writer {
         for (i, request) in batch.drain(..).enumerate() {
             let result = match &failure {
                 None => Ok(results[i]),
-                Some(message) => Err(message.clone()),
+                Some(failure) => Err(failure.clone()),
             };
             match request {
                 Request::Append { reply, .. }
                 | Request::Open { reply, .. }
-                | Request::SaveDeadLetter { reply, .. }
+                | Request::InsertDeadLetter { reply, .. }
                 | Request::RemoveDeadLetter { reply, .. }
                 | Request::SaveRetry { reply, .. }
                 | Request::ClearRetry { reply, .. } => {
@@ -331,6 +359,15 @@ fn open(
         params![subscription, position, now],
     )?;
     Ok(position as Position)
+}
+
+/// Whether SQLite found the file damaged: a malformed page, or bytes that
+/// are not a database where one was.
+pub(crate) fn is_damage(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ffi::ErrorCode::DatabaseCorrupt | rusqlite::ffi::ErrorCode::NotADatabase)
+    )
 }
 
 pub(crate) fn describe(err: &rusqlite::Error) -> String {
