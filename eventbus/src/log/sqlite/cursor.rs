@@ -8,7 +8,7 @@ use crate::event::AnyEvent;
 use crate::log::{Batch, Cursor, LogError, Position};
 use futures_util::future::BoxFuture;
 use rusqlite::Connection;
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
@@ -31,11 +31,102 @@ impl fmt::Debug for SqliteCursor {
     }
 }
 
+/// A stored row, read loosely: a column of the wrong kind is corrupt data
+/// to quarantine, not a reason to stop the stream.
 struct Row {
     position: Position,
+    /// The name as stored, rendered lossily when it is not UTF-8: the
+    /// quarantine table keeps it as text.
     name: String,
-    version: u32,
+    /// The version as stored, whatever its type, for the quarantine table.
+    version: Value,
+    /// The payload's bytes as stored.
     payload: Vec<u8>,
+    /// The version to decode at, or what is wrong with the stored columns.
+    readable: Result<u32, String>,
+}
+
+impl Row {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        let mut wrong = Vec::new();
+        let name = match r.get_ref(1)? {
+            ValueRef::Text(bytes) | ValueRef::Blob(bytes) => match std::str::from_utf8(bytes) {
+                Ok(name) => name.to_owned(),
+                Err(_) => {
+                    wrong.push("the stored name is not valid UTF-8".to_owned());
+                    String::from_utf8_lossy(bytes).into_owned()
+                }
+            },
+            other => {
+                let shown = show(other);
+                wrong.push(format!("the stored name `{shown}` is not text"));
+                shown
+            }
+        };
+        let version = r.get_ref(2)?;
+        // `#[event]` versions run from 1 to `u32::MAX`; anything else would
+        // decode as a version no binary can have.
+        let number = match version {
+            ValueRef::Integer(v) => u32::try_from(v).ok().filter(|v| *v >= 1),
+            _ => None,
+        };
+        if number.is_none() {
+            wrong.push(format!(
+                "the stored version `{}` is not a version number",
+                show(version)
+            ));
+        }
+        let payload = match r.get_ref(3)? {
+            ValueRef::Text(bytes) | ValueRef::Blob(bytes) => bytes.to_vec(),
+            other => {
+                wrong.push(format!("the stored payload `{}` is not JSON", show(other)));
+                show(other).into_bytes()
+            }
+        };
+        Ok(Row {
+            position: r.get::<_, i64>(0)? as Position,
+            name,
+            version: match version {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(v) => Value::Integer(v),
+                ValueRef::Real(v) => Value::Real(v),
+                ValueRef::Text(bytes) => Value::Text(String::from_utf8_lossy(bytes).into_owned()),
+                ValueRef::Blob(bytes) => Value::Blob(bytes.to_vec()),
+            },
+            payload,
+            readable: match number {
+                Some(version) if wrong.is_empty() => Ok(version),
+                _ => Err(wrong.join("; ")),
+            },
+        })
+    }
+
+    /// The event, or why the row is not one: a reason for the quarantine
+    /// table that says what is wrong with the row as stored.
+    fn decode(&self) -> Result<AnyEvent, String> {
+        let version = self.readable.as_ref().map_err(Clone::clone)?;
+        AnyEvent::from_json_bytes(&self.name, *version, &self.payload).map_err(|err| {
+            // JSON is UTF-8: say so, rather than where the parser tripped.
+            // Checked only on failure, so a good row pays nothing for it.
+            if std::str::from_utf8(&self.payload).is_err() {
+                "the stored payload is not valid UTF-8".to_owned()
+            } else {
+                crate::dead_letter::error_chain(&err).join(": ")
+            }
+        })
+    }
+}
+
+/// A stored value as a reason shows it: text as it reads, bytes lossily.
+fn show(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Null => "NULL".to_owned(),
+        ValueRef::Integer(v) => v.to_string(),
+        ValueRef::Real(v) => v.to_string(),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+    }
 }
 
 impl SqliteCursor {
@@ -67,32 +158,7 @@ impl SqliteCursor {
                 "SELECT position, name, version, payload FROM events
                  WHERE position >= ?1 ORDER BY position LIMIT ?2",
             )?;
-            stmt.query_map([from, limit], |r| {
-                // Read loosely: a row with a wrong column type is corrupt
-                // data to quarantine, not a reason to stop the stream.
-                let text = |v: Value| match v {
-                    Value::Text(s) => s,
-                    Value::Blob(b) => String::from_utf8_lossy(&b).into_owned(),
-                    other => format!("{other:?}"),
-                };
-                let name = text(r.get::<_, Value>(1)?);
-                let version = match r.get::<_, Value>(2)? {
-                    Value::Integer(v) => u32::try_from(v).ok(),
-                    _ => None,
-                };
-                let payload = match r.get::<_, Value>(3)? {
-                    Value::Blob(b) => Some(b),
-                    Value::Text(s) => Some(s.into_bytes()),
-                    _ => None,
-                };
-                Ok(Row {
-                    position: r.get::<_, i64>(0)? as Position,
-                    name,
-                    version: version.unwrap_or(0),
-                    payload: payload.unwrap_or_default(),
-                })
-            })?
-            .collect()
+            stmt.query_map([from, limit], Row::read)?.collect()
         })
         .await
         .map_err(|e| backend(e.to_string()))?
@@ -113,9 +179,9 @@ impl SqliteCursor {
                 };
                 let mut events = Vec::with_capacity(rows.len());
                 for row in rows {
-                    match AnyEvent::from_json_bytes(&row.name, row.version, &row.payload) {
+                    match row.decode() {
                         Ok(event) => events.push((row.position, event)),
-                        Err(err) => self.quarantine(row, &err).await?,
+                        Err(reason) => self.quarantine(row, reason).await?,
                     }
                 }
                 self.read = last + 1;
@@ -135,13 +201,12 @@ impl SqliteCursor {
         }
     }
 
-    async fn quarantine(&self, row: Row, err: &crate::event::DecodeError) -> Result<(), LogError> {
-        let reason = crate::dead_letter::error_chain(err).join(": ");
+    async fn quarantine(&self, row: Row, reason: String) -> Result<(), LogError> {
         tracing::error!(
             subscription = %self.subscription,
             position = row.position,
             event = %row.name,
-            version = row.version,
+            version = %show((&row.version).into()),
             reason = %reason,
             "stored event does not decode; quarantined",
         );

@@ -58,7 +58,8 @@ pub(crate) enum Request {
         subscription: String,
         position: Position,
         name: String,
-        version: u32,
+        /// As stored, whatever its type: the row may be quarantined for it.
+        version: rusqlite::types::Value,
         payload: Vec<u8>,
         reason: String,
     },
