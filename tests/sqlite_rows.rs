@@ -166,3 +166,64 @@ fn decoding_at_version_0_suggests_no_upcast() {
         "no event named `order.placed` at version 0 is registered in this binary"
     );
 }
+
+/// The subscription's committed position, from its row.
+fn committed(path: &Path, subscription: &str) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(
+            "SELECT position FROM subscriptions WHERE name = ?1",
+            [subscription],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_cannot_be_quarantined_is_not_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let bus = bus_at(&path).await;
+    let seen = Recorder::new();
+    let audit = bus.subscribe("audit", seen.clone()).start().await.unwrap();
+    bus.notify(OrderPlaced::new(1)).await.unwrap();
+    drain(&bus).await;
+
+    // The quarantine table refuses every row, and a broken row arrives.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON quarantine
+         BEGIN SELECT RAISE(ABORT, 'quarantine refused'); END;
+         INSERT INTO events (name, version, event_id, payload, appended_at)
+         VALUES ('order.refunded', 3, 'x', '{}', 0);",
+    )
+    .unwrap();
+    let broken = conn.last_insert_rowid();
+    bus.notify(OrderPlaced::new(2)).await.unwrap();
+
+    // The row can be neither delivered nor quarantined, so the subscription
+    // stays on it: the drain cannot finish, the later event waits behind
+    // it, and the committed position stays before it.
+    let stalled = tokio::time::timeout(Duration::from_secs(3), bus.drain()).await;
+    assert!(
+        stalled.is_err(),
+        "the subscription passed over a row it could not quarantine"
+    );
+    assert_eq!(orders(&seen), [1]);
+    assert!(committed(&path, "audit") <= broken);
+    assert_eq!(audit.stats().lag, 2);
+    assert!(quarantined(&path).is_empty());
+
+    // Once the quarantine accepts the row, the stream goes on.
+    conn.execute_batch("DROP TRIGGER refuse;").unwrap();
+    drain(&bus).await;
+    assert_eq!(orders(&seen), [1, 2]);
+    bus.shutdown().await;
+    let rows = quarantined(&path);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].2,
+        "no event named `order.refunded` at version 3 is registered in this binary"
+    );
+    assert!(committed(&path, "audit") > broken + 1);
+}

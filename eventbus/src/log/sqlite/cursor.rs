@@ -202,26 +202,48 @@ impl SqliteCursor {
     }
 
     async fn quarantine(&self, row: Row, reason: String) -> Result<(), LogError> {
+        let position = row.position;
+        let (event, version) = (row.name.clone(), show((&row.version).into()));
+        // Quarantining is part of releasing the row: until it is stored,
+        // the read fails and `read` stays before the row, so the runner
+        // reads it again rather than a later commit passing over it.
+        super::request(&self.requests, |reply| Request::Quarantine {
+            subscription: self.subscription.clone(),
+            position,
+            name: row.name,
+            version: row.version,
+            payload: row.payload,
+            reason: reason.clone(),
+            reply,
+        })
+        .await
+        .map_err(|err| {
+            let source = match err {
+                LogError::Backend(source) => source,
+                other => Box::new(other),
+            };
+            LogError::Backend(Box::new(QuarantineFailed { position, source }))
+        })?;
         tracing::error!(
             subscription = %self.subscription,
-            position = row.position,
-            event = %row.name,
-            version = %show((&row.version).into()),
+            position,
+            event = %event,
+            version = %version,
             reason = %reason,
             "stored event does not decode; quarantined",
         );
-        self.requests
-            .send(Request::Quarantine {
-                subscription: self.subscription.clone(),
-                position: row.position,
-                name: row.name,
-                version: row.version,
-                payload: row.payload,
-                reason,
-            })
-            .await
-            .map_err(|_| backend("the SQLite writer has stopped"))
+        Ok(())
     }
+}
+
+/// A row that does not decode could not be stored in the quarantine table,
+/// so the cursor stays on it.
+#[derive(Debug, thiserror::Error)]
+#[error("could not quarantine the unreadable row at position {position}; it is read again")]
+struct QuarantineFailed {
+    position: Position,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl Cursor for SqliteCursor {
