@@ -31,6 +31,15 @@ impl fmt::Debug for SqliteCursor {
     }
 }
 
+/// The most payload bytes one read takes, past its first row.
+///
+/// `max_demand` bounds a read by count, which is enough for events of
+/// ordinary size: 1000 events of a few KiB stay well under this. A backlog
+/// of large events (a restart after an outage) would otherwise be read
+/// `max_demand` at once: 30 events of 10 MB peaked at 611 MiB. A read always
+/// takes its first row, so an event larger than this still passes, alone.
+const READ_BUDGET: usize = 8 << 20;
+
 /// A stored row, read loosely: a column of the wrong kind is corrupt data
 /// to quarantine, not a reason to stop the stream.
 struct Row {
@@ -117,6 +126,32 @@ impl Row {
     }
 }
 
+/// The rows from position `from` on: at most `max` of them, and no more
+/// than [`READ_BUDGET`] payload bytes past the first.
+fn read_rows(conn: &Connection, from: Position, max: usize) -> rusqlite::Result<Vec<Row>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT position, name, version, payload FROM events
+         WHERE position >= ?1 ORDER BY position LIMIT ?2",
+    )?;
+    let mut rows = stmt.query([from as i64, max as i64])?;
+    let mut read = Vec::new();
+    let mut bytes = 0;
+    while let Some(row) = rows.next()? {
+        // Measured before the payload is copied, so a row that does not
+        // fit is never held.
+        let len = match row.get_ref(3)? {
+            ValueRef::Text(payload) | ValueRef::Blob(payload) => payload.len(),
+            _ => 0,
+        };
+        if !read.is_empty() && bytes + len > READ_BUDGET {
+            break;
+        }
+        bytes += len;
+        read.push(Row::read(row)?);
+    }
+    Ok(read)
+}
+
 /// A stored value as a reason shows it: text as it reads, bytes lossily.
 fn show(value: ValueRef<'_>) -> String {
     match value {
@@ -150,15 +185,10 @@ impl SqliteCursor {
 
     async fn fetch(&self, max: usize) -> Result<Vec<Row>, LogError> {
         let conn = Arc::clone(&self.conn);
-        let from = self.read as i64;
-        let limit = max.max(1) as i64;
-        tokio::task::spawn_blocking(move || -> rusqlite::Result<Vec<Row>> {
-            let conn = conn.lock().expect("cursor connection lock");
-            let mut stmt = conn.prepare_cached(
-                "SELECT position, name, version, payload FROM events
-                 WHERE position >= ?1 ORDER BY position LIMIT ?2",
-            )?;
-            stmt.query_map([from, limit], Row::read)?.collect()
+        let from = self.read;
+        let limit = max.max(1);
+        tokio::task::spawn_blocking(move || {
+            read_rows(&conn.lock().expect("cursor connection lock"), from, limit)
         })
         .await
         .map_err(|e| backend(e.to_string()))?
@@ -265,5 +295,70 @@ impl Cursor for SqliteCursor {
 
     fn position(&self) -> Position {
         self.read
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    /// A log file holding events with payloads of these sizes, from
+    /// position 1 on.
+    fn log_with(payloads: &[usize]) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let conn = super::super::connect(&path).unwrap();
+        super::super::schema::prepare(&conn, &path).unwrap();
+        for &len in payloads {
+            conn.execute(
+                "INSERT INTO events (name, version, event_id, payload, appended_at)
+                 VALUES ('big', 1, 'x', zeroblob(?1), 0)",
+                [len as i64],
+            )
+            .unwrap();
+        }
+        (dir, conn)
+    }
+
+    /// Reads from the start with a count bound of 1000, as a subscription
+    /// with `max_demand(1000)` catching up after a restart does: each batch
+    /// by positions and payload bytes.
+    fn batches(conn: &Connection) -> Vec<(Vec<Position>, usize)> {
+        let mut from = 1;
+        let mut batches = Vec::new();
+        loop {
+            let rows = read_rows(conn, from, 1000).unwrap();
+            let Some(last) = rows.last() else {
+                return batches;
+            };
+            from = last.position + 1;
+            batches.push((
+                rows.iter().map(|r| r.position).collect(),
+                rows.iter().map(|r| r.payload.len()).sum(),
+            ));
+        }
+    }
+
+    #[test]
+    fn a_backlog_of_large_events_is_read_in_batches_bounded_by_bytes() {
+        let (_dir, conn) = log_with(&[MIB; 40]);
+        let batches = batches(&conn);
+        assert!(batches.len() > 1, "40 MiB were read at once");
+        for (positions, bytes) in &batches {
+            assert!(*bytes <= READ_BUDGET, "a batch held {bytes} bytes");
+            assert!(!positions.is_empty());
+        }
+        // Every event, once, in order.
+        let read: Vec<Position> = batches.into_iter().flat_map(|(p, _)| p).collect();
+        assert_eq!(read, (1..=40).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_event_larger_than_the_budget_is_read_alone() {
+        let (_dir, conn) = log_with(&[1, READ_BUDGET + 1, 1]);
+        let positions: Vec<Vec<Position>> = batches(&conn).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(positions, [vec![1], vec![2], vec![3]]);
     }
 }
