@@ -140,7 +140,8 @@ impl AnyEvent {
     /// # Errors
     ///
     /// [`DecodeError::Unknown`] when no event with that name and version is
-    /// compiled into this binary, [`DecodeError::Invalid`] when the JSON does
+    /// compiled into this binary (never one at version 0: versions start
+    /// at 1), [`DecodeError::Invalid`] when the JSON does
     /// not match the event's fields. An event stored at an older version is
     /// read through the current version's `#[event(upcast = ...)]`;
     /// [`DecodeError::NoUpcast`] when there is none, [`DecodeError::Upcast`]
@@ -153,7 +154,11 @@ impl AnyEvent {
             return info.decode(json);
         }
         match registry.latest(name) {
-            Some(info) if info.version() > version => info.decode_upcast(version, json),
+            // Versions start at 1, so nothing upcasts from 0: it is unknown,
+            // and `NoUpcast` would ask for an upcast no event can declare.
+            Some(info) if info.version() > version && version >= 1 => {
+                info.decode_upcast(version, json)
+            }
             _ => Err(DecodeError::Unknown {
                 name: name.to_owned(),
                 version,

@@ -85,9 +85,11 @@ pub(crate) enum Request {
         subscription: String,
         position: Position,
         name: String,
-        version: u32,
+        /// As stored, whatever its type: the row may be quarantined for it.
+        version: rusqlite::types::Value,
         payload: Vec<u8>,
         reason: String,
+        reply: oneshot::Sender<Result<Position, String>>,
     },
 }
 
@@ -156,6 +158,9 @@ impl Writer {
     fn commit(&mut self, batch: &mut Vec<Request>) {
         let now = now_millis();
         let mut results: Vec<Position> = Vec::with_capacity(batch.len());
+        // Quarantines the database refused, by index in the batch: each
+        // fails alone, the rest of the group still commits.
+        let mut refused: Vec<(usize, String)> = Vec::new();
         let outcome = (|| -> rusqlite::Result<()> {
             // IMMEDIATE takes the write lock up front, so a read-then-write
             // inside the group cannot fail with a busy snapshot.
@@ -251,13 +256,29 @@ impl Writer {
                             version,
                             payload,
                             reason,
+                            ..
                         } => {
-                            tx.execute(
-                                "INSERT OR IGNORE INTO quarantine
+                            // Only a row this subscription already quarantined
+                            // (read again after a crash) is skipped; `OR IGNORE`
+                            // would also skip a row the table refuses.
+                            let inserted = tx.execute(
+                                "INSERT INTO quarantine
                                  (subscription, position, name, version, payload, reason, quarantined_at)
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                                 ON CONFLICT (subscription, position) DO NOTHING",
                                 params![subscription, *position as i64, name, version, payload, reason, now],
-                            )?;
+                            );
+                            match inserted {
+                                Ok(_) => {}
+                                // A failed statement is undone by itself while
+                                // the transaction stays open: the refusal is
+                                // this cursor's to handle, not the producers'
+                                // whose appends share the group.
+                                Err(err) if !tx.is_autocommit() => {
+                                    refused.push((results.len(), describe(&err)));
+                                }
+                                Err(err) => return Err(err),
+                            }
                             *position
                         }
                     };
@@ -303,7 +324,13 @@ impl Writer {
                 Request::Commit { reply, .. } => {
                     let _ = reply.send(result.map(drop));
                 }
-                Request::Quarantine { .. } => {}
+                Request::Quarantine { reply, .. } => {
+                    let result = match refused.iter().find(|(at, _)| *at == i) {
+                        Some((_, message)) => Err(message.clone()),
+                        None => result,
+                    };
+                    let _ = reply.send(result);
+                }
             }
         }
     }
