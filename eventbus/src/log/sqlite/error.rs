@@ -43,6 +43,17 @@ pub enum OpenError {
         /// The newest version this code reads.
         supported: i64,
     },
+    /// [`SqliteOptions::max_size`](super::SqliteOptions::max_size) is too
+    /// small to hold the log's tables; the file was not touched.
+    #[error("`{}`: `max_size` of {max_size} bytes is below the {minimum} the log's tables need; raise it, or leave it unset for no cap", path.display())]
+    MaxSizeTooSmall {
+        /// The file.
+        path: PathBuf,
+        /// The size asked for.
+        max_size: u64,
+        /// The smallest size accepted.
+        minimum: u64,
+    },
     /// Anything else SQLite or the file system reported.
     #[error("cannot open `{}`", path.display())]
     Other {

@@ -58,6 +58,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// How long `open` waits for another owner of the file to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
+/// The most pages a SQLite database can have (`PRAGMA max_page_count`).
+const SQLITE_MAX_PAGE_COUNT: u64 = 0xffff_fffe;
+
 /// How hard SQLite works to keep commits across a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -71,14 +74,35 @@ pub enum Synchronous {
 
 /// Which finished events are deleted. An event is finished once every
 /// subscription has moved past it; unfinished events are never deleted.
+///
+/// Each limit prunes on its own: an event goes once it is finished and
+/// past either. For no limit, write `Duration::MAX` or `u64::MAX`.
+///
+/// # Examples
+///
+/// Keep finished events for a week, however many there are:
+///
+/// ```
+/// use eventbus::log::sqlite::Retention;
+/// use std::time::Duration;
+///
+/// let week = Retention {
+///     max_age: Duration::from_secs(7 * 24 * 3600),
+///     max_events: u64::MAX,
+///     ..Retention::default()
+/// };
+/// # let _ = week;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {
-    /// Finished events older than this are deleted. Default 24 hours.
+    /// Finished events older than this are deleted. Default 24 hours;
+    /// `Duration::MAX` for no limit.
     pub max_age: Duration,
     /// Finished events beyond the newest this many are deleted. Default
-    /// 1,000,000.
+    /// 1,000,000; `u64::MAX` for no limit.
     pub max_events: u64,
-    /// How often to prune. Default every 10 seconds.
+    /// How often to prune. Default every 10 seconds; `Duration::MAX` never
+    /// prunes.
     pub every: Duration,
 }
 
@@ -116,20 +140,59 @@ impl SqliteOptions {
 
     /// Caps the file at about `bytes`: past it, `notify` fails with a clear
     /// "full" error and everything already accepted stays. Default: no cap
-    /// beyond the disk itself.
+    /// beyond the disk itself; so is `u64::MAX`, or any size larger than
+    /// SQLite can address.
+    ///
+    /// The cap must be at least [`MIN_MAX_SIZE`](Self::MIN_MAX_SIZE): the
+    /// empty tables alone take about 40 KiB, and a cap below that would be
+    /// full before the first event.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("events.db");
+    /// use eventbus::SqliteLog;
+    ///
+    /// let log = SqliteLog::options().max_size(256 << 20).open(&path).await?;
+    /// # drop(log);
+    ///
+    /// let err = SqliteLog::options().max_size(0).open(&path).await.unwrap_err();
+    /// assert!(err.to_string().ends_with(
+    ///     "`max_size` of 0 bytes is below the 65536 the log's tables need; \
+    ///      raise it, or leave it unset for no cap"
+    /// ));
+    /// # Ok(()) }
+    /// ```
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.max_size = Some(bytes);
         self
     }
+
+    /// The smallest [`max_size`](Self::max_size) accepted, 64 KiB: the empty
+    /// tables and room for some events.
+    pub const MIN_MAX_SIZE: u64 = 64 * 1024;
 
     /// Opens (or creates) the log at `path`.
     ///
     /// # Errors
     ///
     /// [`OpenError`] naming the file: not ours, not a database, in use by
-    /// another log, read-only, or written by a newer eventbus.
+    /// another log, read-only, written by a newer eventbus, or a
+    /// [`max_size`](Self::max_size) too small for the tables.
     pub async fn open(self, path: impl AsRef<Path>) -> Result<SqliteLog, OpenError> {
         let path = path.as_ref().to_owned();
+        if let Some(max_size) = self.max_size
+            && max_size < Self::MIN_MAX_SIZE
+        {
+            return Err(OpenError::MaxSizeTooSmall {
+                path,
+                max_size,
+                minimum: Self::MIN_MAX_SIZE,
+            });
+        }
         tokio::task::spawn_blocking(move || SqliteLog::open_blocking(path, self))
             .await
             .map_err(|join| OpenError::Other {
@@ -213,9 +276,14 @@ impl SqliteLog {
             let page_size: i64 = conn
                 .query_row("PRAGMA page_size", [], |r| r.get(0))
                 .map_err(|e| OpenError::classify(&path, e))?;
-            let pages = (bytes as i64 / page_size).max(1);
-            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
-                .map_err(|e| OpenError::classify(&path, e))?;
+            // SQLite's page size is a power of two from 512 to 65536.
+            let pages = bytes / u64::try_from(page_size).unwrap_or(1).max(1);
+            // SQLite clamps larger counts to the most pages it can address:
+            // such a cap is no cap, so leave SQLite's default alone.
+            if pages < SQLITE_MAX_PAGE_COUNT {
+                conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                    .map_err(|e| OpenError::classify(&path, e))?;
+            }
         }
         let head: i64 = conn
             .query_row(

@@ -289,8 +289,12 @@ impl Writer {
             [head],
             |r| r.get(0),
         )?;
-        let cutoff_time = now_millis() - self.retention.max_age.as_millis() as i64;
-        let cutoff_count = head - self.retention.max_events as i64;
+        // Saturate: a limit past what an i64 holds (`Duration::MAX`,
+        // `u64::MAX`) means no limit, and must not wrap into "prune all".
+        let max_age = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let max_events = i64::try_from(self.retention.max_events).unwrap_or(i64::MAX);
+        let cutoff_time = now_millis().saturating_sub(max_age);
+        let cutoff_count = head.saturating_sub(max_events);
         self.conn.execute(
             "DELETE FROM events WHERE position < ?1 AND (appended_at < ?2 OR position < ?3)",
             params![slowest, cutoff_time, cutoff_count],
