@@ -4,6 +4,7 @@
 
 use eventbus::log::sqlite::OpenError;
 use eventbus::{Bus, SqliteLog, event};
+use std::path::Path;
 
 #[event]
 pub struct OrderPlaced {
@@ -57,4 +58,46 @@ async fn a_max_size_too_small_for_the_tables_is_refused_before_the_file_is_creat
     let bus = Bus::builder().log(log).build().unwrap();
     bus.notify(OrderPlaced::new(1)).await.unwrap();
     bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_database_of_another_application_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+        conn.execute_batch(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);
+             INSERT INTO users (name) VALUES ('ada'), ('grace');",
+        )
+        .unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+
+    let err = SqliteLog::open(&path).await.unwrap_err();
+    assert!(matches!(err, OpenError::NotOurs { .. }), "{err:?}");
+
+    assert!(
+        std::fs::read(&path).unwrap() == bytes,
+        "the other application's file is byte for byte the same"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        modified
+    );
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut side = path.clone().into_os_string();
+        side.push(suffix);
+        assert!(!Path::new(&side).exists(), "{suffix} file left behind");
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete", "the journal mode is the application's own");
 }

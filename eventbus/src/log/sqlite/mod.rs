@@ -248,7 +248,7 @@ impl SqliteLog {
     }
 
     fn open_blocking(path: PathBuf, options: SqliteOptions) -> Result<SqliteLog, OpenError> {
-        let conn = connect(&path)?;
+        let conn = open_connection(&path)?;
         let lock = std::fs::File::options()
             .read(true)
             .open(&path)
@@ -265,7 +265,13 @@ impl SqliteLog {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        schema::prepare(&conn, &path)?;
+        // Refuse another application's file before writing anything to it:
+        // even switching to WAL rewrites its header.
+        let found = schema::check(&conn, &path)?;
+        enter_wal(&conn, &path)?;
+        if found == schema::Found::Empty {
+            schema::create(&conn, &path)?;
+        }
         let synchronous = match options.synchronous {
             Synchronous::Normal => "NORMAL",
             Synchronous::Full => "FULL",
@@ -327,8 +333,16 @@ impl SqliteLog {
     }
 }
 
-/// Opens a connection with the settings every connection of ours uses.
+/// Opens a connection to a log file already checked, with the settings
+/// every connection of ours uses.
 pub(crate) fn connect(path: &Path) -> Result<Connection, OpenError> {
+    let conn = open_connection(path)?;
+    enter_wal(&conn, path)?;
+    Ok(conn)
+}
+
+/// Opens a connection without writing anything to the file.
+fn open_connection(path: &Path) -> Result<Connection, OpenError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -338,6 +352,12 @@ pub(crate) fn connect(path: &Path) -> Result<Connection, OpenError> {
     .map_err(|e| OpenError::classify(path, e))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| OpenError::classify(path, e))?;
+    Ok(conn)
+}
+
+/// Switches the file to WAL mode (a no-op once it is), which changes its
+/// header: only for a file known to be ours.
+fn enter_wal(conn: &Connection, path: &Path) -> Result<(), OpenError> {
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| OpenError::classify(path, e))?;
@@ -347,7 +367,7 @@ pub(crate) fn connect(path: &Path) -> Result<Connection, OpenError> {
             source: format!("SQLite refused WAL mode (journal mode is {mode})").into(),
         });
     }
-    Ok(conn)
+    Ok(())
 }
 
 impl Shared {

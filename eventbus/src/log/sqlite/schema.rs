@@ -56,9 +56,18 @@ CREATE TABLE dead_letters (
 );
 ";
 
-/// Creates the layout in an empty database, or checks that an existing one
-/// is ours and not newer than this code.
-pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+/// What [`check`] found in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// A new or empty database: the layout is still to be created.
+    Empty,
+    /// Our layout, at a version this code reads.
+    Ours,
+}
+
+/// Checks that a file is empty, or ours and not newer than this code. Only
+/// reads: a file that is refused is left exactly as it was.
+pub(crate) fn check(conn: &Connection, path: &Path) -> Result<Found, OpenError> {
     let application_id: i64 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .map_err(|e| OpenError::classify(path, e))?;
@@ -71,11 +80,7 @@ pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<(), OpenError> {
             .map_err(|e| OpenError::classify(path, e))?
     };
     if application_id == 0 && tables.is_empty() {
-        conn.execute_batch(&format!(
-            "BEGIN; {CREATE} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        ))
-        .map_err(|e| OpenError::classify(path, e))?;
-        return Ok(());
+        return Ok(Found::Empty);
     }
     if application_id != APPLICATION_ID {
         return Err(OpenError::NotOurs {
@@ -97,5 +102,13 @@ pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<(), OpenError> {
             supported: SCHEMA_VERSION,
         });
     }
-    Ok(())
+    Ok(Found::Ours)
+}
+
+/// Creates the layout in a database [`check`] found empty.
+pub(crate) fn create(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    conn.execute_batch(&format!(
+        "BEGIN; {CREATE} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))
+    .map_err(|e| OpenError::classify(path, e))
 }
