@@ -101,3 +101,73 @@ async fn a_database_of_another_application_is_refused_untouched() {
         .unwrap();
     assert_eq!(mode, "delete", "the journal mode is the application's own");
 }
+
+/// Takes `chattr +i` off again, so the temporary directory can be removed
+/// even when the test fails.
+struct Immutable<'a>(&'a Path);
+
+impl Drop for Immutable<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(self.0)
+            .status();
+    }
+}
+
+fn writable(path: &Path) -> bool {
+    std::fs::OpenOptions::new().write(true).open(path).is_ok()
+}
+
+#[tokio::test]
+async fn a_read_only_file_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    {
+        let log = SqliteLog::open(&path).await.unwrap();
+        let bus = Bus::builder().log(log).build().unwrap();
+        bus.notify(OrderPlaced::new(1)).await.unwrap();
+        bus.shutdown().await;
+    }
+    // The writer checkpoints and lets go of the file once the log is
+    // dropped; wait for its lock to be free.
+    let file = std::fs::File::open(&path).unwrap();
+    while file.try_lock().is_err() {
+        tokio::task::yield_now().await;
+    }
+    drop(file);
+
+    // Permission bits stop everyone but root; root (as in CI) needs the
+    // immutable attribute, where the file system supports it.
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&path, perms).unwrap();
+    let mut _guard = None;
+    if writable(&path) {
+        let made = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if made {
+            _guard = Some(Immutable(&path));
+        }
+    }
+    if writable(&path) {
+        eprintln!(
+            "skipped: cannot make {} read-only here (running as root, and `chattr +i` is unavailable)",
+            path.display()
+        );
+        return;
+    }
+
+    let err = SqliteLog::open(&path).await.unwrap_err();
+    assert!(matches!(err, OpenError::ReadOnly { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "`{}` cannot be written: the file or its directory is read-only",
+            path.display()
+        )
+    );
+}

@@ -249,6 +249,14 @@ impl SqliteLog {
 
     fn open_blocking(path: PathBuf, options: SqliteOptions) -> Result<SqliteLog, OpenError> {
         let conn = open_connection(&path)?;
+        // Asked for read-write, SQLite quietly opens a file it may not
+        // write read-only, and every write would fail later instead.
+        if conn
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(|e| OpenError::classify(&path, e))?
+        {
+            return Err(OpenError::ReadOnly { path });
+        }
         let lock = std::fs::File::options()
             .read(true)
             .open(&path)
