@@ -15,6 +15,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// The most requests one transaction takes.
 const MAX_GROUP: usize = 4096;
 
+/// The most finished events one writer turn deletes. Pruning a backlog of
+/// 1,000,000 events in one `DELETE` held the writer for about 2.2 s
+/// (issue 8), and every `notify` waited behind it. At that rate a slice of
+/// 10,000 holds it for some 20 ms, so producers' commits interleave with
+/// the slices, yet a million-event backlog still goes in a hundred turns.
+/// Not re-measured here; no test times it.
+const PRUNE_SLICE: usize = 10_000;
+
 pub(crate) enum Request {
     Append {
         name: String,
@@ -99,21 +107,45 @@ pub(crate) fn now_millis() -> i64 {
 impl Writer {
     pub(crate) fn run(mut self) {
         let mut last_prune = Instant::now();
+        // The last slice was full, so more finished events may be left:
+        // prune again at the next turn, without waiting for `every`, and
+        // without waiting for a request either.
+        let mut pruning = false;
         let mut batch = Vec::with_capacity(MAX_GROUP);
-        while let Some(first) = self.requests.blocking_recv() {
-            batch.push(first);
-            while batch.len() < MAX_GROUP {
+        loop {
+            let first = if pruning {
                 match self.requests.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
+                    Ok(request) => Some(request),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
+            } else {
+                match self.requests.blocking_recv() {
+                    Some(request) => Some(request),
+                    None => break,
+                }
+            };
+            if let Some(first) = first {
+                batch.push(first);
+                while batch.len() < MAX_GROUP {
+                    match self.requests.try_recv() {
+                        Ok(request) => batch.push(request),
+                        Err(_) => break,
+                    }
+                }
+                self.commit(&mut batch);
             }
-            self.commit(&mut batch);
-            if last_prune.elapsed() >= self.retention.every {
-                last_prune = Instant::now();
-                if let Err(err) = self.prune() {
-                    tracing::warn!(error = %err, "pruning finished events failed; will retry");
+            if pruning || last_prune.elapsed() >= self.retention.every {
+                if !pruning {
+                    last_prune = Instant::now();
                 }
+                pruning = match self.prune() {
+                    Ok(deleted) => deleted == PRUNE_SLICE,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "pruning finished events failed; will retry");
+                        false
+                    }
+                };
             }
         }
         // Every sender is gone: the log was dropped. Checkpoint so the WAL
@@ -280,26 +312,39 @@ impl Writer {
         }
     }
 
-    /// Deletes events every subscription has finished, by the retention
-    /// policy. Never touches an event some subscription still needs.
+    /// Deletes one slice of the events every subscription has finished, by
+    /// the retention policy; see [`prune`].
     fn prune(&mut self) -> rusqlite::Result<usize> {
-        let head = self.head.load(SeqCst) as i64;
-        let slowest: i64 = self.conn.query_row(
-            "SELECT COALESCE(MIN(position), ?1) FROM subscriptions",
-            [head],
-            |r| r.get(0),
-        )?;
-        // Saturate: a limit past what an i64 holds (`Duration::MAX`,
-        // `u64::MAX`) means no limit, and must not wrap into "prune all".
-        let max_age = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
-        let max_events = i64::try_from(self.retention.max_events).unwrap_or(i64::MAX);
-        let cutoff_time = now_millis().saturating_sub(max_age);
-        let cutoff_count = head.saturating_sub(max_events);
-        self.conn.execute(
-            "DELETE FROM events WHERE position < ?1 AND (appended_at < ?2 OR position < ?3)",
-            params![slowest, cutoff_time, cutoff_count],
-        )
+        prune(&self.conn, self.head.load(SeqCst), &self.retention)
     }
+}
+
+/// Deletes the oldest events every subscription has finished, by the
+/// retention policy, at most [`PRUNE_SLICE`] of them, and returns how many.
+/// Never touches an event some subscription still needs.
+fn prune(conn: &Connection, head: Position, retention: &Retention) -> rusqlite::Result<usize> {
+    let head = head as i64;
+    let slowest: i64 = conn.query_row(
+        "SELECT COALESCE(MIN(position), ?1) FROM subscriptions",
+        [head],
+        |r| r.get(0),
+    )?;
+    // Saturate: a limit past what an i64 holds (`Duration::MAX`,
+    // `u64::MAX`) means no limit, and must not wrap into "prune all".
+    let max_age = i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
+    let max_events = i64::try_from(retention.max_events).unwrap_or(i64::MAX);
+    let cutoff_time = now_millis().saturating_sub(max_age);
+    let cutoff_count = head.saturating_sub(max_events);
+    // The bundled SQLite has no `DELETE .. LIMIT`; the subquery walks the
+    // primary key from the oldest event, so a slice costs its own rows only.
+    conn.execute(
+        "DELETE FROM events WHERE position IN (
+             SELECT position FROM events
+             WHERE position < ?1 AND (appended_at < ?2 OR position < ?3)
+             ORDER BY position LIMIT ?4
+         )",
+        params![slowest, cutoff_time, cutoff_count, PRUNE_SLICE as i64],
+    )
 }
 
 fn open(
@@ -343,5 +388,59 @@ pub(crate) fn describe(err: &rusqlite::Error) -> String {
             "the database or disk is full; free space or raise the limit, nothing after the last accepted event was stored".to_owned()
         }
         _ => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A log file with `count` events nobody needs any more.
+    fn backlog(count: i64) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let conn = Connection::open(&path).unwrap();
+        super::super::schema::create(&conn, &path).unwrap();
+        conn.execute_batch(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count})
+             INSERT INTO events (name, version, event_id, payload, appended_at)
+             SELECT 'order.placed', 1, i, x'7b7d', 0 FROM n;"
+        ))
+        .unwrap();
+        (dir, conn)
+    }
+
+    fn remaining(conn: &Connection) -> (i64, i64) {
+        conn.query_row("SELECT COUNT(*), MIN(position) FROM events", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_backlog_is_pruned_one_slice_per_call_up_to_the_slowest_cursor() {
+        let (_dir, conn) = backlog(25_000);
+        conn.execute(
+            "INSERT INTO subscriptions (name, position, created_at) VALUES ('billing', 22000, 0)",
+            [],
+        )
+        .unwrap();
+        let everything = Retention {
+            max_age: Duration::ZERO,
+            max_events: 0,
+            every: Duration::ZERO,
+        };
+        let head = 25_001;
+        assert_eq!(prune(&conn, head, &everything).unwrap(), 10_000);
+        assert_eq!(remaining(&conn), (15_000, 10_001));
+        assert_eq!(prune(&conn, head, &everything).unwrap(), 10_000);
+        assert_eq!(prune(&conn, head, &everything).unwrap(), 1_999);
+        assert_eq!(prune(&conn, head, &everything).unwrap(), 0);
+        assert_eq!(
+            remaining(&conn),
+            (3_001, 22_000),
+            "billing still needs these"
+        );
     }
 }
