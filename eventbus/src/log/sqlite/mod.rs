@@ -37,7 +37,7 @@ mod error;
 mod schema;
 mod writer;
 
-pub use self::error::OpenError;
+pub use self::error::{ForgetError, OpenError};
 
 use self::writer::{DeadLetterRow, Request, Writer};
 use super::{
@@ -48,10 +48,11 @@ use crate::dead_letter::DeadLetter;
 use crate::event::AnyEvent;
 use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OpenFlags};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -203,8 +204,27 @@ impl SqliteOptions {
 }
 
 /// A durable [`Log`] in a SQLite file. See the [module docs](self).
+///
+/// Clones are handles to the same log: keep one after handing the log to
+/// [`Bus::builder`](crate::Bus::builder), to call
+/// [`forget_subscription`](SqliteLog::forget_subscription) on it.
+#[derive(Clone)]
 pub struct SqliteLog {
     shared: Arc<Shared>,
+}
+
+/// What [`SqliteLog::forget_subscription`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Forgotten {
+    /// Whether the subscription had a stored position.
+    pub position: bool,
+    /// Retry schedules deleted.
+    pub retries: usize,
+    /// Quarantined events deleted.
+    pub quarantined: usize,
+    /// Dead letters deleted.
+    pub dead_letters: usize,
 }
 
 pub(crate) struct Shared {
@@ -216,6 +236,59 @@ pub(crate) struct Shared {
     closed_tx: watch::Sender<bool>,
     /// Dead letters of earlier runs, handed to the bus once.
     stored_letters: std::sync::Mutex<Vec<DeadLetterRow>>,
+    open_cursors: OpenCursors,
+}
+
+/// The subscriptions with a cursor open in this process, counted by name:
+/// the writer forgets a subscription only while it has none.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OpenCursors(Arc<Mutex<HashMap<String, usize>>>);
+
+impl OpenCursors {
+    /// Marks `subscription` running until the returned guard is dropped.
+    fn hold(&self, subscription: &str) -> OpenCursor {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(subscription.to_owned())
+            .or_default() += 1;
+        OpenCursor {
+            cursors: self.clone(),
+            subscription: subscription.to_owned(),
+        }
+    }
+
+    pub(crate) fn contains(&self, subscription: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(subscription)
+    }
+}
+
+/// Keeps a subscription marked running; held by its cursor, and by `open`
+/// while the cursor is being made, so a failed open lets go too.
+#[derive(Debug)]
+pub(crate) struct OpenCursor {
+    cursors: OpenCursors,
+    subscription: String,
+}
+
+impl Drop for OpenCursor {
+    fn drop(&mut self) {
+        let mut open = self
+            .cursors
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.subscription) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.subscription);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for SqliteLog {
@@ -245,6 +318,65 @@ impl SqliteLog {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Deletes everything the log keeps for `subscription`: its position,
+    /// retry schedules, quarantined events and dead letters, in one
+    /// transaction, and says how much went.
+    ///
+    /// A subscription removed from the code keeps its stored position, the
+    /// oldest of all, so no event after it is ever pruned. Forget it once
+    /// it is gone for good. A subscription of that name started later
+    /// begins afresh, from its [`StartFrom`]. Forgetting a name the log
+    /// does not know deletes nothing and is not an error.
+    ///
+    /// # Errors
+    ///
+    /// [`ForgetError::Running`] while a bus of this process runs the
+    /// subscription on this log (shut that bus down first), and
+    /// [`ForgetError::Log`] when the log fails. Either way nothing was
+    /// deleted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("events.db");
+    /// use eventbus::{Bus, SqliteLog};
+    ///
+    /// let log = SqliteLog::open(&path).await?;
+    /// // `legacy-mailer` was removed in this release.
+    /// let forgotten = log.forget_subscription("legacy-mailer").await?;
+    /// println!("forgot {} dead letters", forgotten.dead_letters);
+    ///
+    /// let bus = Bus::builder().log(log.clone()).build()?;
+    /// # bus.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn forget_subscription(&self, subscription: &str) -> Result<Forgotten, ForgetError> {
+        let stopped = || ForgetError::Log {
+            subscription: subscription.to_owned(),
+            source: backend("the SQLite writer has stopped"),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .requests
+            .send(Request::Forget {
+                subscription: subscription.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        let forgotten = answer.await.map_err(|_| stopped())??;
+        // Dead letters loaded at open and not yet handed to a bus went too.
+        self.shared
+            .stored_letters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|row| row.subscription != subscription);
+        Ok(forgotten)
     }
 
     fn open_blocking(path: PathBuf, options: SqliteOptions) -> Result<SqliteLog, OpenError> {
@@ -309,6 +441,7 @@ impl SqliteLog {
         let head = head as Position;
         let stored_letters = load_dead_letters(&conn).map_err(|e| OpenError::classify(&path, e))?;
         let (requests, rx) = mpsc::channel(1 << 16);
+        let open_cursors = OpenCursors::default();
         let head_cell = Arc::new(AtomicU64::new(head));
         let (head_tx, head_rx) = watch::channel(head);
         let writer = Writer {
@@ -317,6 +450,7 @@ impl SqliteLog {
             head: Arc::clone(&head_cell),
             head_tx,
             retention: options.retention,
+            open_cursors: open_cursors.clone(),
             lock,
         };
         std::thread::Builder::new()
@@ -336,6 +470,7 @@ impl SqliteLog {
                 closed: AtomicBool::new(false),
                 closed_tx,
                 stored_letters: std::sync::Mutex::new(stored_letters),
+                open_cursors,
             }),
         })
     }
@@ -451,6 +586,9 @@ impl Log for SqliteLog {
     ) -> BoxFuture<'_, Result<Box<dyn Cursor>, LogError>> {
         let subscription = subscription.to_owned();
         Box::pin(async move {
+            // Before the writer hears of the cursor: a forget it handles
+            // after this sees the subscription running.
+            let open = self.shared.open_cursors.hold(&subscription);
             let start = self
                 .shared
                 .request(|reply| Request::Open {
@@ -471,6 +609,7 @@ impl Log for SqliteLog {
                 self.shared.requests.clone(),
                 self.shared.head_rx.clone(),
                 self.shared.closed_tx.subscribe(),
+                open,
             )) as Box<dyn Cursor>)
         })
     }

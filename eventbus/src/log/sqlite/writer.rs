@@ -4,7 +4,8 @@
 //! transaction: group commit, so throughput does not fall to one fsync per
 //! event.
 
-use super::Retention;
+use super::error::ForgetError;
+use super::{Forgotten, OpenCursors, Retention, backend};
 use crate::log::{Position, StartFrom};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
@@ -62,6 +63,10 @@ pub(crate) enum Request {
         position: Position,
         reply: oneshot::Sender<Result<Position, String>>,
     },
+    Forget {
+        subscription: String,
+        reply: oneshot::Sender<Result<Forgotten, ForgetError>>,
+    },
     Quarantine {
         subscription: String,
         position: Position,
@@ -93,6 +98,7 @@ pub(crate) struct Writer {
     pub(crate) head: Arc<AtomicU64>,
     pub(crate) head_tx: watch::Sender<Position>,
     pub(crate) retention: Retention,
+    pub(crate) open_cursors: OpenCursors,
     /// The advisory lock on the file, released when the writer ends, not
     /// before: the next owner waits for our last commit.
     pub(crate) lock: std::fs::File,
@@ -161,6 +167,9 @@ impl Writer {
     fn commit(&mut self, batch: &mut Vec<Request>) {
         let now = now_millis();
         let mut results: Vec<Position> = Vec::with_capacity(batch.len());
+        // One per forget request, in order; `None` when it was refused.
+        let mut forgotten: Vec<Option<Forgotten>> = Vec::new();
+        let open_cursors = &self.open_cursors;
         let outcome = (|| -> rusqlite::Result<()> {
             // IMMEDIATE takes the write lock up front, so a read-then-write
             // inside the group cannot fail with a busy snapshot.
@@ -248,6 +257,16 @@ impl Writer {
                             tx.execute("DELETE FROM dead_letters WHERE id = ?1", [*id as i64])?;
                             *id
                         }
+                        Request::Forget { subscription, .. } => {
+                            // Checked here, on the writer, where no `Open`
+                            // can slip in between the check and the delete.
+                            forgotten.push(if open_cursors.contains(subscription) {
+                                None
+                            } else {
+                                Some(forget(&tx, subscription)?)
+                            });
+                            0
+                        }
                         Request::Quarantine {
                             subscription,
                             position,
@@ -290,6 +309,7 @@ impl Writer {
                 self.head_tx.send_replace(last + 1);
             }
         }
+        let mut forgotten = forgotten.into_iter();
         for (i, request) in batch.drain(..).enumerate() {
             let result = match &failure {
                 None => Ok(results[i]),
@@ -306,6 +326,20 @@ impl Writer {
                 }
                 Request::Commit { reply, .. } => {
                     let _ = reply.send(result.map(drop));
+                }
+                Request::Forget {
+                    subscription,
+                    reply,
+                } => {
+                    let answer = match (&failure, forgotten.next().flatten()) {
+                        (Some(message), _) => Err(ForgetError::Log {
+                            subscription,
+                            source: backend(message.clone()),
+                        }),
+                        (None, Some(counts)) => Ok(counts),
+                        (None, None) => Err(ForgetError::Running { subscription }),
+                    };
+                    let _ = reply.send(answer);
                 }
                 Request::Quarantine { .. } => {}
             }
@@ -345,6 +379,22 @@ fn prune(conn: &Connection, head: Position, retention: &Retention) -> rusqlite::
          )",
         params![slowest, cutoff_time, cutoff_count, PRUNE_SLICE as i64],
     )
+}
+
+/// Deletes a subscription's rows from every table that keeps its state.
+fn forget(tx: &rusqlite::Transaction<'_>, subscription: &str) -> rusqlite::Result<Forgotten> {
+    let delete = |table: &str, column: &str| {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE {column} = ?1"),
+            [subscription],
+        )
+    };
+    Ok(Forgotten {
+        position: delete("subscriptions", "name")? > 0,
+        retries: delete("retries", "subscription")?,
+        quarantined: delete("quarantine", "subscription")?,
+        dead_letters: delete("dead_letters", "subscription")?,
+    })
 }
 
 fn open(
