@@ -14,6 +14,7 @@ fn handles_are_send_sync_and_clone() {
     is_send_sync_clone::<eventbus::Retry>();
     is_send_sync_clone::<eventbus::Filter>();
     is_send_sync::<eventbus::MemoryLog>();
+    is_send_sync_clone::<eventbus::SqliteLog>();
     is_send_sync::<eventbus::NotifyError>();
     is_send_sync::<eventbus::SubscribeError>();
 }

@@ -37,7 +37,8 @@ fn orders(recorder: &Recorder) -> Vec<u64> {
 async fn drain(bus: &Bus) {
     tokio::time::timeout(DRAIN, bus.drain())
         .await
-        .expect("the subscription stalled: drain did not finish");
+        .expect("the subscription stalled: drain did not finish")
+        .unwrap();
 }
 
 /// Writes rows behind the bus's back, as a bug or a bad migration would.

@@ -2,8 +2,8 @@
 //! thread with its own connection, and commits its position through the
 //! writer.
 
-use super::backend;
 use super::writer::Request;
+use super::{OpenCursor, backend};
 use crate::event::AnyEvent;
 use crate::log::{Batch, Cursor, LogError, Position};
 use futures_util::future::BoxFuture;
@@ -21,6 +21,9 @@ pub(crate) struct SqliteCursor {
     requests: mpsc::Sender<Request>,
     head: watch::Receiver<Position>,
     closed: watch::Receiver<bool>,
+    /// Marks the subscription running until the cursor is dropped, so it
+    /// cannot be forgotten under it.
+    _open: OpenCursor,
 }
 
 impl fmt::Debug for SqliteCursor {
@@ -174,6 +177,7 @@ impl SqliteCursor {
         requests: mpsc::Sender<Request>,
         head: watch::Receiver<Position>,
         closed: watch::Receiver<bool>,
+        open: OpenCursor,
     ) -> Self {
         SqliteCursor {
             subscription,
@@ -183,6 +187,7 @@ impl SqliteCursor {
             requests,
             head,
             closed,
+            _open: open,
         }
     }
 
@@ -240,7 +245,7 @@ impl SqliteCursor {
         // Quarantining is part of releasing the row: until it is stored,
         // the read fails and `read` stays before the row, so the runner
         // reads it again rather than a later commit passing over it.
-        super::request(&self.requests, |reply| Request::Quarantine {
+        super::request(&self.requests, &self.path, |reply| Request::Quarantine {
             subscription: self.subscription.clone(),
             position,
             name: row.name,
@@ -313,7 +318,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.db");
         let conn = super::super::connect(&path).unwrap();
-        super::super::schema::prepare(&conn, &path).unwrap();
+        super::super::schema::create(&conn, &path).unwrap();
         for &len in payloads {
             conn.execute(
                 "INSERT INTO events (name, version, event_id, payload, appended_at)

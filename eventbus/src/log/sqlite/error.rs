@@ -43,6 +43,17 @@ pub enum OpenError {
         /// The newest version this code reads.
         supported: i64,
     },
+    /// [`SqliteOptions::max_size`](super::SqliteOptions::max_size) is too
+    /// small to hold the log's tables; the file was not touched.
+    #[error("`{}`: `max_size` of {max_size} bytes is below the {minimum} the log's tables need; raise it, or leave it unset for no cap", path.display())]
+    MaxSizeTooSmall {
+        /// The file.
+        path: PathBuf,
+        /// The size asked for.
+        max_size: u64,
+        /// The smallest size accepted.
+        minimum: u64,
+    },
     /// Anything else SQLite or the file system reported.
     #[error("cannot open `{}`", path.display())]
     Other {
@@ -109,4 +120,31 @@ impl Damaged {
             source: source.into(),
         }))
     }
+}
+
+/// Returned by [`SqliteLog::forget_subscription`](super::SqliteLog::forget_subscription)
+/// when a subscription's durable state cannot be deleted. Every variant
+/// names the subscription.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForgetError {
+    /// A cursor for the subscription is open in this process: deleting its
+    /// position under it would send it back to the start. Nothing was
+    /// deleted.
+    #[error(
+        "subscription `{subscription}` is running; shut down the bus that runs it before forgetting it"
+    )]
+    Running {
+        /// The subscription.
+        subscription: String,
+    },
+    /// The log failed; nothing was deleted.
+    #[error("cannot forget subscription `{subscription}`")]
+    Log {
+        /// The subscription.
+        subscription: String,
+        /// What the log reported.
+        #[source]
+        source: crate::log::LogError,
+    },
 }

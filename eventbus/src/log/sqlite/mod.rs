@@ -37,7 +37,7 @@ mod error;
 mod schema;
 mod writer;
 
-pub use self::error::OpenError;
+pub use self::error::{ForgetError, OpenError};
 
 use self::writer::{DeadLetterRow, Reply, Request, Writer};
 use super::{
@@ -48,15 +48,19 @@ use crate::dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 use crate::event::AnyEvent;
 use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// How long `open` waits for another owner of the file to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// The most pages a SQLite database can have (`PRAGMA max_page_count`).
+const SQLITE_MAX_PAGE_COUNT: u64 = 0xffff_fffe;
 
 /// How hard SQLite works to keep commits across a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,14 +75,35 @@ pub enum Synchronous {
 
 /// Which finished events are deleted. An event is finished once every
 /// subscription has moved past it; unfinished events are never deleted.
+///
+/// Each limit prunes on its own: an event goes once it is finished and
+/// past either. For no limit, write `Duration::MAX` or `u64::MAX`.
+///
+/// # Examples
+///
+/// Keep finished events for a week, however many there are:
+///
+/// ```
+/// use eventbus::log::sqlite::Retention;
+/// use std::time::Duration;
+///
+/// let week = Retention {
+///     max_age: Duration::from_secs(7 * 24 * 3600),
+///     max_events: u64::MAX,
+///     ..Retention::default()
+/// };
+/// # let _ = week;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {
-    /// Finished events older than this are deleted. Default 24 hours.
+    /// Finished events older than this are deleted. Default 24 hours;
+    /// `Duration::MAX` for no limit.
     pub max_age: Duration,
     /// Finished events beyond the newest this many are deleted. Default
-    /// 1,000,000.
+    /// 1,000,000; `u64::MAX` for no limit.
     pub max_events: u64,
-    /// How often to prune. Default every 10 seconds.
+    /// How often to prune. Default every 10 seconds; `Duration::MAX` never
+    /// prunes.
     pub every: Duration,
 }
 
@@ -116,20 +141,59 @@ impl SqliteOptions {
 
     /// Caps the file at about `bytes`: past it, `notify` fails with a clear
     /// "full" error and everything already accepted stays. Default: no cap
-    /// beyond the disk itself.
+    /// beyond the disk itself; so is `u64::MAX`, or any size larger than
+    /// SQLite can address.
+    ///
+    /// The cap must be at least [`MIN_MAX_SIZE`](Self::MIN_MAX_SIZE): the
+    /// empty tables alone take about 40 KiB, and a cap below that would be
+    /// full before the first event.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("events.db");
+    /// use eventbus::SqliteLog;
+    ///
+    /// let log = SqliteLog::options().max_size(256 << 20).open(&path).await?;
+    /// # drop(log);
+    ///
+    /// let err = SqliteLog::options().max_size(0).open(&path).await.unwrap_err();
+    /// assert!(err.to_string().ends_with(
+    ///     "`max_size` of 0 bytes is below the 65536 the log's tables need; \
+    ///      raise it, or leave it unset for no cap"
+    /// ));
+    /// # Ok(()) }
+    /// ```
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.max_size = Some(bytes);
         self
     }
+
+    /// The smallest [`max_size`](Self::max_size) accepted, 64 KiB: the empty
+    /// tables and room for some events.
+    pub const MIN_MAX_SIZE: u64 = 64 * 1024;
 
     /// Opens (or creates) the log at `path`.
     ///
     /// # Errors
     ///
     /// [`OpenError`] naming the file: not ours, not a database, in use by
-    /// another log, read-only, or written by a newer eventbus.
+    /// another log, read-only, written by a newer eventbus, or a
+    /// [`max_size`](Self::max_size) too small for the tables.
     pub async fn open(self, path: impl AsRef<Path>) -> Result<SqliteLog, OpenError> {
         let path = path.as_ref().to_owned();
+        if let Some(max_size) = self.max_size
+            && max_size < Self::MIN_MAX_SIZE
+        {
+            return Err(OpenError::MaxSizeTooSmall {
+                path,
+                max_size,
+                minimum: Self::MIN_MAX_SIZE,
+            });
+        }
         tokio::task::spawn_blocking(move || SqliteLog::open_blocking(path, self))
             .await
             .map_err(|join| OpenError::Other {
@@ -140,8 +204,27 @@ impl SqliteOptions {
 }
 
 /// A durable [`Log`] in a SQLite file. See the [module docs](self).
+///
+/// Clones are handles to the same log: keep one after handing the log to
+/// [`Bus::builder`](crate::Bus::builder), to call
+/// [`forget_subscription`](SqliteLog::forget_subscription) on it.
+#[derive(Clone)]
 pub struct SqliteLog {
     shared: Arc<Shared>,
+}
+
+/// What [`SqliteLog::forget_subscription`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Forgotten {
+    /// Whether the subscription had a stored position.
+    pub position: bool,
+    /// Retry schedules deleted.
+    pub retries: usize,
+    /// Quarantined events deleted.
+    pub quarantined: usize,
+    /// Dead letters deleted.
+    pub dead_letters: usize,
 }
 
 pub(crate) struct Shared {
@@ -157,6 +240,59 @@ pub(crate) struct Shared {
     closed_tx: watch::Sender<bool>,
     /// A connection for reading dead letters, opened on first use.
     reader: Arc<std::sync::Mutex<Option<Connection>>>,
+    open_cursors: OpenCursors,
+}
+
+/// The subscriptions with a cursor open in this process, counted by name:
+/// the writer forgets a subscription only while it has none.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OpenCursors(Arc<Mutex<HashMap<String, usize>>>);
+
+impl OpenCursors {
+    /// Marks `subscription` running until the returned guard is dropped.
+    fn hold(&self, subscription: &str) -> OpenCursor {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(subscription.to_owned())
+            .or_default() += 1;
+        OpenCursor {
+            cursors: self.clone(),
+            subscription: subscription.to_owned(),
+        }
+    }
+
+    pub(crate) fn contains(&self, subscription: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(subscription)
+    }
+}
+
+/// Keeps a subscription marked running; held by its cursor, and by `open`
+/// while the cursor is being made, so a failed open lets go too.
+#[derive(Debug)]
+pub(crate) struct OpenCursor {
+    cursors: OpenCursors,
+    subscription: String,
+}
+
+impl Drop for OpenCursor {
+    fn drop(&mut self) {
+        let mut open = self
+            .cursors
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.subscription) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.subscription);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for SqliteLog {
@@ -188,8 +324,69 @@ impl SqliteLog {
         &self.shared.path
     }
 
+    /// Deletes everything the log keeps for `subscription`: its position,
+    /// retry schedules, quarantined events and dead letters, in one
+    /// transaction, and says how much went.
+    ///
+    /// A subscription removed from the code keeps its stored position, the
+    /// oldest of all, so no event after it is ever pruned. Forget it once
+    /// it is gone for good. A subscription of that name started later
+    /// begins afresh, from its [`StartFrom`]. Forgetting a name the log
+    /// does not know deletes nothing and is not an error.
+    ///
+    /// # Errors
+    ///
+    /// [`ForgetError::Running`] while a bus of this process runs the
+    /// subscription on this log (shut that bus down first), and
+    /// [`ForgetError::Log`] when the log fails. Either way nothing was
+    /// deleted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("events.db");
+    /// use eventbus::{Bus, SqliteLog};
+    ///
+    /// let log = SqliteLog::open(&path).await?;
+    /// // `legacy-mailer` was removed in this release.
+    /// let forgotten = log.forget_subscription("legacy-mailer").await?;
+    /// println!("forgot {} dead letters", forgotten.dead_letters);
+    ///
+    /// let bus = Bus::builder().log(log.clone()).build()?;
+    /// # bus.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn forget_subscription(&self, subscription: &str) -> Result<Forgotten, ForgetError> {
+        let stopped = || ForgetError::Log {
+            subscription: subscription.to_owned(),
+            source: backend("the SQLite writer has stopped"),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .requests
+            .send(Request::Forget {
+                subscription: subscription.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        let forgotten = answer.await.map_err(|_| stopped())??;
+        Ok(forgotten)
+    }
+
     fn open_blocking(path: PathBuf, options: SqliteOptions) -> Result<SqliteLog, OpenError> {
-        let conn = connect(&path)?;
+        let conn = open_connection(&path)?;
+        // Asked for read-write, SQLite quietly opens a file it may not
+        // write read-only, and every write would fail later instead.
+        if conn
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(|e| OpenError::classify(&path, e))?
+        {
+            return Err(OpenError::ReadOnly { path });
+        }
         let lock = std::fs::File::options()
             .read(true)
             .open(&path)
@@ -206,7 +403,14 @@ impl SqliteLog {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        schema::prepare(&conn, &path)?;
+        // Refuse another application's file before writing anything to it:
+        // even switching to WAL rewrites its header.
+        let found = schema::check(&conn, &path)?;
+        enter_wal(&conn, &path)?;
+        match found {
+            schema::Found::Empty => schema::create(&conn, &path)?,
+            schema::Found::Ours => schema::migrate(&conn, &path)?,
+        }
         let synchronous = match options.synchronous {
             Synchronous::Normal => "NORMAL",
             Synchronous::Full => "FULL",
@@ -217,9 +421,14 @@ impl SqliteLog {
             let page_size: i64 = conn
                 .query_row("PRAGMA page_size", [], |r| r.get(0))
                 .map_err(|e| OpenError::classify(&path, e))?;
-            let pages = (bytes as i64 / page_size).max(1);
-            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
-                .map_err(|e| OpenError::classify(&path, e))?;
+            // SQLite's page size is a power of two from 512 to 65536.
+            let pages = bytes / u64::try_from(page_size).unwrap_or(1).max(1);
+            // SQLite clamps larger counts to the most pages it can address:
+            // such a cap is no cap, so leave SQLite's default alone.
+            if pages < SQLITE_MAX_PAGE_COUNT {
+                conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                    .map_err(|e| OpenError::classify(&path, e))?;
+            }
         }
         let head: i64 = conn
             .query_row(
@@ -230,6 +439,7 @@ impl SqliteLog {
             .map_err(|e| OpenError::classify(&path, e))?;
         let head = head as Position;
         let (requests, rx) = mpsc::channel(1 << 16);
+        let open_cursors = OpenCursors::default();
         let head_cell = Arc::new(AtomicU64::new(head));
         let (head_tx, head_rx) = watch::channel(head);
         let writer = Writer {
@@ -238,6 +448,7 @@ impl SqliteLog {
             head: Arc::clone(&head_cell),
             head_tx,
             retention: options.retention,
+            open_cursors: open_cursors.clone(),
             lock,
         };
         std::thread::Builder::new()
@@ -258,13 +469,22 @@ impl SqliteLog {
                 appending: AtomicU64::new(0),
                 closed_tx,
                 reader: Arc::default(),
+                open_cursors,
             }),
         })
     }
 }
 
-/// Opens a connection with the settings every connection of ours uses.
+/// Opens a connection to a log file already checked, with the settings
+/// every connection of ours uses.
 pub(crate) fn connect(path: &Path) -> Result<Connection, OpenError> {
+    let conn = open_connection(path)?;
+    enter_wal(&conn, path)?;
+    Ok(conn)
+}
+
+/// Opens a connection without writing anything to the file.
+fn open_connection(path: &Path) -> Result<Connection, OpenError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -274,6 +494,12 @@ pub(crate) fn connect(path: &Path) -> Result<Connection, OpenError> {
     .map_err(|e| OpenError::classify(path, e))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| OpenError::classify(path, e))?;
+    Ok(conn)
+}
+
+/// Switches the file to WAL mode (a no-op once it is), which changes its
+/// header: only for a file known to be ours.
+fn enter_wal(conn: &Connection, path: &Path) -> Result<(), OpenError> {
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| OpenError::classify(path, e))?;
@@ -283,7 +509,7 @@ pub(crate) fn connect(path: &Path) -> Result<Connection, OpenError> {
             source: format!("SQLite refused WAL mode (journal mode is {mode})").into(),
         });
     }
-    Ok(conn)
+    Ok(())
 }
 
 impl Shared {
@@ -402,6 +628,9 @@ impl Log for SqliteLog {
     ) -> BoxFuture<'_, Result<Box<dyn Cursor>, LogError>> {
         let subscription = subscription.to_owned();
         Box::pin(async move {
+            // Before the writer hears of the cursor: a forget it handles
+            // after this sees the subscription running.
+            let open = self.shared.open_cursors.hold(&subscription);
             let start = self
                 .shared
                 .request(|reply| Request::Open {
@@ -423,6 +652,7 @@ impl Log for SqliteLog {
                 self.shared.requests.clone(),
                 self.shared.head_rx.clone(),
                 self.shared.closed_tx.subscribe(),
+                open,
             )) as Box<dyn Cursor>)
         })
     }

@@ -77,9 +77,18 @@ INSERT INTO dead_letters
 DROP TABLE dead_letters_v1;
 ";
 
-/// Creates the layout in an empty database, or checks that an existing one
-/// is ours and not newer than this code.
-pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+/// What [`check`] found in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// A new or empty database: the layout is still to be created.
+    Empty,
+    /// Our layout, at a version this code reads.
+    Ours,
+}
+
+/// Checks that a file is empty, or ours and not newer than this code. Only
+/// reads: a file that is refused is left exactly as it was.
+pub(crate) fn check(conn: &Connection, path: &Path) -> Result<Found, OpenError> {
     let application_id: i64 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .map_err(|e| OpenError::classify(path, e))?;
@@ -92,11 +101,7 @@ pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<(), OpenError> {
             .map_err(|e| OpenError::classify(path, e))?
     };
     if application_id == 0 && tables.is_empty() {
-        conn.execute_batch(&format!(
-            "BEGIN; {CREATE} {DEAD_LETTERS} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        ))
-        .map_err(|e| OpenError::classify(path, e))?;
-        return Ok(());
+        return Ok(Found::Empty);
     }
     if application_id != APPLICATION_ID {
         return Err(OpenError::NotOurs {
@@ -118,6 +123,22 @@ pub(crate) fn prepare(conn: &Connection, path: &Path) -> Result<(), OpenError> {
             supported: SCHEMA_VERSION,
         });
     }
+    Ok(Found::Ours)
+}
+
+/// Creates the layout in a database [`check`] found empty.
+pub(crate) fn create(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    conn.execute_batch(&format!(
+        "BEGIN; {CREATE} {DEAD_LETTERS} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))
+    .map_err(|e| OpenError::classify(path, e))
+}
+
+/// Brings a database [`check`] found ours up to [`SCHEMA_VERSION`].
+pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| OpenError::classify(path, e))?;
     if version < 2 {
         let migrate = MIGRATE_1_TO_2.replace("{DEAD_LETTERS}", DEAD_LETTERS);
         conn.execute_batch(&format!(
