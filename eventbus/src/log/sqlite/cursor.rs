@@ -170,23 +170,20 @@ fn show(value: ValueRef<'_>) -> String {
 
 impl SqliteCursor {
     pub(crate) fn new(
+        log: &super::Shared,
         subscription: String,
-        path: std::path::PathBuf,
         start: Position,
         conn: Connection,
-        requests: mpsc::Sender<Request>,
-        head: watch::Receiver<Position>,
-        closed: watch::Receiver<bool>,
         open: OpenCursor,
     ) -> Self {
         SqliteCursor {
             subscription,
-            path,
+            path: log.path.clone(),
             read: start,
             conn: Arc::new(Mutex::new(conn)),
-            requests,
-            head,
-            closed,
+            requests: log.requests.clone(),
+            head: log.head_rx.clone(),
+            closed: log.closed_tx.subscribe(),
             _open: open,
         }
     }

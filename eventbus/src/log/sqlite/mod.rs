@@ -645,13 +645,10 @@ impl Log for SqliteLog {
                 .map_err(|e| backend(e.to_string()))?
                 .map_err(|e| LogError::Backend(Box::new(e)))?;
             Ok(Box::new(cursor::SqliteCursor::new(
+                &self.shared,
                 subscription,
-                self.shared.path.clone(),
                 start,
                 conn,
-                self.shared.requests.clone(),
-                self.shared.head_rx.clone(),
-                self.shared.closed_tx.subscribe(),
                 open,
             )) as Box<dyn Cursor>)
         })
