@@ -113,7 +113,8 @@ pub mod subscription;
 pub mod testing;
 
 pub use crate::bus::{
-    BuildError, Bus, BusBuilder, NotifyError, ShutdownReport, SubscribeError, TryNotifyError,
+    BuildError, Bus, BusBuilder, DrainError, NotifyError, ShutdownReport, SubscribeError,
+    TryNotifyError,
 };
 pub use crate::consumer::{
     BatchConfig, Batcher, BoxError, Consumer, ProtocolConsumer, Sink, consumer_fn, sink_fn,

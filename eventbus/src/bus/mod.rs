@@ -94,12 +94,31 @@ impl LogHandle {
     }
 }
 
+/// Waits for a stopping subscription's task until the deadline, or until
+/// the subscription hits a problem retrying cannot fix (a damaged file),
+/// which no wait would get it past. Returns whether the task ended.
+async fn finishes_in_time(
+    state: &State,
+    task: &mut tokio::task::JoinHandle<()>,
+    deadline: tokio::time::Instant,
+) -> bool {
+    let mut stall = state.stall.watch();
+    let fatal = stall.wait_for(|s| s.as_ref().is_some_and(|s| s.fatal));
+    tokio::select! {
+        _ = task => true,
+        _ = tokio::time::sleep_until(deadline) => false,
+        _ = fatal => false,
+    }
+}
+
 /// What [`Bus::shutdown`] could not finish within its deadline.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
-    /// Subscriptions stopped at the deadline with work left, and their
-    /// counters at that moment (`lag` is what they had not finished).
+    /// Subscriptions stopped at the deadline with work left, or earlier
+    /// when a problem retrying cannot fix held them back (their `stalled`
+    /// says which), and their counters at that moment (`lag` is what they
+    /// had not finished).
     pub timed_out: Vec<SubscriptionStats>,
     /// Subscriptions not waited for because `shutdown` was called from one
     /// of their own handlers, which they cannot finish before it returns.
@@ -320,7 +339,7 @@ impl Bus {
         for state in states {
             let task = state.task.lock().expect("task lock").take();
             if let Some(mut task) = task
-                && tokio::time::timeout_at(deadline, &mut task).await.is_err()
+                && !finishes_in_time(&state, &mut task, deadline).await
             {
                 // The flag stops deliveries at once, wherever they were
                 // spawned; the abort drops the runner and its tasks, and is
