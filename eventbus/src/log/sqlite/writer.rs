@@ -90,6 +90,12 @@ pub(crate) enum Request {
         position: Position,
         reply: Reply<Position>,
     },
+    /// Moves quarantined rows that decode now into the dead letters.
+    Requeue {
+        subscription: String,
+        rows: Vec<(Position, DeadLetterRow)>,
+        reply: Reply<Position>,
+    },
     Forget {
         subscription: String,
         reply: oneshot::Sender<Result<Forgotten, ForgetError>>,
@@ -239,27 +245,7 @@ impl Writer {
                         Request::Open {
                             subscription, from, ..
                         } => open(&tx, subscription, *from, now)?,
-                        Request::InsertDeadLetter { row, .. } => {
-                            // The table gives the id (AUTOINCREMENT): never
-                            // one a stored or removed letter had, and a
-                            // plain INSERT never replaces a row.
-                            tx.execute(
-                                "INSERT INTO dead_letters
-                                 (subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at)
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                                params![
-                                    row.subscription,
-                                    row.name,
-                                    row.version,
-                                    row.payload,
-                                    row.errors,
-                                    row.attempts,
-                                    row.first_failed_at,
-                                    row.last_failed_at
-                                ],
-                            )?;
-                            tx.last_insert_rowid() as Position
-                        }
+                        Request::InsertDeadLetter { row, .. } => insert_letter(&tx, row)?,
                         Request::SaveRetry {
                             subscription,
                             position,
@@ -300,6 +286,9 @@ impl Writer {
                             });
                             0
                         }
+                        Request::Requeue {
+                            subscription, rows, ..
+                        } => requeue(&tx, subscription, rows)?,
                         Request::Quarantine {
                             subscription,
                             position,
@@ -368,6 +357,7 @@ impl Writer {
                 Request::Append { reply, .. }
                 | Request::Open { reply, .. }
                 | Request::InsertDeadLetter { reply, .. }
+                | Request::Requeue { reply, .. }
                 | Request::RemoveDeadLetter { reply, .. }
                 | Request::SaveRetry { reply, .. }
                 | Request::ClearRetry { reply, .. } => {
@@ -437,6 +427,51 @@ fn prune(conn: &Connection, head: Position, retention: &Retention) -> rusqlite::
 }
 
 /// Deletes a subscription's rows from every table that keeps its state.
+/// Stores a dead letter and returns its id. The table gives the id
+/// (AUTOINCREMENT): never one a stored or removed letter had, and a plain
+/// INSERT never replaces a row.
+fn insert_letter(
+    tx: &rusqlite::Transaction<'_>,
+    row: &DeadLetterRow,
+) -> rusqlite::Result<Position> {
+    tx.prepare_cached(
+        "INSERT INTO dead_letters
+         (subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        row.subscription,
+        row.name,
+        row.version,
+        row.payload,
+        row.errors,
+        row.attempts,
+        row.first_failed_at,
+        row.last_failed_at
+    ])?;
+    Ok(tx.last_insert_rowid() as Position)
+}
+
+/// Turns quarantined rows into dead letters of their subscription, each
+/// only if this call took it out of the quarantine, so two requeues never
+/// make two letters of one row. Returns how many moved.
+fn requeue(
+    tx: &rusqlite::Transaction<'_>,
+    subscription: &str,
+    rows: &[(Position, DeadLetterRow)],
+) -> rusqlite::Result<Position> {
+    let mut take =
+        tx.prepare_cached("DELETE FROM quarantine WHERE subscription = ?1 AND position = ?2")?;
+    let mut moved = 0;
+    for (position, row) in rows {
+        if take.execute(params![subscription, *position as i64])? == 1 {
+            insert_letter(tx, row)?;
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
+
 fn forget(tx: &rusqlite::Transaction<'_>, subscription: &str) -> rusqlite::Result<Forgotten> {
     let delete = |table: &str, column: &str| {
         tx.execute(
