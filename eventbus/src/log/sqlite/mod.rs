@@ -18,6 +18,12 @@
 //! power loss can lose the last commits. [`Synchronous::Full`] also survives
 //! those, at the cost of an fsync per group commit.
 //!
+//! # What it cannot protect against
+//!
+//! The file is the log. A file deleted, emptied or replaced while the
+//! service is stopped opens as a new, empty log: nothing in it can tell that
+//! events were there before. Back the file up as you would any database.
+//!
 //! # Examples
 //!
 //! ```
