@@ -104,6 +104,7 @@ pub mod bus;
 pub mod consumer;
 pub mod dead_letter;
 pub mod event;
+mod handling;
 pub mod log;
 pub mod protocol;
 pub mod registry;

@@ -15,7 +15,7 @@ use crate::consumer::Consumer;
 use crate::dead_letter::{DeadLetters, MemoryDeadLetters};
 use crate::event::AnyEvent;
 use crate::log::{Log, Position, TryAppendError};
-use crate::subscription::{self, State, SubscriptionBuilder, SubscriptionStats};
+use crate::subscription::{State, SubscriptionBuilder, SubscriptionStats};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -61,20 +61,31 @@ pub(crate) struct Inner {
     shutdown_timeout: Duration,
 }
 
-/// A subscription's entry: reserved while its cursor opens, then running.
+/// A subscription's entry: reserved while its cursor opens, then running,
+/// then stopping. An entry leaves only once its runner has ended, so a
+/// shutdown always finds (and waits for, or reports) every subscription
+/// that might still run.
 pub(crate) enum Slot {
     Starting,
     Running(Arc<State>),
     /// Stopping: the name stays taken until the runner has ended, so a new
     /// subscription under it never overlaps the old one's cursor.
-    Stopping,
+    Stopping(Arc<State>),
 }
 
 impl Slot {
     fn running(&self) -> Option<&Arc<State>> {
         match self {
             Slot::Running(state) => Some(state),
-            Slot::Starting | Slot::Stopping => None,
+            Slot::Starting | Slot::Stopping(_) => None,
+        }
+    }
+
+    /// The subscription behind the entry, running or stopping.
+    fn state(&self) -> Option<&Arc<State>> {
+        match self {
+            Slot::Running(state) | Slot::Stopping(state) => Some(state),
+            Slot::Starting => None,
         }
     }
 }
@@ -97,16 +108,12 @@ impl LogHandle {
 /// Waits for a stopping subscription's task until the deadline, or until
 /// the subscription hits a problem retrying cannot fix (a damaged file),
 /// which no wait would get it past. Returns whether the task ended.
-async fn finishes_in_time(
-    state: &State,
-    task: &mut tokio::task::JoinHandle<()>,
-    deadline: tokio::time::Instant,
-) -> bool {
+async fn finishes_in_time(state: &State, deadline: tokio::time::Instant) -> bool {
     let mut stall = state.stall.watch();
     let fatal = stall.wait_for(|s| s.as_ref().is_some_and(|s| s.fatal));
     tokio::select! {
-        _ = task => true,
-        _ = tokio::time::sleep_until(deadline) => false,
+        () = state.finished() => true,
+        () = tokio::time::sleep_until(deadline) => false,
         _ = fatal => false,
     }
 }
@@ -120,10 +127,10 @@ pub struct ShutdownReport {
     /// says which), and their counters at that moment (`lag` is what they
     /// had not finished).
     pub timed_out: Vec<SubscriptionStats>,
-    /// Subscriptions not waited for because `shutdown` was called from one
-    /// of their own handlers, which they cannot finish before it returns.
-    /// They read no further and stop once the handler returns; a later
-    /// `shutdown` from outside the handlers waits for them.
+    /// Subscriptions not waited for because `shutdown` was called from
+    /// inside a handler of the bus. They finish what was notified in the
+    /// background, within the deadline; a later `shutdown` from outside the
+    /// handlers waits for them.
     pub still_running: Vec<String>,
 }
 
@@ -282,16 +289,18 @@ impl Bus {
 
     /// The subscription of this bus whose handler the current task is in.
     fn own_handler(&self) -> Option<Arc<State>> {
-        let handling = subscription::handling()?;
-        if handling.bus != Arc::as_ptr(&self.inner) as usize {
-            return None;
-        }
+        let handling = self.handling()?;
         let subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
         subscriptions
             .values()
-            .filter_map(Slot::running)
+            .filter_map(Slot::state)
             .find(|state| state.handling() == handling)
             .cloned()
+    }
+
+    /// Whether the current task runs a handler of this bus, and whose.
+    fn handling(&self) -> Option<crate::handling::Handling> {
+        crate::handling::current().filter(|h| h.bus == Arc::as_ptr(&self.inner) as usize)
     }
 
     /// Stops intake, lets every subscription finish what was notified
@@ -299,56 +308,66 @@ impl Bus {
     /// the [shutdown timeout](BusBuilder::shutdown_timeout). Subscriptions
     /// still busy at the deadline are stopped and reported. Every event
     /// whose `notify` returned `Ok` is either handled by then or counted in
-    /// the report.
+    /// the report. Calling it again, or while a
+    /// [`stop`](crate::Subscription::stop) is under way, waits for the same
+    /// subscriptions; once everything has stopped it returns at once.
     ///
-    /// Called from inside a handler, it does not wait for that handler's own
-    /// subscription (which cannot finish before the handler returns): the
-    /// subscription is told to stop and listed in
-    /// [`still_running`](ShutdownReport::still_running). Calling `shutdown`
-    /// again waits for whatever is left, and returns at once when nothing is.
+    /// Called from inside a handler of this bus it cannot wait (the
+    /// handler's own subscription finishes only after the handler returns,
+    /// and two handlers would wait on each other): it stops intake, leaves
+    /// the waiting and the deadline to a task of its own, and lists every
+    /// subscription not yet stopped in
+    /// [`still_running`](ShutdownReport::still_running). A `shutdown` from
+    /// outside the handlers waits for them.
     pub async fn shutdown(&self) -> ShutdownReport {
         self.inner.log.closed.store(true, SeqCst);
         self.inner.log.log.close();
-        let own = self.own_handler();
-        let states: Vec<Arc<State>> = {
-            let mut subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
-            let own_name = own.as_ref().map(|state| state.name.to_string());
-            let all = std::mem::take(&mut *subscriptions);
-            let mut states = Vec::new();
-            for (name, slot) in all {
-                if Some(&name) == own_name.as_ref() {
-                    // Stays listed, so a later shutdown still waits for it.
-                    subscriptions.insert(name, slot);
-                } else if let Some(state) = slot.running() {
-                    states.push(Arc::clone(state));
-                }
-            }
-            states
-        };
         let deadline = tokio::time::Instant::now() + self.inner.shutdown_timeout;
-        let mut report = ShutdownReport::default();
-        if let Some(own) = own {
-            own.stop.store(true, SeqCst);
-            own.wake.notify_one();
-            tracing::warn!(
-                subscription = %own.name,
-                "shutdown called from inside a handler; that subscription stops once the handler returns",
-            );
-            report.still_running.push(own.name.to_string());
+        if self.handling().is_some() {
+            let still_running = self
+                .stopping()
+                .iter()
+                .filter(|state| !state.finished.load(SeqCst))
+                .map(|state| state.name.to_string())
+                .collect();
+            tracing::warn!("shutdown called from inside a handler; it finishes in the background");
+            let bus = self.clone();
+            tokio::spawn(async move { bus.wait_for_stop(deadline).await });
+            return ShutdownReport {
+                timed_out: Vec::new(),
+                still_running,
+            };
         }
-        for state in states {
-            let task = state.task.lock().expect("task lock").take();
-            if let Some(mut task) = task
-                && !finishes_in_time(&state, &mut task, deadline).await
-            {
+        self.wait_for_stop(deadline).await
+    }
+
+    /// Every subscription that may still run: running or stopping.
+    fn stopping(&self) -> Vec<Arc<State>> {
+        self.inner
+            .subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .values()
+            .filter_map(Slot::state)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits for every subscription to end, stopping those still busy at
+    /// the deadline, and takes them off the bus.
+    async fn wait_for_stop(&self, deadline: tokio::time::Instant) -> ShutdownReport {
+        let mut report = ShutdownReport::default();
+        for state in self.stopping() {
+            if !finishes_in_time(&state, deadline).await {
                 // The flag stops deliveries at once, wherever they were
                 // spawned; the abort drops the runner and its tasks, and is
-                // awaited so nothing of the subscription runs once this
+                // waited for, so nothing of the subscription runs once this
                 // returns.
-                state.aborted.store(true, SeqCst);
-                task.abort();
-                let _ = (&mut task).await;
-                state.mark_finished();
+                state.abort().await;
+            }
+            // Reported by every shutdown that waited for it, including one
+            // whose own deadline had not passed when another's did.
+            if state.aborted.load(SeqCst) {
                 let stats = state.stats(self.head());
                 tracing::warn!(
                     subscription = %stats.name,
@@ -357,9 +376,24 @@ impl Bus {
                 );
                 report.timed_out.push(stats);
             }
-            self.inner.dead_letters.unroute(&state.name, &state.replays);
+            self.forget(&state);
         }
         report
+    }
+
+    /// Takes an ended subscription off the bus, unless a newer one has its
+    /// name by now.
+    fn forget(&self, state: &Arc<State>) {
+        let mut subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
+        if subscriptions
+            .get(&*state.name)
+            .and_then(Slot::state)
+            .is_some_and(|s| Arc::ptr_eq(s, state))
+        {
+            subscriptions.remove(&*state.name);
+        }
+        drop(subscriptions);
+        self.inner.dead_letters.unroute(&state.name, &state.replays);
     }
 
     /// The counters of every running subscription, by name.
@@ -386,37 +420,34 @@ impl Bus {
     }
 
     pub(crate) async fn remove(&self, name: &str) -> bool {
-        if let Some(own) = self.own_handler()
-            && *own.name == *name
-        {
-            // Stopping itself from its own handler: waiting here would wait
-            // for this very handler. Ask it to stop and finish the stop in
-            // the background once the handler has returned.
-            let bus = self.clone();
-            let name = name.to_owned();
-            tokio::spawn(async move { bus.remove_now(&name).await });
-            return true;
-        }
-        self.remove_now(name).await
-    }
-
-    async fn remove_now(&self, name: &str) -> bool {
         let state = {
             let mut subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
             match subscriptions.get_mut(name) {
-                Some(slot @ Slot::Running(_)) => match std::mem::replace(slot, Slot::Stopping) {
-                    Slot::Running(state) => state,
-                    _ => unreachable!("matched as running"),
-                },
+                Some(slot @ Slot::Running(_)) => {
+                    let state = Arc::clone(slot.state().expect("running"));
+                    *slot = Slot::Stopping(Arc::clone(&state));
+                    state
+                }
                 _ => return false,
             }
         };
-        subscription::stop_and_join(&state).await;
-        self.inner.dead_letters.unroute(name, &state.replays);
-        let mut subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
-        if matches!(subscriptions.get(name), Some(Slot::Stopping)) {
-            subscriptions.remove(name);
+        state.request_stop();
+        if self.handling().is_some() {
+            // From inside a handler, waiting could wait on this very
+            // handler, or on one that waits for us: the stop completes in
+            // the background, and a shutdown still finds it.
+            let bus = self.clone();
+            tokio::spawn(async move {
+                state.finished().await;
+                bus.forget(&state);
+            });
+            return true;
         }
+        // Cancel safe: dropped here, the entry stays `Stopping` until a
+        // shutdown (or a new subscription under the name, once the runner
+        // has ended) takes it.
+        state.finished().await;
+        self.forget(&state);
         true
     }
 

@@ -167,7 +167,13 @@ impl<T: Send + 'static> Batcher<T> {
         // The queue in front of the batcher holds at most one batch (and
         // never more than the channel allows).
         let (tx, rx) = mpsc::channel(config.size.min(1 << 16));
-        let task = tokio::spawn(run(rx, Arc::new(sink), config, dead_letters));
+        let run = run(rx, Arc::new(sink), config, dead_letters);
+        // Started by a subscription, the sink is part of its handler: a
+        // `drain` from inside the sink must know it would wait on itself.
+        let task = match crate::handling::current() {
+            Some(handling) => tokio::spawn(handling.scope(run)),
+            None => tokio::spawn(run),
+        };
         Batcher {
             tx,
             _task: Arc::new(AbortOnDrop(task.abort_handle())),

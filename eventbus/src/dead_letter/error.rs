@@ -23,3 +23,16 @@ pub enum ReplayError {
     #[error("the dead-letter store could not be read")]
     Store(#[source] LogError),
 }
+
+/// Returned by [`DeadLetters::discard`](super::DeadLetters::discard).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscardError {
+    /// The letter's replay has not finished; discard it once it has (if the
+    /// replay fails again, its new letter can be discarded).
+    #[error("dead letter {0} is being replayed; discard it once the replay finished")]
+    InProgress(u64),
+    /// The dead-letter store could not be written; the letter stays.
+    #[error("the dead-letter store could not be written")]
+    Store(#[source] LogError),
+}

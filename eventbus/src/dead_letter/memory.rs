@@ -54,13 +54,13 @@ impl DeadLetterStore for MemoryDeadLetters {
                     .as_ref()
                     .is_none_or(|s| *s == l.subscription)
             })
-            .take(query.limit)
+            .take(query.limit.max(1))
             .cloned()
             .collect();
         let next = letters
             .last()
             .map(|l| l.id)
-            .filter(|_| letters.len() >= query.limit);
+            .filter(|_| letters.len() >= query.limit.max(1));
         Box::pin(ready(Ok(DeadLetterPage::new(letters, next))))
     }
 

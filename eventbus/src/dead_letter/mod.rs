@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 mod error;
 mod memory;
 
-pub use self::error::ReplayError;
+pub use self::error::{DiscardError, ReplayError};
 pub(crate) use self::memory::MemoryDeadLetters;
 
 /// One event a subscription gave up on.
@@ -340,19 +340,25 @@ impl DeadLetters {
             .contains(&id)
     }
 
-    /// Removes a dead letter without replaying it; returns it, or `None`
-    /// for an unknown id.
+    /// Removes a dead letter without replaying it; returns whether there
+    /// was one with that id. Removes letters that no longer decode too,
+    /// which the lists skip.
     ///
     /// # Errors
     ///
-    /// [`LogError`] when the store cannot be read or written; the letter
-    /// then stays.
-    pub async fn discard(&self, id: u64) -> Result<Option<DeadLetter>, LogError> {
-        let Some(letter) = self.inner.store.get(id).await? else {
-            return Ok(None);
-        };
-        self.inner.store.remove(id).await?;
-        Ok(Some(letter))
+    /// [`DiscardError::InProgress`] while the letter's replay has not
+    /// finished (it would otherwise come back if the replay failed again);
+    /// [`DiscardError::Store`] when the store cannot be written, and the
+    /// letter stays.
+    pub async fn discard(&self, id: u64) -> Result<bool, DiscardError> {
+        if self.is_replaying(id) {
+            return Err(DiscardError::InProgress(id));
+        }
+        self.inner
+            .store
+            .remove(id)
+            .await
+            .map_err(DiscardError::Store)
     }
 
     /// Sends the event back to its subscription, which handles it again with

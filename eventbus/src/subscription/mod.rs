@@ -36,7 +36,6 @@ mod state;
 pub use self::filter::{Filter, PatternError};
 pub use self::state::SubscriptionStats;
 
-pub(crate) use self::runner::handling;
 pub(crate) use self::state::State;
 
 use crate::bus::{Bus, Slot, SubscribeError};
@@ -292,8 +291,12 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             if inner.log.is_closed() {
                 return Err(SubscribeError::Closed);
             }
-            if subscriptions.contains_key(&name) {
-                return Err(SubscribeError::DuplicateName(name));
+            match subscriptions.get(&name) {
+                // A stop whose caller gave up waiting leaves the slot
+                // behind; once its runner has ended the name is free.
+                Some(Slot::Stopping(old)) if old.finished.load(SeqCst) => {}
+                Some(_) => return Err(SubscribeError::DuplicateName(name)),
+                None => {}
             }
             // Reserve the name while the cursor opens.
             subscriptions.insert(name.clone(), Slot::Starting);
@@ -336,7 +339,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             finished: AtomicBool::new(false),
             wake: Notify::new(),
             flush: flush_tx,
-            task: Mutex::new(None),
+            abort: Mutex::new(None),
         });
         let dead_letters = inner.dead_letters.writer(
             Arc::clone(&name),
@@ -350,9 +353,13 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
                 pending: Arc::clone(&state.replays),
             },
         );
-        consumer.start(&Context {
-            subscription: Arc::clone(&name),
-            dead_letters: dead_letters.clone(),
+        // Whatever the consumer starts (a batcher's task) runs as part of
+        // this subscription's handler.
+        state.handling().sync_scope(|| {
+            consumer.start(&Context {
+                subscription: Arc::clone(&name),
+                dead_letters: dead_letters.clone(),
+            })
         });
         let filter = filter.or_interest(consumer.interest());
         let runner = runner::Runner {
@@ -377,22 +384,24 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             read: start,
         };
         let watched = Arc::clone(&state);
-        let task = tokio::spawn(async move {
+        let run = async move {
             // In sequential mode the consumer runs inside this task, so a
             // panic around it (a broken dead-letter or retry store) ends
             // the subscription here. Nothing past the event was released,
-            // so a durable log delivers it again after a restart; the flag
-            // keeps `drain` from waiting on a subscription that is gone.
+            // so a durable log delivers it again after a restart.
             if let Err(panic) = AssertUnwindSafe(runner.run()).catch_unwind().await {
                 tracing::error!(
                     subscription = %watched.name,
                     panic = %crate::dead_letter::panic_message(&*panic),
                     "subscription stopped: it panicked outside its consumer",
                 );
-                watched.mark_finished();
             }
+        };
+        let task = tokio::spawn(state::Tracked {
+            runner: Some(Box::pin(run)),
+            state: Arc::clone(&state),
         });
-        *state.task.lock().expect("task lock") = Some(task);
+        *state.abort.lock().expect("abort lock") = Some(task.abort_handle());
         inner
             .subscriptions
             .lock()
@@ -439,9 +448,11 @@ impl Subscription {
     /// already took, flushes its consumer and releases its cursor. Events
     /// notified afterwards are not delivered to it.
     ///
-    /// Called from inside the subscription's own handler, it returns at
-    /// once (waiting would wait for that handler) and the stop completes in
-    /// the background once the handler has returned.
+    /// Called from inside a handler of the bus, it returns at once
+    /// (waiting could wait for that very handler, or for one waiting on
+    /// it), and the stop completes in the background. If this future is
+    /// dropped before it resolves, the subscription still stops, and
+    /// [`Bus::shutdown`](crate::Bus::shutdown) waits for it.
     pub async fn stop(&self) {
         self.bus.remove(&self.state.name).await;
     }
@@ -474,14 +485,5 @@ impl Drop for Reservation<'_> {
                 subscriptions.remove(&self.name);
             }
         }
-    }
-}
-
-pub(crate) async fn stop_and_join(state: &State) {
-    state.stop.store(true, SeqCst);
-    state.wake.notify_one();
-    let task = state.task.lock().expect("task lock").take();
-    if let Some(task) = task {
-        let _ = task.await;
     }
 }

@@ -42,26 +42,6 @@ impl RetryBook {
     }
 }
 
-tokio::task_local! {
-    /// Set while a consumer's `handle` or `flush` runs, so the bus can tell
-    /// a call made from inside a handler (a `drain` that would wait for
-    /// itself) from one made outside.
-    static HANDLING: Handling;
-}
-
-/// Which bus and subscription a handler belongs to, by address: copied
-/// into every delivery, so it must cost no reference count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Handling {
-    pub(crate) bus: usize,
-    pub(crate) subscription: usize,
-}
-
-/// The handler the current task is inside of, if any.
-pub(crate) fn handling() -> Option<Handling> {
-    HANDLING.try_with(|h| *h).ok()
-}
-
 pub(crate) struct Deliverer<C> {
     pub(crate) retries: Option<RetryBook>,
     pub(crate) consumer: C,
@@ -124,11 +104,10 @@ impl<C: Consumer> Deliverer<C> {
                 correlation_id = %event.meta().correlation_id,
                 attempt,
             );
-            let outcome = HANDLING
-                .scope(
-                    self.state.handling(),
-                    AssertUnwindSafe(self.consumer.handle(event)).catch_unwind(),
-                )
+            let outcome = self
+                .state
+                .handling()
+                .scope(AssertUnwindSafe(self.consumer.handle(event)).catch_unwind())
                 .instrument(span)
                 .await;
             let errors = match outcome {
@@ -688,6 +667,9 @@ impl<C: Consumer> Runner<C> {
     /// once that finished, and stays if this is cut short.
     async fn replay(deliverer: &Deliverer<C>, replay: Replay) {
         deliverer.deliver(None, &replay.event).await;
+        // A batching consumer has only queued the payload: the letter goes
+        // once its sink has it (or has dead-lettered it again).
+        Self::flush_consumer(deliverer).await;
         replay.finish().await;
         let state = &deliverer.state;
         state.replays.fetch_sub(1, SeqCst);
@@ -696,11 +678,10 @@ impl<C: Consumer> Runner<C> {
 
     /// A panicking flush is logged, not allowed to end the subscription.
     async fn flush_consumer(deliverer: &Deliverer<C>) {
-        let flushed = HANDLING
-            .scope(
-                deliverer.state.handling(),
-                AssertUnwindSafe(deliverer.consumer.flush()).catch_unwind(),
-            )
+        let flushed = deliverer
+            .state
+            .handling()
+            .scope(AssertUnwindSafe(deliverer.consumer.flush()).catch_unwind())
             .await;
         if let Err(panic) = flushed {
             tracing::error!(

@@ -1,14 +1,14 @@
 //! What a running subscription shares with its handle and the bus: counters,
 //! the finished position, and the controls to flush and stop it.
 
-use super::runner::Handling;
+use crate::handling::Handling;
 use crate::log::Position;
 use crate::stall::Stall;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 
 /// A snapshot of one subscription's counters, from
 /// [`Bus::stats`](crate::Bus::stats) or
@@ -71,7 +71,8 @@ pub(crate) struct State {
     pub(crate) finished: AtomicBool,
     pub(crate) wake: Notify,
     pub(crate) flush: mpsc::Sender<oneshot::Sender<()>>,
-    pub(crate) task: Mutex<Option<JoinHandle<()>>>,
+    /// Aborts the subscription's task, at a shutdown deadline.
+    pub(crate) abort: Mutex<Option<AbortHandle>>,
 }
 
 impl State {
@@ -98,6 +99,32 @@ impl State {
             bus: self.bus,
             subscription: self as *const State as usize,
         }
+    }
+
+    /// Resolves once the subscription's task has ended, however it ended.
+    pub(crate) async fn finished(&self) {
+        let mut done = self.done.subscribe();
+        let _ = done
+            .wait_for(|_| self.finished.load(std::sync::atomic::Ordering::SeqCst))
+            .await;
+    }
+
+    /// Asks the runner to read no further and finish.
+    pub(crate) fn request_stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Stops the subscription now, at a deadline: deliveries in flight do
+    /// not resume their consumer, and the task is aborted. Resolves once it
+    /// has ended.
+    pub(crate) async fn abort(&self) {
+        self.aborted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(abort) = self.abort.lock().expect("abort lock").as_ref() {
+            abort.abort();
+        }
+        self.finished().await;
     }
 
     pub(crate) fn mark_finished(&self) {
@@ -165,5 +192,36 @@ impl Watermark {
             .expect("watermark lock")
             .front()
             .map_or(read, |&(oldest, _)| oldest.min(read))
+    }
+}
+
+/// The subscription's task: marks the subscription finished once the runner
+/// is gone, whether it returned, panicked or was aborted, and only after
+/// the runner (and every delivery it owns) has been dropped.
+pub(crate) struct Tracked<F> {
+    pub(crate) runner: Option<std::pin::Pin<Box<F>>>,
+    pub(crate) state: Arc<State>,
+}
+
+impl<F: std::future::Future> std::future::Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let runner = self.runner.as_mut().expect("polled after completion");
+        let output = std::task::ready!(runner.as_mut().poll(cx));
+        self.runner = None;
+        self.state.mark_finished();
+        std::task::Poll::Ready(output)
+    }
+}
+
+impl<F> Drop for Tracked<F> {
+    fn drop(&mut self) {
+        if self.runner.take().is_some() {
+            self.state.mark_finished();
+        }
     }
 }
