@@ -1,6 +1,6 @@
 //! Errors of the dead letters.
 
-use crate::log::LogError;
+use crate::log::error::LogError;
 
 /// Returned by [`DeadLetters::replay`](super::DeadLetters::replay) and
 /// [`DeadLetters::replay_all`](super::DeadLetters::replay_all).

@@ -1,7 +1,7 @@
 //! The default dead-letter store: in memory, for this process only.
 
-use super::{DeadLetter, DeadLetterPage, DeadLetterQuery};
-use crate::log::{DeadLetterStore, LogError};
+use super::{DeadLetter, DeadLetterPage, DeadLetterQuery, DeadLetterStore};
+use crate::log::error::LogError;
 use futures_util::future::{BoxFuture, ready};
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -13,7 +13,7 @@
 //! crash or a shutdown deadline leaves it where it was.
 
 use crate::event::AnyEvent;
-use crate::log::{DeadLetterStore, LogError};
+use crate::log::error::LogError;
 use crate::stall::Stall;
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
@@ -25,9 +25,11 @@ use tokio::sync::mpsc;
 
 mod error;
 mod memory;
+mod store;
 
 pub use self::error::{DiscardError, ReplayError};
 pub(crate) use self::memory::MemoryDeadLetters;
+pub use self::store::DeadLetterStore;
 
 /// One event a subscription gave up on.
 #[derive(Debug, Clone)]
