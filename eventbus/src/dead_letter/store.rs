@@ -35,4 +35,3 @@ pub trait DeadLetterStore: Send + Sync + Debug + 'static {
     /// Removes a letter; `Ok(false)` when there was none with that id.
     fn remove(&self, id: u64) -> BoxFuture<'_, Result<bool, LogError>>;
 }
-

@@ -397,8 +397,11 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
                 );
             }
         };
+        // The handler marker is set once per poll of each task that runs
+        // the consumer (this one, lanes, concurrent deliveries), not per
+        // event: per event it cost a fifth of the throughput at K = 16.
         let task = tokio::spawn(state::Tracked {
-            runner: Some(Box::pin(run)),
+            runner: Some(Box::pin(state.handling().scope(run))),
             state: Arc::clone(&state),
         });
         *state.abort.lock().expect("abort lock") = Some(task.abort_handle());

@@ -104,10 +104,8 @@ impl<C: Consumer> Deliverer<C> {
                 correlation_id = %event.meta().correlation_id,
                 attempt,
             );
-            let outcome = self
-                .state
-                .handling()
-                .scope(AssertUnwindSafe(self.consumer.handle(event)).catch_unwind())
+            let outcome = AssertUnwindSafe(self.consumer.handle(event))
+                .catch_unwind()
                 .instrument(span)
                 .await;
             let errors = match outcome {
@@ -363,13 +361,15 @@ async fn deliver_one<C: Consumer>(
     // resumed.
     let state = &deliverer.state;
     let mut delivery = pin!(deliverer.deliver(Some(position), &event));
-    let delivered = poll_fn(|cx| {
-        if state.aborted.load(Relaxed) {
-            return Poll::Ready(false);
-        }
-        delivery.as_mut().poll(cx).map(|()| true)
-    })
-    .await;
+    let delivered = state
+        .handling()
+        .scope(poll_fn(|cx| {
+            if state.aborted.load(Relaxed) {
+                return Poll::Ready(false);
+            }
+            delivery.as_mut().poll(cx).map(|()| true)
+        }))
+        .await;
     if delivered {
         state.counters.in_flight.fetch_sub(1, Relaxed);
         watermark.finish(position);
@@ -446,7 +446,8 @@ impl<C: Consumer> Runner<C> {
                         let (tx, mut rx) = mpsc::channel::<(Position, AnyEvent)>(depth);
                         let deliverer = Arc::clone(&self.deliverer);
                         let watermark = Arc::clone(&watermark);
-                        tasks.spawn(async move {
+                        let handling = deliverer.state.handling();
+                        tasks.spawn(handling.scope(async move {
                             while let Some((pos, event)) = rx.recv().await {
                                 let delivered =
                                     AssertUnwindSafe(deliverer.deliver(Some(pos), &event))
@@ -460,7 +461,7 @@ impl<C: Consumer> Runner<C> {
                                     Err(panic) => report_panic(&deliverer.state.name, &*panic),
                                 }
                             }
-                        });
+                        }));
                         tx
                     })
                     .collect();
@@ -678,10 +679,8 @@ impl<C: Consumer> Runner<C> {
 
     /// A panicking flush is logged, not allowed to end the subscription.
     async fn flush_consumer(deliverer: &Deliverer<C>) {
-        let flushed = deliverer
-            .state
-            .handling()
-            .scope(AssertUnwindSafe(deliverer.consumer.flush()).catch_unwind())
+        let flushed = AssertUnwindSafe(deliverer.consumer.flush())
+            .catch_unwind()
             .await;
         if let Err(panic) = flushed {
             tracing::error!(
