@@ -11,121 +11,20 @@ use eventbus::dead_letter::{DeadLetterQuery, ReplayError};
 use eventbus::testing::Recorder;
 use eventbus::{
     AnyEvent, BatchConfig, BoxError, Bus, Consumer, DrainError, ProtocolConsumer, Retry,
-    ShutdownReport, SqliteLog, Track, Trackable, event, register, sink_fn,
+    ShutdownReport, SqliteLog, Track, Trackable, sink_fn,
 };
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{Barrier, Semaphore};
+use tokio::sync::Barrier;
 
-#[event]
-pub struct OrderPlaced {
-    pub order_id: u64,
-}
+mod common;
 
-#[register]
-impl Trackable for OrderPlaced {
-    fn track(&self) -> Track {
-        Track::new(self, self.order_id)
-    }
-}
-
-// ---------------------------------------------------------------- helpers
-
-async fn sqlite_bus(path: &Path, shutdown_timeout: Duration) -> Bus {
-    Bus::builder()
-        .log(SqliteLog::open(path).await.unwrap())
-        .shutdown_timeout(shutdown_timeout)
-        .build()
-        .unwrap()
-}
-
-fn memory_bus(shutdown_timeout: Duration) -> Bus {
-    Bus::builder()
-        .shutdown_timeout(shutdown_timeout)
-        .build()
-        .unwrap()
-}
-
-/// Bounded, so a hang fails the test instead of stalling the suite.
-async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), fut)
-        .await
-        .unwrap_or_else(|_| panic!("HANG: {what} did not finish within {secs}s"))
-}
-
-async fn eventually(secs: u64, what: &str, mut ready: impl FnMut() -> bool) {
-    within(secs, what, async {
-        while !ready() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-}
-
-fn ids(events: impl IntoIterator<Item = AnyEvent>) -> Vec<u64> {
-    events
-        .into_iter()
-        .map(|e| e.downcast_ref::<OrderPlaced>().unwrap().order_id)
-        .collect()
-}
-
-/// Fails every event.
-#[derive(Clone, Default)]
-struct Broken;
-
-impl Consumer for Broken {
-    async fn handle(&self, _event: &AnyEvent) -> Result<(), BoxError> {
-        Err("payment provider unreachable".into())
-    }
-}
-
-/// Fails while `broken` is set, records otherwise.
-#[derive(Clone, Default)]
-struct Flaky {
-    broken: Arc<AtomicBool>,
-    seen: Recorder,
-}
-
-impl Consumer for Flaky {
-    async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
-        if self.broken.load(SeqCst) {
-            return Err("search cluster unreachable".into());
-        }
-        self.seen.handle(event).await
-    }
-}
-
-/// Handles one event per permit.
-#[derive(Clone)]
-struct Gate {
-    permits: Arc<Semaphore>,
-    started: Recorder,
-    seen: Recorder,
-}
-
-impl Gate {
-    fn closed() -> Self {
-        Gate {
-            permits: Arc::new(Semaphore::new(0)),
-            started: Recorder::new(),
-            seen: Recorder::new(),
-        }
-    }
-}
-
-impl Consumer for Gate {
-    async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
-        self.started.handle(event).await?;
-        self.permits.acquire().await?.forget();
-        self.seen.handle(event).await
-    }
-}
+use common::*;
 
 type Call = Arc<dyn Fn(Bus) -> BoxFuture<'static, ()> + Send + Sync>;
 
@@ -270,7 +169,7 @@ async fn a02_replay_all_twice_at_once_handles_each_letter_once() {
     let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
     within(30, "drain", bus.drain()).await.unwrap();
     let mut handled: BTreeMap<u64, usize> = BTreeMap::new();
-    for id in ids(flaky.seen.events()) {
+    for id in order_ids(flaky.seen.events()) {
         *handled.entry(id).or_default() += 1;
     }
     let twice: Vec<u64> = handled
@@ -312,7 +211,7 @@ async fn a03_replay_that_fails_again_in_concurrent_and_partitioned_modes() {
         let old: BTreeSet<u64> = before.iter().map(|l| l.id).collect();
         assert_eq!(after.len(), 3, "{mode}: {after:?}");
         assert!(after.iter().all(|l| !old.contains(&l.id)), "{mode}");
-        let mut orders = ids(after.into_iter().map(|l| l.event));
+        let mut orders = order_ids(after.into_iter().map(|l| l.event));
         orders.sort_unstable();
         assert_eq!(orders, [1, 2, 3], "{mode}");
         assert!(bus.shutdown().await.is_clean());
@@ -374,8 +273,8 @@ async fn a04_replay_across_stop_and_restart_in_one_process() {
     .await;
     bus.dead_letters().replay_all("payments").await.unwrap();
     within(10, "drain", bus.drain()).await.unwrap();
-    let mut handled = ids(gate.seen.events());
-    handled.extend(ids(healed.events()));
+    let mut handled = order_ids(gate.seen.events());
+    handled.extend(order_ids(healed.events()));
     handled.sort_unstable();
     assert_eq!(handled, [1, 2], "during-stop replay: {during:?}");
     assert_eq!(bus.dead_letters().count().await.unwrap(), 0);
@@ -427,16 +326,7 @@ async fn a06_full_disk_while_the_batcher_dead_letters_loses_nothing() {
     let mut accepted = Vec::new();
     let stalled;
     {
-        let log = SqliteLog::options()
-            .max_size(256 * 1024)
-            .open(&path)
-            .await
-            .unwrap();
-        let bus = Bus::builder()
-            .log(log)
-            .shutdown_timeout(Duration::from_millis(300))
-            .build()
-            .unwrap();
+        let bus = capped_bus(&path, 256 * 1024).await;
         let sink = sink_fn(|_batch: Vec<Track>| async {
             Err::<(), BoxError>("analytics API returned 502".into())
         });
@@ -479,9 +369,9 @@ async fn a06_full_disk_while_the_batcher_dead_letters_loses_nothing() {
         .await
         .unwrap();
     let letters = bus.dead_letters().list_for("tracking").await.unwrap();
-    let covered: BTreeSet<u64> = ids(letters.into_iter().map(|l| l.event))
+    let covered: BTreeSet<u64> = order_ids(letters.into_iter().map(|l| l.event))
         .into_iter()
-        .chain(ids(healed.events()))
+        .chain(order_ids(healed.events()))
         .collect();
     let missing: Vec<u64> = accepted
         .iter()
@@ -508,16 +398,7 @@ async fn a06_full_disk_while_the_batcher_dead_letters_loses_nothing() {
 async fn a07_stop_while_a_dead_letter_cannot_be_stored_returns() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");
-    let log = SqliteLog::options()
-        .max_size(256 * 1024)
-        .open(&path)
-        .await
-        .unwrap();
-    let bus = Bus::builder()
-        .log(log)
-        .shutdown_timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let bus = capped_bus(&path, 256 * 1024).await;
     let sub = bus
         .subscribe("search", Broken)
         .retry(Retry::never())
@@ -809,7 +690,7 @@ async fn a14_shutdown_racing_notify_on_the_memory_log() {
             accepted.extend(p.await.unwrap());
         }
         accepted.sort_unstable();
-        let mut delivered = ids(seen.events());
+        let mut delivered = order_ids(seen.events());
         delivered.sort_unstable();
         assert!(report.is_clean(), "round {round}: {report:?}");
         assert_eq!(delivered, accepted, "round {round}");
@@ -849,7 +730,7 @@ async fn a15_notify_cancelled_mid_append_at_shutdown() {
             }
             assert!(report.is_clean(), "round {round}: {report:?}");
         }
-        let mut delivered = ids(seen.events());
+        let mut delivered = order_ids(seen.events());
         delivered.sort_unstable();
         accepted.sort_unstable();
         let missing: Vec<u64> = accepted
@@ -868,7 +749,7 @@ async fn a15_notify_cancelled_mid_append_at_shutdown() {
         bus.subscribe("audit", next.clone()).start().await.unwrap();
         within(10, "drain", bus.drain()).await.unwrap();
         bus.shutdown().await;
-        let again: Vec<u64> = ids(next.events())
+        let again: Vec<u64> = order_ids(next.events())
             .into_iter()
             .filter(|id| delivered.binary_search(id).is_ok())
             .collect();
@@ -880,44 +761,6 @@ async fn a15_notify_cancelled_mid_append_at_shutdown() {
 }
 
 // ------------------------------------------------------------- migration
-
-const V1_LAYOUT: &str = "
-    PRAGMA journal_mode = WAL;
-    CREATE TABLE events (position INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
-        version INTEGER NOT NULL, event_id TEXT NOT NULL, payload BLOB NOT NULL,
-        appended_at INTEGER NOT NULL);
-    CREATE TABLE subscriptions (name TEXT PRIMARY KEY, position INTEGER NOT NULL,
-        created_at INTEGER NOT NULL);
-    CREATE TABLE quarantine (subscription TEXT NOT NULL, position INTEGER NOT NULL,
-        name TEXT NOT NULL, version INTEGER NOT NULL, payload BLOB NOT NULL,
-        reason TEXT NOT NULL, quarantined_at INTEGER NOT NULL,
-        PRIMARY KEY (subscription, position));
-    CREATE TABLE retries (subscription TEXT NOT NULL, position INTEGER NOT NULL,
-        attempts INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL,
-        first_failed_at INTEGER NOT NULL, PRIMARY KEY (subscription, position));
-    CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, subscription TEXT NOT NULL,
-        name TEXT NOT NULL, version INTEGER NOT NULL, payload BLOB NOT NULL,
-        errors TEXT NOT NULL, attempts INTEGER NOT NULL,
-        first_failed_at INTEGER NOT NULL, last_failed_at INTEGER NOT NULL);
-    PRAGMA user_version = 1;
-    PRAGMA application_id = 1163280979;
-";
-
-fn v1_file(path: &Path, letters: &[u64]) {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(V1_LAYOUT).unwrap();
-    for &id in letters {
-        conn.execute(
-            "INSERT INTO dead_letters VALUES (?1, 'payments', 'order.placed', 1, ?2,
-                 '[\"card declined\"]', 5, 0, 0)",
-            rusqlite::params![
-                id as i64,
-                serde_json::to_string(&OrderPlaced::new(id * 10)).unwrap()
-            ],
-        )
-        .unwrap();
-    }
-}
 
 fn table_names(path: &Path) -> (i64, Vec<String>, i64) {
     let conn = rusqlite::Connection::open(path).unwrap();
@@ -975,11 +818,11 @@ async fn a16_a_migration_that_fails_part_way_leaves_the_v1_file_whole() {
         .map(|l| l.id)
         .collect();
     assert_eq!(got, [3, 7]);
-    letters_after_migration_get_new_ids(&bus).await;
+    letters_after_migration_get_new_order_ids(&bus).await;
     bus.shutdown().await;
 }
 
-async fn letters_after_migration_get_new_ids(bus: &Bus) {
+async fn letters_after_migration_get_new_order_ids(bus: &Bus) {
     bus.subscribe("payments", Broken)
         .retry(Retry::never())
         .start()
@@ -1165,7 +1008,7 @@ async fn a20_forget_subscription_racing_subscribe() {
         bus.notify(OrderPlaced::new(round * 10 + 1)).await.unwrap();
         within(10, "drain", bus.drain()).await.unwrap();
         assert_eq!(
-            ids(rec.events()),
+            order_ids(rec.events()),
             [round * 10 + 1],
             "round {round}: {forgot:?}"
         );

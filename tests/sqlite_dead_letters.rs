@@ -4,46 +4,18 @@
 
 use eventbus::dead_letter::DeadLetterQuery;
 use eventbus::testing::Recorder;
-use eventbus::{AnyEvent, BoxError, Bus, Consumer, Retry, SqliteLog, StartFrom, event};
+use eventbus::{AnyEvent, BoxError, Bus, Consumer, Retry, SqliteLog, StartFrom};
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-#[event]
-pub struct OrderPlaced {
-    pub order_id: u64,
-}
+mod common;
+
+use common::*;
 
 async fn bus_at(path: &Path) -> Bus {
-    Bus::builder()
-        .log(SqliteLog::open(path).await.unwrap())
-        .shutdown_timeout(Duration::from_millis(300))
-        .build()
-        .unwrap()
-}
-
-/// An order as the log stores it: the event's JSON, metadata included.
-fn stored(order_id: u64) -> String {
-    serde_json::to_string(&OrderPlaced::new(order_id)).unwrap()
-}
-
-fn order_ids(events: impl IntoIterator<Item = AnyEvent>) -> Vec<u64> {
-    events
-        .into_iter()
-        .map(|e| e.downcast_ref::<OrderPlaced>().unwrap().order_id)
-        .collect()
-}
-
-/// Fails every event.
-#[derive(Clone, Default)]
-struct Broken;
-
-impl Consumer for Broken {
-    async fn handle(&self, _event: &AnyEvent) -> Result<(), BoxError> {
-        Err("payment provider unreachable".into())
-    }
+    sqlite_bus(path, Duration::from_millis(300)).await
 }
 
 /// Never returns: a handler stuck on a slow dependency.
@@ -157,38 +129,13 @@ async fn a_replay_that_fails_again_leaves_one_new_letter() {
     bus.shutdown().await;
 }
 
-/// Fails every event while `broken` is set.
-#[derive(Clone, Default)]
-struct Flaky {
-    broken: Arc<AtomicBool>,
-    seen: Recorder,
-}
-
-impl Consumer for Flaky {
-    async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
-        if self.broken.load(SeqCst) {
-            return Err("search cluster unreachable".into());
-        }
-        self.seen.handle(event).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_that_cannot_be_stored_holds_its_event_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");
     let mut accepted = Vec::new();
     {
-        let log = SqliteLog::options()
-            .max_size(256 * 1024)
-            .open(&path)
-            .await
-            .unwrap();
-        let bus = Bus::builder()
-            .log(log)
-            .shutdown_timeout(Duration::from_millis(300))
-            .build()
-            .unwrap();
+        let bus = capped_bus(&path, 256 * 1024).await;
         let flaky = Flaky::default();
         flaky.broken.store(true, SeqCst);
         let search = bus
@@ -309,41 +256,9 @@ async fn dead_letter_ids_are_never_reused() {
 async fn a_file_of_the_first_layout_keeps_its_letters_and_their_ids() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");
-    {
-        // The layout eventbus wrote before dead-letter ids were
-        // AUTOINCREMENT, with one letter at id 7.
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE events (position INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
-                 version INTEGER NOT NULL, event_id TEXT NOT NULL, payload BLOB NOT NULL,
-                 appended_at INTEGER NOT NULL);
-             CREATE TABLE subscriptions (name TEXT PRIMARY KEY, position INTEGER NOT NULL,
-                 created_at INTEGER NOT NULL);
-             CREATE TABLE quarantine (subscription TEXT NOT NULL, position INTEGER NOT NULL,
-                 name TEXT NOT NULL, version INTEGER NOT NULL, payload BLOB NOT NULL,
-                 reason TEXT NOT NULL, quarantined_at INTEGER NOT NULL,
-                 PRIMARY KEY (subscription, position));
-             CREATE TABLE retries (subscription TEXT NOT NULL, position INTEGER NOT NULL,
-                 attempts INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL,
-                 first_failed_at INTEGER NOT NULL, PRIMARY KEY (subscription, position));
-             CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, subscription TEXT NOT NULL,
-                 name TEXT NOT NULL, version INTEGER NOT NULL, payload BLOB NOT NULL,
-                 errors TEXT NOT NULL, attempts INTEGER NOT NULL,
-                 first_failed_at INTEGER NOT NULL, last_failed_at INTEGER NOT NULL);
-             PRAGMA user_version = 1;",
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO dead_letters VALUES (7, 'payments', 'order.placed', 1, ?1,
-                 '[\"card declined\"]', 5, 0, 0)",
-            [stored(70)],
-        )
-        .unwrap();
-        // `EVBS`, eventbus's mark in the header.
-        conn.execute_batch(&format!("PRAGMA application_id = {};", 0x4556_4253))
-            .unwrap();
-    }
+    // The layout eventbus wrote before dead-letter ids were AUTOINCREMENT,
+    // with one letter at id 7.
+    v1_file(&path, &[7]);
     let bus = bus_at(&path).await;
     let letter = bus.dead_letters().get(7).await.unwrap().unwrap();
     assert_eq!(order_ids([letter.event]), [70]);
