@@ -321,4 +321,8 @@ async fn a_panicking_partition_key_dead_letters_the_event_and_goes_on() {
         letters[0].errors,
         ["panicked: partition key: order 0 has no partition"]
     );
+    // One failed attempt, counted where the stats count failures.
+    assert_eq!(letters[0].attempts, 1);
+    let stats = &bus.stats()[0];
+    assert_eq!((stats.failed, stats.dead_lettered), (1, 1));
 }

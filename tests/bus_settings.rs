@@ -134,3 +134,51 @@ async fn a_huge_capacity_does_not_overflow() {
     bus.drain().await.unwrap();
     assert_eq!(all.len(), 10);
 }
+
+#[tokio::test]
+async fn a_batch_size_of_zero_is_refused_at_start() {
+    let bus = Bus::builder().build().unwrap();
+    let sink = eventbus::sink_fn(|_batch: Vec<eventbus::Track>| async { Ok(()) });
+    let consumer = eventbus::ProtocolConsumer::<dyn eventbus::Trackable, _>::new(sink).batch(
+        eventbus::BatchConfig {
+            size: 0,
+            ..Default::default()
+        },
+    );
+    let err = bus
+        .subscribe("analytics", consumer)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SubscribeError::Consumer(_)), "{err:?}");
+    assert_eq!(
+        std::error::Error::source(&err).unwrap().to_string(),
+        "`BatchConfig::size` must be at least 1: it is how many payloads a batch holds"
+    );
+    // Nothing was started: the name is free.
+    bus.subscribe("analytics", Recorder::new())
+        .start()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_concurrency_limit_above_the_capacity_is_refused_with_both_settings() {
+    let bus = Bus::builder().capacity(4096).build().unwrap();
+    let err = bus
+        .subscribe("s", Recorder::new())
+        .concurrent(10_000)
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`concurrent(10000)` is above the bus `capacity` of 4096: events in flight hold their place in the buffer, so at most 4096 could run at once; raise `capacity` to at least 10000 or lower the limit"
+    );
+    // At the capacity it works.
+    bus.subscribe("s", Recorder::new())
+        .concurrent(4096)
+        .start()
+        .await
+        .unwrap();
+}

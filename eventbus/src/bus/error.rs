@@ -110,6 +110,22 @@ pub enum SubscribeError {
     /// `partitioned(0, ..)`.
     #[error("`partitioned` needs at least 1 lane")]
     ZeroLanes,
+    /// `concurrent(n)` above the in-memory bus's capacity: an event in
+    /// flight holds its place in the buffer, so no more than the capacity
+    /// could ever run at once.
+    #[error(
+        "`concurrent({limit})` is above the bus `capacity` of {capacity}: events in flight hold their place in the buffer, so at most {capacity} could run at once; raise `capacity` to at least {limit} or lower the limit"
+    )]
+    ConcurrencyAboveCapacity {
+        /// The `concurrent` limit given.
+        limit: usize,
+        /// The bus's capacity.
+        capacity: usize,
+    },
+    /// The consumer's own settings cannot work, such as a
+    /// `BatchConfig { size: 0, .. }`.
+    #[error("the consumer's settings cannot work")]
+    Consumer(#[source] crate::BoxError),
     /// The bus was shut down.
     #[error("bus is shut down; no new subscriptions")]
     Closed,

@@ -407,7 +407,10 @@ impl Bus {
         &self.inner.dead_letters
     }
 
-    /// How many events were notified so far.
+    /// The log position the next notified event will get: grows by one per
+    /// event accepted. Positions start at 0 on the in-memory log and at 1
+    /// on SQLite (and a durable log keeps counting across restarts), so
+    /// compare two readings rather than reading one as a count.
     pub fn head(&self) -> Position {
         self.inner.log.log.head()
     }

@@ -62,6 +62,18 @@ pub trait Consumer: Send + Sync + 'static {
         crate::Filter::all()
     }
 
+    /// Checks the consumer's own settings when its subscription starts,
+    /// before anything runs, so a setting that cannot work is an error from
+    /// [`start`](crate::SubscriptionBuilder::start) that names it rather
+    /// than a failure later. The default accepts.
+    ///
+    /// # Errors
+    ///
+    /// The setting that cannot work, and why.
+    fn check(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+
     /// Called once when the subscription starts, before the first event.
     fn start(&mut self, context: &Context) {
         let _ = context;
@@ -92,6 +104,10 @@ impl<C: Consumer> Consumer for Arc<C> {
 
     fn handle(&self, event: &AnyEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
         C::handle(self, event)
+    }
+
+    fn check(&self) -> Result<(), BoxError> {
+        C::check(self)
     }
 
     fn interest(&self) -> crate::Filter {

@@ -86,6 +86,11 @@ impl<P: ?Sized + Protocol, S: Sink<P::Output>> ProtocolConsumer<P, S> {
     }
 }
 
+/// Returned when a subscription starts with `BatchConfig { size: 0, .. }`.
+#[derive(Debug, thiserror::Error)]
+#[error("`BatchConfig::size` must be at least 1: it is how many payloads a batch holds")]
+struct ZeroBatchSize;
+
 /// Returned by a [`ProtocolConsumer`] used without a bus.
 #[derive(Debug, thiserror::Error)]
 #[error("protocol consumer was not started by a bus; subscribe it with `Bus::subscribe`")]
@@ -108,6 +113,13 @@ where
 
     fn interest(&self) -> Filter {
         Filter::all().protocol::<P>()
+    }
+
+    fn check(&self) -> Result<(), BoxError> {
+        if self.config.size == 0 {
+            return Err(ZeroBatchSize.into());
+        }
+        Ok(())
     }
 
     fn start(&mut self, context: &Context) {

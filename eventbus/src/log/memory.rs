@@ -236,6 +236,10 @@ impl Log for MemoryLog {
         self.shared.head.load(SeqCst)
     }
 
+    fn capacity(&self) -> Option<usize> {
+        usize::try_from(self.shared.capacity).ok()
+    }
+
     fn open(
         &self,
         _subscription: &str,

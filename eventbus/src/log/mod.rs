@@ -64,7 +64,8 @@ pub trait Log: Send + Sync + Debug + 'static {
     /// stored as the log promises.
     fn append(&self, event: AnyEvent) -> BoxFuture<'_, Result<Position, LogError>>;
 
-    /// The position the next appended event will get.
+    /// The position the next appended event will get. Positions start at
+    /// 0 in memory and at 1 on SQLite, so this is not a count of events.
     fn head(&self) -> Position;
 
     /// Opens a cursor for a subscription. Opening the same name twice is the
@@ -78,6 +79,12 @@ pub trait Log: Send + Sync + Debug + 'static {
     /// Stops accepting events. Cursors still read what was appended before,
     /// then report the end.
     fn close(&self);
+
+    /// How many unfinished events the log holds before the producer waits,
+    /// for a log bounded that way (the in-memory ring). Default `None`.
+    fn capacity(&self) -> Option<usize> {
+        None
+    }
 
     /// Whether the log keeps events across a restart. A subscription on a
     /// durable log flushes its consumer (a batcher's pending payloads)

@@ -21,8 +21,8 @@
 //!   finish in any order. When many events get slots at once, small fan-out
 //!   tasks spawn them, so a burst is spawned by every worker thread rather
 //!   than by the subscription's one task. Events still in flight occupy the
-//!   bus's buffer, so a limit above the bus capacity is capped by the
-//!   capacity.
+//!   bus's buffer, so on the in-memory bus a limit above its capacity is an
+//!   error at [`start`](SubscriptionBuilder::start) that names both.
 //! - [`partitioned(n, key)`](SubscriptionBuilder::partitioned): `n` lanes,
 //!   each sequential; events with the same key stay in order.
 //!
@@ -286,6 +286,15 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
         }
 
         let inner = bus.inner();
+        if let (Mode::Concurrent(limit), Some(capacity)) = (&mode, inner.log.log().capacity())
+            && *limit > capacity
+        {
+            return Err(SubscribeError::ConcurrencyAboveCapacity {
+                limit: *limit,
+                capacity,
+            });
+        }
+        consumer.check().map_err(SubscribeError::Consumer)?;
         {
             let mut subscriptions = inner.subscriptions.lock().expect("subscriptions lock");
             if inner.log.is_closed() {

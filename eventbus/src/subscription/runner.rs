@@ -537,13 +537,18 @@ impl<C: Consumer> Runner<C> {
                         let key = match key {
                             Ok(key) => key,
                             Err(panic) => {
+                                // A key that cannot be computed fails every
+                                // attempt alike: one failed attempt, then
+                                // the dead letters.
+                                counters.failed.fetch_add(1, Relaxed);
+                                deliverer.metrics.failed.increment(1);
                                 let errors = vec![format!(
                                     "panicked: partition key: {}",
                                     panic_message(&*panic)
                                 )];
                                 deliverer
                                     .dead_letters
-                                    .write(event.clone(), errors, 0, Utc::now())
+                                    .write(event.clone(), errors, 1, Utc::now())
                                     .await;
                                 continue;
                             }
