@@ -65,7 +65,7 @@ async fn concurrent_mode_fills_every_slot_and_never_more() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_bursts_respect_the_limit_on_worker_threads() {
     for limit in [1, 7, 32, 100, 5000] {
-        let bus = Bus::builder().capacity(4096).build().unwrap();
+        let bus = Bus::builder().capacity(8192).build().unwrap();
         let probe = Probe::default();
         bus.subscribe("burst", probe.clone())
             .concurrent(limit)
