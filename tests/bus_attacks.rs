@@ -390,10 +390,8 @@ async fn a06_full_disk_while_the_batcher_dead_letters_loses_nothing() {
 }
 
 /// A07: `stop()` of a subscription that waits for a dead letter the full
-/// file cannot take. The stop waits, as documented (the event may not be
-/// released without its letter); a caller that gives up on it leaves a
-/// subscription that `shutdown` still stops at its deadline and reports,
-/// and once every handle is gone the file is free for the next run.
+/// file cannot take: the stop has the bus's deadline, stops it there and
+/// says why it could not finish; the file is free for the next run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a07_stop_while_a_dead_letter_cannot_be_stored_returns() {
     let dir = tempfile::tempdir().unwrap();
@@ -411,18 +409,14 @@ async fn a07_stop_while_a_dead_letter_cannot_be_stored_returns() {
         }
     }
     eventually(30, "stalled", || sub.stats().stalled.is_some()).await;
-    let stopped = tokio::time::timeout(Duration::from_secs(2), sub.stop()).await;
-    assert!(
-        stopped.is_err(),
-        "the stop waits while the letter cannot be stored"
-    );
-    let report = within(10, "shutdown after the stop", bus.shutdown()).await;
+    let report = within(10, "the stop", sub.stop()).await;
     assert_eq!(report.timed_out.len(), 1, "{report:?}");
     let stalled = report.timed_out[0].stalled.as_deref().unwrap_or_default();
     assert!(
         stalled.contains("the database or disk is full"),
         "{report:?}"
     );
+    assert!(within(10, "shutdown", bus.shutdown()).await.is_clean());
     drop((bus, sub));
     let reopened = within(10, "reopen", SqliteLog::open(&path)).await;
     assert!(reopened.is_ok(), "{:?}", reopened.err());
@@ -580,7 +574,7 @@ async fn a11_stop_from_a_handler_in_partitioned_and_sequential_modes() {
         let bus = sqlite_bus(&dir.path().join("events.db"), Duration::from_secs(2)).await;
         let consumer = CallsBack::new(Arc::new(|bus: Bus| {
             async move {
-                assert!(bus.unsubscribe("audit").await);
+                assert!(bus.unsubscribe("audit").await.is_some());
             }
             .boxed()
         }));

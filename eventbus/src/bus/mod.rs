@@ -58,7 +58,7 @@ pub(crate) struct Inner {
     pub(crate) log: LogHandle,
     pub(crate) subscriptions: Mutex<BTreeMap<String, Slot>>,
     pub(crate) dead_letters: DeadLetters,
-    shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
 }
 
 /// A subscription's entry: reserved while its cursor opens, then running,
@@ -118,7 +118,8 @@ async fn finishes_in_time(state: &State, deadline: tokio::time::Instant) -> bool
     }
 }
 
-/// What [`Bus::shutdown`] could not finish within its deadline.
+/// What [`Bus::shutdown`] or a stop could not finish within its deadline,
+/// and the final counters of what it stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
@@ -132,6 +133,9 @@ pub struct ShutdownReport {
     /// background, within the deadline; a later `shutdown` from outside the
     /// handlers waits for them.
     pub still_running: Vec<String>,
+    /// The final counters of every subscription this call stopped, so they
+    /// outlive the subscriptions.
+    pub stats: Vec<SubscriptionStats>,
 }
 
 impl ShutdownReport {
@@ -334,8 +338,8 @@ impl Bus {
             let bus = self.clone();
             tokio::spawn(async move { bus.wait_for_stop(deadline).await });
             return ShutdownReport {
-                timed_out: Vec::new(),
                 still_running,
+                ..ShutdownReport::default()
             };
         }
         self.wait_for_stop(deadline).await
@@ -356,8 +360,18 @@ impl Bus {
     /// Waits for every subscription to end, stopping those still busy at
     /// the deadline, and takes them off the bus.
     async fn wait_for_stop(&self, deadline: tokio::time::Instant) -> ShutdownReport {
+        self.stop_all(self.stopping(), deadline).await
+    }
+
+    /// Waits for `states` to end, stopping those still busy at the
+    /// deadline, takes them off the bus, and reports.
+    async fn stop_all(
+        &self,
+        states: Vec<Arc<State>>,
+        deadline: tokio::time::Instant,
+    ) -> ShutdownReport {
         let mut report = ShutdownReport::default();
-        for state in self.stopping() {
+        for state in states {
             if !finishes_in_time(&state, deadline).await {
                 // The flag stops deliveries at once, wherever they were
                 // spawned; the abort drops the runner and its tasks, and is
@@ -365,17 +379,18 @@ impl Bus {
                 // returns.
                 state.abort().await;
             }
-            // Reported by every shutdown that waited for it, including one
-            // whose own deadline had not passed when another's did.
+            let stats = state.stats(self.head());
+            // Reported by every call that waited for it, including one whose
+            // own deadline had not passed when another's did.
             if state.aborted.load(SeqCst) {
-                let stats = state.stats(self.head());
                 tracing::warn!(
                     subscription = %stats.name,
                     unfinished = stats.lag,
-                    "shutdown deadline passed; subscription stopped with work left",
+                    "deadline passed; subscription stopped with work left",
                 );
-                report.timed_out.push(stats);
+                report.timed_out.push(stats.clone());
             }
+            report.stats.push(stats);
             self.forget(&state);
         }
         report
@@ -399,7 +414,7 @@ impl Bus {
     /// The counters of every running subscription, by name.
     pub fn stats(&self) -> Vec<SubscriptionStats> {
         let head = self.head();
-        self.running().iter().map(|s| s.stats(head)).collect()
+        self.stopping().iter().map(|s| s.stats(head)).collect()
     }
 
     /// The dead letters of every subscription of this bus.
@@ -418,11 +433,16 @@ impl Bus {
     /// Stops the subscription named `name`; see
     /// [`Subscription::stop`](crate::Subscription::stop). Returns whether it
     /// was running.
-    pub async fn unsubscribe(&self, name: &str) -> bool {
-        self.remove(name).await
+    ///
+    /// `None` when no subscription of that name was running; otherwise what
+    /// the stop could not finish within the bus's
+    /// [shutdown timeout](BusBuilder::shutdown_timeout), as for
+    /// [`Subscription::stop`](crate::Subscription::stop).
+    pub async fn unsubscribe(&self, name: &str) -> Option<ShutdownReport> {
+        self.remove(name, self.inner.shutdown_timeout).await
     }
 
-    pub(crate) async fn remove(&self, name: &str) -> bool {
+    pub(crate) async fn remove(&self, name: &str, timeout: Duration) -> Option<ShutdownReport> {
         let state = {
             let mut subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
             match subscriptions.get_mut(name) {
@@ -431,27 +451,27 @@ impl Bus {
                     *slot = Slot::Stopping(Arc::clone(&state));
                     state
                 }
-                _ => return false,
+                _ => return None,
             }
         };
         state.request_stop();
+        let deadline = tokio::time::Instant::now() + timeout;
         if self.handling().is_some() {
             // From inside a handler, waiting could wait on this very
             // handler, or on one that waits for us: the stop completes in
             // the background, and a shutdown still finds it.
             let bus = self.clone();
-            tokio::spawn(async move {
-                state.finished().await;
-                bus.forget(&state);
+            let name = state.name.to_string();
+            tokio::spawn(async move { bus.stop_all(vec![state], deadline).await });
+            return Some(ShutdownReport {
+                still_running: vec![name],
+                ..ShutdownReport::default()
             });
-            return true;
         }
         // Cancel safe: dropped here, the entry stays `Stopping` until a
         // shutdown (or a new subscription under the name, once the runner
         // has ended) takes it.
-        state.finished().await;
-        self.forget(&state);
-        true
+        Some(self.stop_all(vec![state], deadline).await)
     }
 
     fn running(&self) -> Vec<Arc<State>> {

@@ -353,9 +353,20 @@ impl DeadLetters {
     /// [`DiscardError::Store`] when the store cannot be written, and the
     /// letter stays.
     pub async fn discard(&self, id: u64) -> Result<bool, DiscardError> {
-        if self.is_replaying(id) {
+        // Claimed like a replay, so no replay can start on it meanwhile.
+        if !self
+            .inner
+            .replaying
+            .lock()
+            .expect("replaying lock")
+            .insert(id)
+        {
             return Err(DiscardError::InProgress(id));
         }
+        let _claim = Claim {
+            letters: Arc::downgrade(&self.inner),
+            id,
+        };
         self.inner
             .store
             .remove(id)
@@ -377,6 +388,28 @@ impl DeadLetters {
     /// [`ReplayError::InProgress`] when the letter's replay has not finished
     /// yet; [`ReplayError::Store`] when the store cannot be read.
     pub async fn replay(&self, id: u64) -> Result<(), ReplayError> {
+        self.send(id).await
+    }
+
+    /// Claims the letter, then reads it: a letter can leave the store only
+    /// through its claim (a finished replay) or a discard (refused while
+    /// claimed), so one that is there once claimed stays until sent. Read
+    /// before the claim, a copy could be of a letter another replay has
+    /// just finished and removed, and it would be handled twice.
+    async fn send(&self, id: u64) -> Result<(), ReplayError> {
+        if !self
+            .inner
+            .replaying
+            .lock()
+            .expect("replaying lock")
+            .insert(id)
+        {
+            return Err(ReplayError::InProgress(id));
+        }
+        let claim = Claim {
+            letters: Arc::downgrade(&self.inner),
+            id,
+        };
         let letter = self
             .inner
             .store
@@ -384,10 +417,6 @@ impl DeadLetters {
             .await
             .map_err(ReplayError::Store)?
             .ok_or(ReplayError::NotFound(id))?;
-        self.send(letter)
-    }
-
-    fn send(&self, letter: DeadLetter) -> Result<(), ReplayError> {
         let route = self
             .inner
             .routes
@@ -396,22 +425,10 @@ impl DeadLetters {
             .get(&letter.subscription)
             .cloned()
             .ok_or_else(|| ReplayError::NoSubscription(letter.subscription.clone()))?;
-        if !self
-            .inner
-            .replaying
-            .lock()
-            .expect("replaying lock")
-            .insert(letter.id)
-        {
-            return Err(ReplayError::InProgress(letter.id));
-        }
         let replay = Replay {
-            id: letter.id,
+            id,
             event: letter.event,
-            claim: Claim {
-                letters: Arc::downgrade(&self.inner),
-                id: letter.id,
-            },
+            claim,
         };
         route.pending.fetch_add(1, Ordering::SeqCst);
         if route.tx.send(replay).is_err() {
@@ -436,9 +453,11 @@ impl DeadLetters {
         loop {
             let page = self.page(&query).await.map_err(ReplayError::Store)?;
             for letter in page.letters {
-                match self.send(letter) {
+                match self.send(letter.id).await {
                     Ok(()) => sent += 1,
-                    Err(ReplayError::InProgress(_)) => {}
+                    // Being replayed, or replayed and gone since the page
+                    // was read: another call has it.
+                    Err(ReplayError::InProgress(_) | ReplayError::NotFound(_)) => {}
                     Err(err) => return Err(err),
                 }
             }

@@ -457,16 +457,29 @@ impl Subscription {
     }
 
     /// Stops the subscription: it reads no further, finishes the events it
-    /// already took, flushes its consumer and releases its cursor. Events
-    /// notified afterwards are not delivered to it.
+    /// already took, flushes its consumer and releases its cursor, within
+    /// the bus's [shutdown timeout](crate::BusBuilder::shutdown_timeout).
+    /// Still busy at the deadline, it is stopped where it is, as
+    /// [`Bus::shutdown`](crate::Bus::shutdown) does, and the report says so.
+    /// Events notified afterwards are not delivered to it.
     ///
     /// Called from inside a handler of the bus, it returns at once
     /// (waiting could wait for that very handler, or for one waiting on
-    /// it), and the stop completes in the background. If this future is
-    /// dropped before it resolves, the subscription still stops, and
-    /// [`Bus::shutdown`](crate::Bus::shutdown) waits for it.
-    pub async fn stop(&self) {
-        self.bus.remove(&self.state.name).await;
+    /// it) with the subscription in
+    /// [`still_running`](crate::ShutdownReport::still_running), and the
+    /// stop completes in the background. If this future is dropped before
+    /// it resolves, the subscription still stops, and a shutdown waits for
+    /// it. Stopping a subscription that has stopped already reports nothing.
+    pub async fn stop(&self) -> crate::ShutdownReport {
+        self.stop_within(self.bus.inner().shutdown_timeout).await
+    }
+
+    /// [`stop`](Subscription::stop) with a deadline of its own.
+    pub async fn stop_within(&self, timeout: std::time::Duration) -> crate::ShutdownReport {
+        self.bus
+            .remove(&self.state.name, timeout)
+            .await
+            .unwrap_or_default()
     }
 }
 
