@@ -326,3 +326,107 @@ async fn a_panicking_partition_key_dead_letters_the_event_and_goes_on() {
     let stats = &bus.stats()[0];
     assert_eq!((stats.failed, stats.dead_lettered), (1, 1));
 }
+
+/// Records the most calls in flight at once, per partition key (the order
+/// id's parity), and the order of calls; fails while `broken` is set; waits
+/// for a permit per call once `gated`.
+#[derive(Clone)]
+struct Limited {
+    broken: Arc<std::sync::atomic::AtomicBool>,
+    permits: Arc<tokio::sync::Semaphore>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+    order: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Limited {
+    fn new() -> Self {
+        Limited {
+            broken: Arc::default(),
+            permits: Arc::new(tokio::sync::Semaphore::new(0)),
+            in_flight: Arc::default(),
+            peak: Arc::default(),
+            order: Arc::default(),
+        }
+    }
+}
+
+impl Consumer for Limited {
+    async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let order = event.downcast_ref::<PaymentTaken>().unwrap().order_id;
+        if self.broken.load(SeqCst) {
+            return Err("card declined".into());
+        }
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, SeqCst);
+        self.order.lock().unwrap().push(order);
+        self.permits.acquire().await?.forget();
+        self.in_flight.fetch_sub(1, SeqCst);
+        Ok(())
+    }
+}
+
+/// A letter for order 0, then order 1 stuck in its handler, then the replay
+/// of order 0 and order 2: the replay waits its turn like a new event.
+async fn replay_behind_a_running_event(
+    configure: impl FnOnce(
+        eventbus::SubscriptionBuilder<'_, Limited>,
+    ) -> eventbus::SubscriptionBuilder<'_, Limited>,
+) -> Limited {
+    use std::sync::atomic::Ordering::SeqCst;
+    let bus = Bus::builder().build().unwrap();
+    let consumer = Limited::new();
+    configure(
+        bus.subscribe("billing", consumer.clone())
+            .retry(Retry::never()),
+    )
+    .start()
+    .await
+    .unwrap();
+    consumer.broken.store(true, SeqCst);
+    bus.notify(PaymentTaken::new(0)).await.unwrap();
+    bus.drain().await.unwrap();
+    consumer.broken.store(false, SeqCst);
+    let letter = bus.dead_letters().list().await.unwrap().remove(0);
+
+    bus.notify(PaymentTaken::new(1)).await.unwrap();
+    while consumer.order.lock().unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    bus.dead_letters().replay(letter.id).await.unwrap();
+    bus.notify(PaymentTaken::new(2)).await.unwrap();
+    // Give a replay that jumped the queue the time to show itself: it would
+    // start while order 1 is still running. In a correct run nothing more
+    // starts, and the wait just runs out.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while consumer.order.lock().unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    consumer.permits.add_permits(100);
+    bus.drain().await.unwrap();
+    assert_eq!(bus.dead_letters().count().await.unwrap(), 0);
+    bus.shutdown().await;
+    consumer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_takes_a_concurrency_permit_like_a_new_event() {
+    let seen = replay_behind_a_running_event(|s| s.concurrent(1)).await;
+    assert_eq!(seen.peak.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let mut order = seen.order.lock().unwrap().clone();
+    order.sort_unstable();
+    assert_eq!(order, [0, 1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_goes_through_the_lane_of_its_key() {
+    // Every order has the same key: one lane, one at a time, in the order
+    // they reached it.
+    let seen =
+        replay_behind_a_running_event(|s| s.partitioned(4, |_: &AnyEvent| "customer-7")).await;
+    assert_eq!(seen.peak.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(*seen.order.lock().unwrap(), [1, 0, 2]);
+}

@@ -211,7 +211,7 @@ enum Lanes {
         pending: Pending,
     },
     Partitioned {
-        senders: Vec<mpsc::Sender<(Position, AnyEvent)>>,
+        senders: Vec<mpsc::Sender<Work>>,
         tasks: JoinSet<()>,
         key: super::KeyFn,
         watermark: Arc<Watermark>,
@@ -240,6 +240,13 @@ impl Lanes {
             }
         }
     }
+}
+
+/// What a partition lane is handed: an event from the log, or a dead
+/// letter's event replayed into the lane of its key.
+enum Work {
+    Event(Position, AnyEvent),
+    Replay(Replay),
 }
 
 /// How many concurrent deliveries one fan-out task spawns.
@@ -345,6 +352,23 @@ fn report_joined(subscription: &str, joined: Result<(), tokio::task::JoinError>)
     }
 }
 
+/// Runs `work` as a handler of the subscription, unless it is stopped at
+/// a deadline: an abort reaches a task spawned by a fan-out one hop later
+/// than the runner, and until then the flag keeps the consumer from being
+/// resumed. `None` when it was stopped.
+async fn unless_aborted<T>(state: &State, work: impl Future<Output = T>) -> Option<T> {
+    let mut work = pin!(work);
+    state
+        .handling()
+        .scope(poll_fn(|cx| {
+            if state.aborted.load(Relaxed) {
+                return Poll::Ready(None);
+            }
+            work.as_mut().poll(cx).map(Some)
+        }))
+        .await
+}
+
 /// One concurrent delivery, from admission to its finished position.
 async fn deliver_one<C: Consumer>(
     deliverer: Arc<Deliverer<C>>,
@@ -356,21 +380,9 @@ async fn deliver_one<C: Consumer>(
         event,
         permit,
     } = started;
-    // An abort reaches a delivery through its fan-out task, one hop later
-    // than the runner; until then the flag keeps the consumer from being
-    // resumed.
     let state = &deliverer.state;
-    let mut delivery = pin!(deliverer.deliver(Some(position), &event));
-    let delivered = state
-        .handling()
-        .scope(poll_fn(|cx| {
-            if state.aborted.load(Relaxed) {
-                return Poll::Ready(false);
-            }
-            delivery.as_mut().poll(cx).map(|()| true)
-        }))
-        .await;
-    if delivered {
+    let delivered = unless_aborted(state, deliverer.deliver(Some(position), &event)).await;
+    if delivered.is_some() {
         state.counters.in_flight.fetch_sub(1, Relaxed);
         watermark.finish(position);
     }
@@ -397,7 +409,7 @@ impl<C: Consumer> Runner<C> {
                     let _ = ack.send(());
                 }
                 Some(replay) = self.replays.recv() => {
-                    Self::replay(&self.deliverer, replay).await;
+                    self.replay_in(&mut lanes, replay).await;
                 }
                 () = progressed.progressed.notified(), if lanes.watermark().is_some() => {
                     let done = progressed.done(self.read);
@@ -443,22 +455,39 @@ impl<C: Consumer> Runner<C> {
                 let mut tasks = JoinSet::new();
                 let senders = (0..*lanes)
                     .map(|_| {
-                        let (tx, mut rx) = mpsc::channel::<(Position, AnyEvent)>(depth);
+                        let (tx, mut rx) = mpsc::channel::<Work>(depth);
                         let deliverer = Arc::clone(&self.deliverer);
                         let watermark = Arc::clone(&watermark);
                         let handling = deliverer.state.handling();
                         tasks.spawn(handling.scope(async move {
-                            while let Some((pos, event)) = rx.recv().await {
-                                let delivered =
-                                    AssertUnwindSafe(deliverer.deliver(Some(pos), &event))
-                                        .catch_unwind()
-                                        .await;
-                                deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
-                                match delivered {
-                                    Ok(()) => watermark.finish(pos),
-                                    // The lane goes on; the event stays
-                                    // unfinished, like a concurrent one.
-                                    Err(panic) => report_panic(&deliverer.state.name, &*panic),
+                            while let Some(work) = rx.recv().await {
+                                match work {
+                                    Work::Event(pos, event) => {
+                                        let delivered =
+                                            AssertUnwindSafe(deliverer.deliver(Some(pos), &event))
+                                                .catch_unwind()
+                                                .await;
+                                        deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
+                                        match delivered {
+                                            Ok(()) => watermark.finish(pos),
+                                            // The lane goes on; the event stays
+                                            // unfinished, like a concurrent one.
+                                            Err(panic) => {
+                                                report_panic(&deliverer.state.name, &*panic);
+                                            }
+                                        }
+                                    }
+                                    Work::Replay(replay) => {
+                                        let replayed =
+                                            AssertUnwindSafe(Self::replay(&deliverer, replay))
+                                                .catch_unwind()
+                                                .await;
+                                        deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
+                                        // The letter stays; the lane goes on.
+                                        if let Err(panic) = replayed {
+                                            report_panic(&deliverer.state.name, &*panic);
+                                        }
+                                    }
                                 }
                             }
                         }));
@@ -556,7 +585,11 @@ impl<C: Consumer> Runner<C> {
                         let lane = (key % senders.len() as u64) as usize;
                         watermark.start(pos);
                         counters.in_flight.fetch_add(1, Relaxed);
-                        if senders[lane].send((pos, event.clone())).await.is_err() {
+                        if senders[lane]
+                            .send(Work::Event(pos, event.clone()))
+                            .await
+                            .is_err()
+                        {
                             // Lanes end only when the runner drops them, so
                             // this is a lane task that died; say so loudly
                             // rather than stall the subscription.
@@ -672,14 +705,80 @@ impl<C: Consumer> Runner<C> {
     /// Hands a dead letter's event to the consumer again; the letter goes
     /// once that finished, and stays if this is cut short.
     async fn replay(deliverer: &Deliverer<C>, replay: Replay) {
+        let _counted = ReplayDone(&deliverer.state);
         deliverer.deliver(None, &replay.event).await;
         // A batching consumer has only queued the payload: the letter goes
         // once its sink has it (or has dead-lettered it again).
         Self::flush_consumer(deliverer).await;
         replay.finish().await;
-        let state = &deliverer.state;
-        state.replays.fetch_sub(1, SeqCst);
-        state.done.send_modify(|_| {});
+    }
+
+    /// Hands a replay to the subscription's mode, as a new event would be:
+    /// in sequential mode here, in concurrent mode as a task holding one of
+    /// the permits, in partitioned mode to the lane of its key, behind the
+    /// events of that key already there.
+    async fn replay_in(&mut self, lanes: &mut Lanes, replay: Replay) {
+        let deliverer = Arc::clone(&self.deliverer);
+        let counters = &deliverer.state.counters;
+        match lanes {
+            Lanes::Sequential => Self::replay(&deliverer, replay).await,
+            Lanes::Concurrent {
+                permits,
+                tasks,
+                pending,
+                watermark,
+            } => {
+                // Whatever already holds a permit starts first.
+                pending.launch(tasks, &deliverer, watermark);
+                let permit = Arc::clone(permits)
+                    .acquire_owned()
+                    .await
+                    .expect("the runner never closes its semaphore");
+                counters.in_flight.fetch_add(1, Relaxed);
+                tasks.spawn(async move {
+                    let state = &deliverer.state;
+                    if unless_aborted(state, Self::replay(&deliverer, replay))
+                        .await
+                        .is_some()
+                    {
+                        state.counters.in_flight.fetch_sub(1, Relaxed);
+                    }
+                    drop(permit);
+                });
+            }
+            Lanes::Partitioned { senders, key, .. } => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| key(&replay.event))) {
+                    Ok(key) => {
+                        let lane = (key % senders.len() as u64) as usize;
+                        counters.in_flight.fetch_add(1, Relaxed);
+                        if let Err(refused) = senders[lane].send(Work::Replay(replay)).await {
+                            // A lane that died; run it here rather than lose
+                            // the replay's place in the count.
+                            counters.in_flight.fetch_sub(1, Relaxed);
+                            if let Work::Replay(replay) = refused.0 {
+                                Self::replay(&deliverer, replay).await;
+                            }
+                        }
+                    }
+                    Err(panic) => {
+                        // As for a new event: one failed attempt, then a new
+                        // letter; the old one goes with the finished replay.
+                        let _counted = ReplayDone(&deliverer.state);
+                        counters.failed.fetch_add(1, Relaxed);
+                        deliverer.metrics.failed.increment(1);
+                        let errors = vec![format!(
+                            "panicked: partition key: {}",
+                            panic_message(&*panic)
+                        )];
+                        deliverer
+                            .dead_letters
+                            .write(replay.event.clone(), errors, 1, Utc::now())
+                            .await;
+                        replay.finish().await;
+                    }
+                }
+            }
+        }
     }
 
     /// A panicking flush is logged, not allowed to end the subscription.
@@ -723,5 +822,16 @@ impl Backoff {
     /// Forgets the failures; returns whether there were any.
     fn reset(&mut self) -> bool {
         self.next.take().is_some()
+    }
+}
+
+/// Counts a replay as finished when it goes, however it goes (a panic in a
+/// lane included), so `drain` never waits on a replay that will not end.
+struct ReplayDone<'a>(&'a State);
+
+impl Drop for ReplayDone<'_> {
+    fn drop(&mut self) {
+        self.0.replays.fetch_sub(1, SeqCst);
+        self.0.done.send_modify(|_| {});
     }
 }
