@@ -372,7 +372,11 @@ impl Bus {
     ) -> ShutdownReport {
         let mut report = ShutdownReport::default();
         for state in states {
+            // What was left is counted before the stop, which drops the
+            // replays and deliveries it cuts short.
+            let mut left = None;
             if !finishes_in_time(&state, deadline).await {
+                left = Some(state.stats(self.head()));
                 // The flag stops deliveries at once, wherever they were
                 // spawned; the abort drops the runner and its tasks, and is
                 // waited for, so nothing of the subscription runs once this
@@ -383,12 +387,13 @@ impl Bus {
             // Reported by every call that waited for it, including one whose
             // own deadline had not passed when another's did.
             if state.aborted.load(SeqCst) {
+                let left = left.unwrap_or_else(|| stats.clone());
                 tracing::warn!(
-                    subscription = %stats.name,
-                    unfinished = stats.lag,
+                    subscription = %left.name,
+                    unfinished = left.lag,
                     "deadline passed; subscription stopped with work left",
                 );
-                report.timed_out.push(stats.clone());
+                report.timed_out.push(left);
             }
             report.stats.push(stats);
             self.forget(&state);
