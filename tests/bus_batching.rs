@@ -4,6 +4,7 @@
 
 use eventbus::{
     BatchConfig, BoxError, Bus, ProtocolConsumer, Retry, Sink, Track, Trackable, event, register,
+    sink_fn,
 };
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -195,4 +196,59 @@ async fn a_closure_sink_works_like_a_sink_type() {
     }
     bus.drain().await.unwrap();
     assert_eq!(*seen.lock().unwrap(), [2, 2, 1]);
+}
+
+/// Collects what a tracing subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn dropping_a_bus_with_unwritten_batches_says_so() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let bus = Bus::builder().build().unwrap();
+            let sink = sink_fn(|_batch: Vec<Track>| async { Ok(()) });
+            let tracking = ProtocolConsumer::<dyn Trackable, _>::new(sink).batch(BatchConfig {
+                size: 100,
+                timeout: Duration::from_secs(3600),
+                retry: Retry::never(),
+            });
+            let sub = bus.subscribe("tracking", tracking).start().await.unwrap();
+            for id in 0..3 {
+                bus.notify(PageViewed::new(id)).await.unwrap();
+            }
+            while sub.stats().delivered < 3 {
+                tokio::task::yield_now().await;
+            }
+            // The service returns without `shutdown`.
+        });
+        drop(runtime);
+    });
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.contains("batched payloads were dropped without being written")
+            && log.contains("unwritten=3"),
+        "{log}"
+    );
 }

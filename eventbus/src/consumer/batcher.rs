@@ -203,21 +203,43 @@ impl<T: Send + 'static> Batcher<T> {
     }
 }
 
+/// The payloads a batcher holds and has not written. Dropped with some
+/// still in it, the batcher's task was cut off (the bus dropped or the
+/// runtime shut down without `shutdown()`): say so, since they are gone.
+struct Unwritten<T> {
+    events: Vec<AnyEvent>,
+    payloads: Vec<T>,
+}
+
+impl<T> Drop for Unwritten<T> {
+    fn drop(&mut self) {
+        if !self.payloads.is_empty() {
+            tracing::warn!(
+                unwritten = self.payloads.len(),
+                "batched payloads were dropped without being written: the bus was dropped, or the runtime shut down, without `Bus::shutdown`",
+            );
+        }
+    }
+}
+
 async fn run<T, S: Sink<T>>(
     mut rx: mpsc::Receiver<Message<T>>,
     sink: Arc<S>,
     config: BatchConfig,
     dead_letters: DeadLetterWriter,
 ) {
-    let mut events = Vec::with_capacity(config.size.min(1024));
-    let mut payloads = Vec::with_capacity(config.size.min(1024));
+    let mut buffer = Unwritten {
+        events: Vec::with_capacity(config.size.min(1024)),
+        payloads: Vec::with_capacity(config.size.min(1024)),
+    };
+    let Unwritten { events, payloads } = &mut buffer;
     let mut deadline: Option<Instant> = None;
     loop {
         let message = match deadline {
             Some(at) => tokio::select! {
                 message = rx.recv() => message,
                 () = tokio::time::sleep_until(at) => {
-                    write(&*sink, &config, &dead_letters, &mut events, &mut payloads).await;
+                    write(&*sink, &config, &dead_letters, events, payloads).await;
                     deadline = None;
                     continue;
                 }
@@ -232,17 +254,17 @@ async fn run<T, S: Sink<T>>(
                     deadline = Some(Instant::now() + config.timeout);
                 }
                 if payloads.len() >= config.size {
-                    write(&*sink, &config, &dead_letters, &mut events, &mut payloads).await;
+                    write(&*sink, &config, &dead_letters, events, payloads).await;
                     deadline = None;
                 }
             }
             Some(Message::Flush(ack)) => {
-                write(&*sink, &config, &dead_letters, &mut events, &mut payloads).await;
+                write(&*sink, &config, &dead_letters, events, payloads).await;
                 deadline = None;
                 let _ = ack.send(());
             }
             None => {
-                write(&*sink, &config, &dead_letters, &mut events, &mut payloads).await;
+                write(&*sink, &config, &dead_letters, events, payloads).await;
                 return;
             }
         }

@@ -1,7 +1,8 @@
 //! Consumers: where side effects happen.
 //!
 //! A [`Consumer`] handles the events of one subscription. Write one by
-//! implementing the trait, wrap a closure with [`consumer_fn`], or use a
+//! implementing the trait, wrap a closure with [`consumer_fn`] (or
+//! [`consumer_fn_with`], which hands it a clone of your state), or use a
 //! [`ProtocolConsumer`], the base consumer of a protocol, which turns events
 //! into payloads and hands them to a [`Sink`] in batches.
 //!
@@ -185,5 +186,64 @@ where
 {
     fn handle(&self, event: &AnyEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
         (self.f)(event.clone())
+    }
+}
+
+/// A consumer made from an async closure that gets its own clone of `state`
+/// with each event: a connection pool, a client, an `Arc` of your own. One
+/// clone at the call site is all it takes, where [`consumer_fn`] needs one
+/// outside the closure and one inside it.
+///
+/// # Examples
+///
+/// ```
+/// use eventbus::{AnyEvent, consumer_fn_with};
+/// use std::sync::{Arc, Mutex};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = eventbus::Bus::builder().build()?;
+/// let audit_log: Arc<Mutex<Vec<String>>> = Arc::default();
+/// bus.subscribe(
+///     "audit",
+///     consumer_fn_with(Arc::clone(&audit_log), |log, event: AnyEvent| async move {
+///         log.lock().unwrap().push(event.name().to_owned());
+///         Ok(())
+///     }),
+/// )
+/// .start()
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub fn consumer_fn_with<S, F, Fut>(state: S, f: F) -> FnWithConsumer<S, F>
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S, AnyEvent) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send,
+{
+    FnWithConsumer { state, f }
+}
+
+/// The consumer [`consumer_fn_with`] returns.
+#[derive(Clone)]
+pub struct FnWithConsumer<S, F> {
+    state: S,
+    f: F,
+}
+
+impl<S, F> fmt::Debug for FnWithConsumer<S, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnWithConsumer").finish_non_exhaustive()
+    }
+}
+
+impl<S, F, Fut> Consumer for FnWithConsumer<S, F>
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S, AnyEvent) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send,
+{
+    fn handle(&self, event: &AnyEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (self.f)(self.state.clone(), event.clone())
     }
 }
