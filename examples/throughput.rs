@@ -8,10 +8,13 @@
 //!
 //! - Throughput: 1 producer, K no-op subscriptions, lossless. Baselines: one
 //!   bounded `tokio::sync::mpsc` (capacity 1024) per subscriber with the
-//!   producer awaiting each send, and the same carrying batches of 1000.
-//!   Events are created before the clock starts, for every implementation.
-//! - Latency: K = 4, a steady 50,000 events/s, from just before `notify` (or
-//!   `send`) to the handler.
+//!   producer awaiting each send, and the same carrying batches of 1000,
+//!   both making each event inside the timed loop. The bus runs twice: with
+//!   its events made before the clock starts (the log alone), and made inside
+//!   the loop, which is what a producer pays.
+//! - Latency: K = 4, a steady 50,000 events/s, from just before the event is
+//!   made to the handler; the producer runs as a Tokio task and then on its
+//!   own OS thread, for the bus and for the mpsc baseline alike.
 //! - Memory: peak RSS while 10,000,000 events are offered to a bus of
 //!   capacity 4096 with one stalled subscription and one that keeps up.
 
@@ -84,47 +87,109 @@ fn main() {
         args.events, args.runs
     );
     println!(
-        "| K | mpsc(1024) per event | mpsc, batches of 1000 | eventbus | eventbus / per-event mpsc |"
+        "| K | mpsc(1024) per event | mpsc, batches of 1000 | eventbus, events made before the clock | eventbus, events made in the loop | made before / per-event mpsc | made in the loop / per-event mpsc |"
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     let events: Vec<AnyEvent> = (0..args.events as u64)
         .map(|n| Tick::new(n).into())
         .collect();
     for k in [1, 4, 16] {
-        let per_event = median(args.runs, || rt.block_on(mpsc_per_event(&events, k)));
-        let batched = median(args.runs, || rt.block_on(mpsc_batched(&events, k)));
-        let bus = median(args.runs, || rt.block_on(bus_throughput(&events, k)));
-        let rate = |d: Duration| (events.len() * k) as f64 / d.as_secs_f64() / 1e6;
+        // One run of each in turn, so noise from other processes spreads
+        // over every column instead of landing on one.
+        let mut runs: [Vec<Duration>; 4] = Default::default();
+        for _ in 0..args.runs {
+            runs[0].push(rt.block_on(mpsc_per_event(args.events, k)));
+            runs[1].push(rt.block_on(mpsc_batched(args.events, k)));
+            runs[2].push(rt.block_on(bus_premade(&events, k)));
+            runs[3].push(rt.block_on(bus_made_in_loop(args.events, k)));
+        }
+        let [per_event, batched, premade, in_loop] = runs.map(median);
+        let rate = |d: Duration| (args.events * k) as f64 / d.as_secs_f64() / 1e6;
         println!(
-            "| {k} | {:.1} | {:.1} | {:.1} | {:.2}x |",
+            "| {k} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x |",
             rate(per_event),
             rate(batched),
-            rate(bus),
-            per_event.as_secs_f64() / bus.as_secs_f64(),
+            rate(premade),
+            rate(in_loop),
+            per_event.as_secs_f64() / premade.as_secs_f64(),
+            per_event.as_secs_f64() / in_loop.as_secs_f64(),
         );
     }
     drop(events);
 
     println!();
     println!(
-        "Latency: K = 4, {} events at a steady 50,000 events/s, notify to handler",
-        args.latency_events
+        "Latency: K = 4, {} events at a steady 50,000 events/s, event made to handler, median of {} run(s) each",
+        args.latency_events, args.runs
     );
-    println!("| implementation | p50 | p99 | max |");
-    println!("| --- | --- | --- | --- |");
-    let (p50, p99, max) = rt.block_on(latency_mpsc(args.latency_events));
-    println!("| tokio mpsc(1024) per consumer | {p50:?} | {p99:?} | {max:?} |");
-    let (p50, p99, max) = rt.block_on(latency_bus(args.latency_events));
-    println!("| eventbus | {p50:?} | {p99:?} | {max:?} |");
+    println!("| implementation | producer | p50 | p99 | max |");
+    println!("| --- | --- | --- | --- | --- |");
+    for producer in [Producer::Task, Producer::Thread] {
+        let mut mpsc = Vec::new();
+        let mut bus = Vec::new();
+        for _ in 0..args.runs {
+            mpsc.push(rt.block_on(latency_mpsc(args.latency_events, producer)));
+            bus.push(rt.block_on(latency_bus(args.latency_events, producer)));
+        }
+        for (label, runs) in [("tokio mpsc(1024) per consumer", mpsc), ("eventbus", bus)] {
+            let (p50, p99, max) = median_percentiles(runs);
+            println!(
+                "| {label} | {} | {p50:.1?} | {p99:.1?} | {max:.1?} |",
+                producer.label()
+            );
+        }
+    }
 }
 
-fn median(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    let mut times: Vec<Duration> = (0..runs).map(|_| f()).collect();
+/// Where the latency benchmark's producer runs.
+#[derive(Clone, Copy)]
+enum Producer {
+    /// A task on the runtime, next to the consumers: the common case.
+    Task,
+    /// Its own OS thread, paced by spinning, entering the runtime only
+    /// through `Handle::block_on`: a producer outside the runtime, such as
+    /// a synchronous library calling in.
+    Thread,
+}
+
+impl Producer {
+    fn label(self) -> &'static str {
+        match self {
+            Producer::Task => "a Tokio task",
+            Producer::Thread => "its own thread",
+        }
+    }
+
+    /// Runs `produce` where this producer runs, and waits for it.
+    async fn run<F>(self, produce: impl FnOnce() -> F + Send + 'static)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match self {
+            Producer::Task => tokio::spawn(produce()).await.expect("producer"),
+            Producer::Thread => {
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || handle.block_on(produce()))
+                    .await
+                    .expect("producer");
+            }
+        }
+    }
+}
+
+/// Each percentile's median over the runs.
+fn median_percentiles(runs: Vec<(Duration, Duration, Duration)>) -> (Duration, Duration, Duration) {
+    let column =
+        |f: fn(&(Duration, Duration, Duration)) -> Duration| median(runs.iter().map(f).collect());
+    (column(|r| r.0), column(|r| r.1), column(|r| r.2))
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
     times[times.len() / 2]
 }
 
-async fn mpsc_per_event(events: &[AnyEvent], k: usize) -> Duration {
+async fn mpsc_per_event(n: usize, k: usize) -> Duration {
     let (txs, consumers): (Vec<_>, Vec<_>) = (0..k)
         .map(|_| {
             let (tx, mut rx) = mpsc::channel::<AnyEvent>(1024);
@@ -137,7 +202,8 @@ async fn mpsc_per_event(events: &[AnyEvent], k: usize) -> Duration {
         })
         .unzip();
     let start = Instant::now();
-    for event in events {
+    for n in 0..n as u64 {
+        let event: AnyEvent = Tick::new(n).into();
         for tx in &txs {
             tx.send(event.clone()).await.expect("consumer alive");
         }
@@ -149,7 +215,7 @@ async fn mpsc_per_event(events: &[AnyEvent], k: usize) -> Duration {
     start.elapsed()
 }
 
-async fn mpsc_batched(events: &[AnyEvent], k: usize) -> Duration {
+async fn mpsc_batched(n: usize, k: usize) -> Duration {
     let (txs, consumers): (Vec<_>, Vec<_>) = (0..k)
         .map(|_| {
             let (tx, mut rx) = mpsc::channel::<Arc<[AnyEvent]>>(1024);
@@ -164,8 +230,13 @@ async fn mpsc_batched(events: &[AnyEvent], k: usize) -> Duration {
         })
         .unzip();
     let start = Instant::now();
-    for chunk in events.chunks(1000) {
-        let batch: Arc<[AnyEvent]> = chunk.into();
+    let mut made = 0;
+    while made < n {
+        let len = 1000.min(n - made);
+        let batch: Arc<[AnyEvent]> = (made..made + len)
+            .map(|n| Tick::new(n as u64).into())
+            .collect();
+        made += len;
         for tx in &txs {
             tx.send(Arc::clone(&batch)).await.expect("consumer alive");
         }
@@ -177,7 +248,8 @@ async fn mpsc_batched(events: &[AnyEvent], k: usize) -> Duration {
     start.elapsed()
 }
 
-async fn bus_throughput(events: &[AnyEvent], k: usize) -> Duration {
+/// A bus with `k` no-op subscriptions, ready for the clock.
+async fn bus_with(k: usize) -> Bus {
     let bus = Bus::builder().build().expect("bus");
     for i in 0..k {
         bus.subscribe(format!("noop-{i}"), Noop)
@@ -185,6 +257,11 @@ async fn bus_throughput(events: &[AnyEvent], k: usize) -> Duration {
             .await
             .expect("subscribe");
     }
+    bus
+}
+
+async fn bus_premade(events: &[AnyEvent], k: usize) -> Duration {
+    let bus = bus_with(k).await;
     let start = Instant::now();
     for event in events {
         bus.notify(event.clone()).await.expect("notify");
@@ -195,8 +272,21 @@ async fn bus_throughput(events: &[AnyEvent], k: usize) -> Duration {
     elapsed
 }
 
+async fn bus_made_in_loop(n: usize, k: usize) -> Duration {
+    let bus = bus_with(k).await;
+    let start = Instant::now();
+    for n in 0..n as u64 {
+        bus.notify(Tick::new(n)).await.expect("notify");
+    }
+    bus.drain().await.unwrap();
+    let elapsed = start.elapsed();
+    bus.shutdown().await;
+    elapsed
+}
+
 /// Paces a producer at 50,000 events/s without sleeping past the deadline:
-/// Tokio's timer has millisecond resolution, so wait by yielding.
+/// Tokio's timer has millisecond resolution, so wait by yielding (on a
+/// thread of its own, `block_on` turns that into spinning).
 async fn pace(start: Instant, i: usize) {
     let due = start + Duration::from_micros(20 * i as u64);
     while Instant::now() < due {
@@ -214,7 +304,7 @@ fn nanos_since(origin: Instant) -> u64 {
     origin.elapsed().as_nanos() as u64
 }
 
-async fn latency_mpsc(n: usize) -> (Duration, Duration, Duration) {
+async fn latency_mpsc(n: usize, producer: Producer) -> (Duration, Duration, Duration) {
     let origin = Instant::now();
     let (txs, consumers): (Vec<_>, Vec<_>) = (0..4)
         .map(|_| {
@@ -230,15 +320,18 @@ async fn latency_mpsc(n: usize) -> (Duration, Duration, Duration) {
             (tx, consumer)
         })
         .unzip();
-    let start = Instant::now();
-    for i in 0..n {
-        pace(start, i).await;
-        let event: AnyEvent = Stamped::new(nanos_since(origin)).into();
-        for tx in &txs {
-            tx.send(event.clone()).await.expect("consumer alive");
-        }
-    }
-    drop(txs);
+    producer
+        .run(move || async move {
+            let start = Instant::now();
+            for i in 0..n {
+                pace(start, i).await;
+                let event: AnyEvent = Stamped::new(nanos_since(origin)).into();
+                for tx in &txs {
+                    tx.send(event.clone()).await.expect("consumer alive");
+                }
+            }
+        })
+        .await;
     let mut samples = Vec::new();
     for c in consumers {
         samples.extend(c.await.expect("consumer"));
@@ -260,7 +353,7 @@ impl Consumer for LatencyProbe {
     }
 }
 
-async fn latency_bus(n: usize) -> (Duration, Duration, Duration) {
+async fn latency_bus(n: usize, producer: Producer) -> (Duration, Duration, Duration) {
     let origin = Instant::now();
     let bus = Bus::builder().build().expect("bus");
     let probes: Vec<Arc<LatencyProbe>> = (0..4)
@@ -277,13 +370,19 @@ async fn latency_bus(n: usize) -> (Duration, Duration, Duration) {
             .await
             .expect("subscribe");
     }
-    let start = Instant::now();
-    for i in 0..n {
-        pace(start, i).await;
-        bus.notify(Stamped::new(nanos_since(origin)))
-            .await
-            .expect("notify");
-    }
+    let producing = bus.clone();
+    producer
+        .run(move || async move {
+            let start = Instant::now();
+            for i in 0..n {
+                pace(start, i).await;
+                producing
+                    .notify(Stamped::new(nanos_since(origin)))
+                    .await
+                    .expect("notify");
+            }
+        })
+        .await;
     bus.drain().await.unwrap();
     bus.shutdown().await;
     let samples = probes

@@ -55,29 +55,75 @@ fn ids_are_unique_and_ordered_by_time() {
     );
 }
 
-/// Several threads create events at once, as producers do, so the ids
-/// come from one shared context in an order the threads race for.
-#[test]
-fn the_id_carries_the_time_of_the_event() {
-    let threads: Vec<_> = (0..4)
+/// Makes `per_thread` events on each of `threads` threads at once and
+/// returns each thread's metadata in creation order.
+fn made_at_once(threads: usize, per_thread: usize) -> Vec<Vec<eventbus::Meta>> {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
         .map(|_| {
-            std::thread::spawn(|| {
-                for _ in 0..20_000 {
-                    let meta = CacheCleared::new().meta().clone();
-                    let (secs, nanos) = meta.id.get_timestamp().expect("a v7 id").to_unix();
-                    let id_millis = secs * 1000 + u64::from(nanos / 1_000_000);
-                    assert_eq!(
-                        id_millis,
-                        u64::try_from(meta.occurred_at.timestamp_millis()).unwrap(),
-                        "{meta:?}"
-                    );
-                }
+            let start = std::sync::Arc::clone(&start);
+            std::thread::spawn(move || {
+                start.wait();
+                (0..per_thread)
+                    .map(|_| CacheCleared::new().meta().clone())
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
-    for thread in threads {
-        thread.join().unwrap();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Each thread makes its own ids: they increase on every thread, even
+/// within one millisecond, and no two threads make the same one.
+#[test]
+fn ids_increase_per_thread_and_never_repeat_across_threads() {
+    let made = made_at_once(4, 50_000);
+    for (thread, metas) in made.iter().enumerate() {
+        assert!(
+            metas.windows(2).all(|w| w[0].id < w[1].id),
+            "thread {thread}: ids sort in creation order"
+        );
     }
+    let all: std::collections::HashSet<_> = made.iter().flatten().map(|m| m.id).collect();
+    assert_eq!(all.len(), 4 * 50_000, "no id is made twice");
+    for meta in made.iter().flatten() {
+        assert_eq!(meta.id.get_version_num(), 7, "{meta:?}");
+        assert_eq!(
+            meta.id.get_variant(),
+            eventbus::Uuid::now_v7().get_variant(),
+            "RFC 9562 variant: {meta:?}"
+        );
+    }
+}
+
+/// Several threads create events at once, as producers do; each id's
+/// millisecond is its event's `occurred_at`, read from the same clock
+/// read.
+#[test]
+fn the_id_carries_the_time_of_the_event() {
+    for meta in made_at_once(4, 20_000).iter().flatten() {
+        let (secs, nanos) = meta.id.get_timestamp().expect("a v7 id").to_unix();
+        let id_millis = secs * 1000 + u64::from(nanos / 1_000_000);
+        assert_eq!(
+            id_millis,
+            u64::try_from(meta.occurred_at.timestamp_millis()).unwrap(),
+            "{meta:?}"
+        );
+    }
+}
+
+/// Across threads, ids sort by their millisecond: sorted by id, the events
+/// of several threads are sorted by `occurred_at`'s millisecond.
+#[test]
+fn ids_from_later_milliseconds_sort_after_earlier_ones() {
+    let made = made_at_once(2, 20_000);
+    let mut all: Vec<_> = made.into_iter().flatten().collect();
+    all.sort_by_key(|m| m.id);
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].occurred_at.timestamp_millis() <= w[1].occurred_at.timestamp_millis()),
+        "sorting by id sorts by millisecond"
+    );
 }
 
 #[test]

@@ -1,10 +1,9 @@
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::sync::{Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
-use uuid::timestamp::context::ContextV7;
-use uuid::{Timestamp, Uuid};
+use std::cell::Cell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
 
 /// The standard metadata every event carries, in its `meta` field.
 ///
@@ -33,8 +32,12 @@ use uuid::{Timestamp, Uuid};
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
-    /// Unique and time-ordered (UUIDv7): ids created later in a process sort
-    /// after earlier ones.
+    /// Unique and time-ordered (UUIDv7): ids created later on one thread sort
+    /// after earlier ones; across threads, ids of a later millisecond sort
+    /// after those of an earlier one (within one millisecond, the ids of two
+    /// threads have no set order). The id's millisecond is `occurred_at`'s,
+    /// unless the clock stepped back while the thread made events: its ids
+    /// keep increasing and then run ahead of `occurred_at`.
     pub id: Uuid,
     /// The event's stable name, such as `user.created`.
     pub name: Cow<'static, str>,
@@ -61,32 +64,28 @@ impl Meta {
     ///
     /// `#[event]` constructors call this; call it yourself only when you build
     /// an event with a struct literal.
+    // Inline across crates, so the metadata is built in place inside the
+    // event instead of being returned and copied into it.
+    #[inline]
     #[must_use]
     pub fn new(name: &'static str, version: u32, source: &'static str) -> Self {
         // One clock read serves both the id and `occurred_at`, so the time in
-        // the id is the time of the event. The ids come from one context per
-        // process, as `Uuid::now_v7`'s do: they increase even within a
-        // millisecond, and keep increasing if the clock steps back (then,
-        // and only then, the id's time runs ahead of `occurred_at`).
-        // The clock is read under the lock, so two threads cannot take
-        // their times in one order and their ids in the other.
-        static IDS: Mutex<ContextV7> = Mutex::new(ContextV7::new());
-        let (id, now) = {
-            let context = IDS.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = SystemTime::now();
-            let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-            let id = Uuid::new_v7(Timestamp::from_unix(
-                &*context,
-                since_epoch.as_secs(),
-                since_epoch.subsec_nanos(),
-            ));
-            (id, now)
-        };
+        // the id is the time of the event.
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let (id, occurred_at) = IDS.with(|cell| {
+            let mut ids = cell.get();
+            let id = ids.next(since_epoch);
+            let occurred_at = ids.date_time(since_epoch);
+            cell.set(ids);
+            (id, occurred_at)
+        });
         Meta {
             id,
             name: Cow::Borrowed(name),
             version,
-            occurred_at: DateTime::<Utc>::from(now),
+            occurred_at,
             actor: None,
             correlation_id: id,
             causation_id: None,
@@ -100,5 +99,135 @@ impl Meta {
     pub fn link_to(&mut self, cause: &Meta) {
         self.causation_id = Some(cause.id);
         self.correlation_id = cause.correlation_id;
+    }
+}
+
+thread_local! {
+    // One generator per thread, not one per process: a shared one costs a
+    // lock and a contended cache line per event, so making events got
+    // slower as a service added threads.
+    static IDS: Cell<Ids> = const { Cell::new(Ids::UNSEEDED) };
+}
+
+/// The UUIDv7 ids of one thread, built as RFC 9562 lays them out: 48 bits
+/// of Unix milliseconds, the version, 42 bits of counter, the variant and
+/// 32 random bits.
+///
+/// The counter makes the ids of a thread strictly increase even within a
+/// millisecond; it starts at a random value below 2^41 each millisecond, so
+/// it has room for 2^41 ids before it would carry into the time. The random
+/// start and the random 32-bit tail of every id keep two threads' ids
+/// apart: two ids of one millisecond collide only if both match. Nothing
+/// here is a secret: the random bits come from a fast generator, seeded
+/// once per thread from the operating system's (through `uuid`).
+#[derive(Clone, Copy)]
+struct Ids {
+    /// Unix milliseconds of the last id; 0 before the first.
+    millis: u64,
+    counter: u64,
+    /// wyrand state; 0 until seeded.
+    rng: u64,
+    /// The day `date` is for, as days since the Unix epoch.
+    day: u64,
+    /// Midnight of `day`: a `DateTime` built from it and the seconds since
+    /// midnight skips chrono's calendar arithmetic, which cost as much as
+    /// the clock read.
+    date: NaiveDate,
+}
+
+const COUNTER_BITS: u32 = 42;
+const COUNTER_MAX: u64 = (1 << COUNTER_BITS) - 1;
+
+impl Ids {
+    const UNSEEDED: Ids = Ids {
+        millis: 0,
+        counter: 0,
+        rng: 0,
+        day: u64::MAX,
+        date: NaiveDate::MIN,
+    };
+
+    fn next(&mut self, since_epoch: Duration) -> Uuid {
+        let now = since_epoch.as_secs() * 1000 + u64::from(since_epoch.subsec_millis());
+        // One draw serves both: its high half is the id's random tail, its
+        // low 41 bits a new millisecond's counter start.
+        let random = self.random();
+        if now > self.millis {
+            self.millis = now;
+            self.counter = random & (COUNTER_MAX >> 1);
+        } else if self.counter < COUNTER_MAX {
+            // The same millisecond, or the clock stepped back: count on from
+            // the last id, so this thread's ids still increase.
+            self.counter += 1;
+        } else {
+            // Unreachable within one real millisecond; if it happens, the
+            // id's time runs ahead of the clock rather than repeat an id.
+            self.millis += 1;
+            self.counter = 0;
+        }
+        let high = (self.millis & 0xFFFF_FFFF_FFFF) << 16 | 0x7 << 12 | self.counter >> 30;
+        let low = 0b10 << 62 | (self.counter & 0x3FFF_FFFF) << 32 | random >> 32;
+        Uuid::from_u64_pair(high, low)
+    }
+
+    /// wyrand: a few instructions per number, good enough for ids that must
+    /// differ, not for secrets.
+    fn random(&mut self) -> u64 {
+        if self.rng == 0 {
+            // The low half of uuid's own v7 id: random bits from a
+            // generator the operating system seeds.
+            self.rng = Uuid::now_v7().as_u64_pair().1 | 1;
+        }
+        self.rng = self.rng.wrapping_add(0xa076_1d64_78bd_642f);
+        let t = u128::from(self.rng) * u128::from(self.rng ^ 0xe703_7ed1_a0b4_28db);
+        (t >> 64) as u64 ^ t as u64
+    }
+
+    fn date_time(&mut self, since_epoch: Duration) -> DateTime<Utc> {
+        const DAY: u64 = 86_400;
+        let secs = since_epoch.as_secs();
+        let day = secs / DAY;
+        if day != self.day {
+            let Some(midnight) = DateTime::from_timestamp((day * DAY) as i64, 0) else {
+                return DateTime::from_timestamp(secs as i64, since_epoch.subsec_nanos())
+                    .unwrap_or_default();
+            };
+            self.date = midnight.date_naive();
+            self.day = day;
+        }
+        let time = NaiveTime::from_num_seconds_from_midnight_opt(
+            (secs % DAY) as u32,
+            since_epoch.subsec_nanos(),
+        )
+        .unwrap_or_default();
+        NaiveDateTime::new(self.date, time).and_utc()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cached midnight must give what chrono's own conversion gives,
+    /// across day boundaries and in either direction.
+    #[test]
+    fn date_time_matches_chrono_across_days() {
+        let mut ids = Ids::UNSEEDED;
+        for secs in [
+            0,
+            86_399,
+            86_400,
+            1_700_000_000,
+            1_699_999_999,
+            4_102_444_800,
+        ] {
+            for nanos in [0, 999_999_999] {
+                let since_epoch = Duration::new(secs, nanos);
+                assert_eq!(
+                    ids.date_time(since_epoch),
+                    DateTime::from_timestamp(secs as i64, nanos).unwrap()
+                );
+            }
+        }
     }
 }
