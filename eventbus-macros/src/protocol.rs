@@ -169,10 +169,16 @@ fn emit(item: &ItemTrait, method: &syn::TraitItemFn, output: &syn::Type) -> Toke
         {
         }
 
+        // For every lifetime, not only `'static`: see `eventbus::Protocol`.
         #[automatically_derived]
-        impl ::eventbus::Protocol for dyn #ident {
+        impl<'__eventbus> ::eventbus::Protocol for dyn #ident + '__eventbus {
             type Output = #output;
             const NAME: &'static str = #name;
+
+            #[inline]
+            fn type_id() -> ::core::any::TypeId {
+                ::core::any::TypeId::of::<dyn #ident>()
+            }
         }
 
         #[automatically_derived]

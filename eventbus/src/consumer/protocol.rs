@@ -93,7 +93,7 @@ struct NotStarted;
 
 impl<P, S> Consumer for ProtocolConsumer<P, S>
 where
-    P: ?Sized + Protocol,
+    P: ?Sized + Protocol + 'static,
     P::Output: Sync,
     S: Sink<P::Output>,
 {

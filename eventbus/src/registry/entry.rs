@@ -110,7 +110,7 @@ impl ProtocolEntry {
             output,
             file,
             line,
-            type_id: TypeId::of::<P>,
+            type_id: P::type_id,
         }
     }
 }
@@ -151,7 +151,7 @@ impl ImplEntry {
     #[doc(hidden)]
     pub const fn of<P: ?Sized + Dispatcher<E>, E: Event>(file: &'static str, line: u32) -> Self {
         ImplEntry {
-            protocol: TypeId::of::<P>,
+            protocol: P::type_id,
             protocol_name: P::NAME,
             event: TypeId::of::<E>,
             file,

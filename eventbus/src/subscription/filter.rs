@@ -64,7 +64,7 @@ impl Filter {
     /// Also passes events that implement protocol `P`.
     #[must_use]
     pub fn protocol<P: ?Sized + Protocol>(mut self) -> Self {
-        self.protocols.push((TypeId::of::<P>(), P::NAME));
+        self.protocols.push((P::type_id(), P::NAME));
         self
     }
 
