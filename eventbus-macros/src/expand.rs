@@ -68,7 +68,11 @@ fn expand(input: &EventStruct, attr: &EventAttr, checked: &valid::Checked) -> To
         .filter(|f| !ast::serde_handles_field(f))
         .map(|f| {
             let ty = &f.ty;
-            quote_spanned!(ty.span()=> ::eventbus::__private::assert_field::<#ty>();)
+            quote_spanned!(ty.span()=>
+                ::eventbus::__private::assert_field::<#ty, _>(
+                    &<::eventbus::__private::FieldCheck<#ty>>::VERDICT,
+                );
+            )
         });
     let field_entries = fields.iter().map(|f| {
         let name = f
@@ -93,6 +97,15 @@ fn expand(input: &EventStruct, attr: &EventAttr, checked: &valid::Checked) -> To
     );
 
     quote! {
+        // Before the struct: bodies are type-checked in order, so a field
+        // type that cannot be in an event gets this error, which names the
+        // fix, ahead of the errors of the derives below.
+        const _: () = {
+            #[allow(unused_imports)]
+            use ::eventbus::__private::UnfitField as _;
+            #(#field_checks)*
+        };
+
         #[derive(#(#derives),*)]
         #serde_crate
         #(#attrs)*
@@ -132,7 +145,6 @@ fn expand(input: &EventStruct, attr: &EventAttr, checked: &valid::Checked) -> To
         }
 
         const _: () = {
-            #(#field_checks)*
             ::eventbus::__private::inventory::submit! {
                 ::eventbus::__private::EventEntry::of::<#ident>(
                     ::core::concat!(::core::module_path!(), "::", #type_name),

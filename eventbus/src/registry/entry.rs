@@ -4,6 +4,7 @@
 use crate::event::{AnyEvent, DecodeError, Event};
 use crate::protocol::Protocol;
 use std::any::{Any, TypeId};
+use std::marker::PhantomData;
 
 /// One `#[event]` struct.
 #[derive(Debug)]
@@ -189,28 +190,65 @@ fn probe<P: ?Sized + Dispatcher<E>, E: Event>(event: &dyn Any) -> bool {
     }
 }
 
-/// Implemented for every type an event field can have.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a field of an event",
-    label = "this field's type is not serializable",
-    note = "event fields are stored and sent as JSON: `{Self}` needs `serde::Serialize`, `serde::Deserialize`, `Debug`, `Clone`, `Send` and `Sync`"
-)]
-pub trait EventField {}
+/// The check `#[event]` runs on each field's type, made to give one error
+/// that names the type and the fix, ahead of the errors of the derives.
+///
+/// A trait with a blanket impl over every needed trait would give one error
+/// per missing trait, and `{Self}` would be lost in them. Here the verdict is
+/// a type: `<FieldCheck<T>>::VERDICT` resolves to the inherent const, [`Fits`],
+/// when `T` has every trait, and otherwise falls back to the const of
+/// [`UnfitField`], [`LacksTraits`]. One bound, `EventField<T>`, then fails once.
+#[derive(Debug)]
+pub struct FieldCheck<T: ?Sized>(PhantomData<T>);
 
-impl<T> EventField for T where
+/// The verdict for a field type that has every trait an event field needs.
+#[derive(Debug)]
+pub struct Fits;
+
+/// The verdict for a field type that lacks one of the traits an event field
+/// needs.
+#[derive(Debug)]
+pub struct LacksTraits;
+
+impl<T> FieldCheck<T>
+where
     T: serde::Serialize
         + serde::de::DeserializeOwned
         + std::fmt::Debug
         + Clone
         + Send
         + Sync
-        + 'static
+        + 'static,
 {
+    /// Preferred over [`UnfitField::VERDICT`] whenever these bounds hold.
+    pub const VERDICT: Fits = Fits;
 }
 
+/// The fallback verdict: brought into scope by the generated check.
+pub trait UnfitField {
+    /// Reached only when the inherent `VERDICT` does not apply.
+    const VERDICT: LacksTraits = LacksTraits;
+}
+
+impl<T: ?Sized> UnfitField for FieldCheck<T> {}
+
+/// Holds for the verdict of a type that can be a field of an event.
+#[diagnostic::on_unimplemented(
+    message = "`{T}` cannot be a field of an event",
+    label = "this type lacks a trait that every event field needs",
+    note = "events are stored and sent as JSON and shared between threads, so `{T}` needs `serde::Serialize`, `serde::Deserialize`, `Debug`, `Clone`, `Send` and `Sync`: derive or implement the missing ones, or use a type that has them",
+    note = "a field that need not be stored can be marked `#[serde(skip)]` instead"
+)]
+pub trait EventField<T: ?Sized> {}
+
+impl<T: ?Sized> EventField<T> for Fits {}
+
 /// Fails to compile, pointing at the field, when a field's type cannot be
-/// part of an event.
-pub const fn assert_field<T: EventField>() {}
+/// part of an event: called as
+/// `assert_field::<Ty, _>(&<FieldCheck<Ty>>::VERDICT)`.
+pub const fn assert_field<T: ?Sized, V: EventField<T>>(verdict: &V) {
+    let _ = verdict;
+}
 
 inventory::collect!(EventEntry);
 inventory::collect!(ProtocolEntry);

@@ -46,7 +46,8 @@ pub use self::entry::FieldInfo;
 pub use self::entry::Upcast;
 #[doc(hidden)]
 pub use self::entry::{
-    Dispatcher, EventEntry, EventField, ImplEntry, ProtocolEntry, Registration, assert_field,
+    Dispatcher, EventEntry, EventField, FieldCheck, Fits, ImplEntry, LacksTraits, ProtocolEntry,
+    Registration, UnfitField, assert_field,
 };
 pub use self::error::{CheckError, DuplicateEvent};
 
