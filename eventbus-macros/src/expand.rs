@@ -10,8 +10,25 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Item, Result};
 
-pub(crate) fn event(args: TokenStream, item: TokenStream) -> Result<TokenStream> {
+/// `derive_above` is a `#[derive(..)]` written above `#[event]`, read back
+/// from the source (see `order`).
+pub(crate) fn event(
+    args: TokenStream,
+    item: TokenStream,
+    derive_above: Option<String>,
+) -> Result<TokenStream> {
     let mut errors = valid::Errors::default();
+    if let Some(derive) = derive_above {
+        // Alone, with the struct emitted as written: the derive's impls then
+        // compile, and this is the only error.
+        return Err(errors.fail(syn::Error::new(
+            proc_macro2::Span::call_site(),
+            format_args!(
+                "`{derive}` above `#[event]` runs before `#[event]` adds the `meta` field; \
+                 put `#[event]` first, on the line above the derive"
+            ),
+        )));
+    }
     let attr = EventAttr::parse(args, &mut errors);
     let item: Item = syn::parse2(item)?;
     let input = match EventStruct::from_item(item) {
