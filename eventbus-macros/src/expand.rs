@@ -102,8 +102,7 @@ fn expand(input: &EventStruct, attr: &EventAttr, checked: &valid::Checked) -> To
     });
     let doc = input.doc_summary();
     let type_name = ident.unraw().to_string();
-    let file = quote_spanned!(ident.span()=> ::core::file!());
-    let line = quote_spanned!(ident.span()=> ::core::line!());
+    let source = crate::source(ident.span());
     let upcast = attr
         .upcast
         .as_ref()
@@ -165,8 +164,7 @@ fn expand(input: &EventStruct, attr: &EventAttr, checked: &valid::Checked) -> To
             ::eventbus::__private::inventory::submit! {
                 ::eventbus::__private::EventEntry::of::<#ident>(
                     ::core::concat!(::core::module_path!(), "::", #type_name),
-                    #file,
-                    #line,
+                    #source,
                     #doc,
                     &[#(#field_entries),*],
                 )

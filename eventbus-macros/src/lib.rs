@@ -169,6 +169,20 @@ pub fn register(args: TokenStream, input: TokenStream) -> TokenStream {
         .into()
 }
 
+/// Where the item at `span` was written, for the registry: the file and
+/// line there, and the crate's manifest directory and package name, with
+/// which the registry names a dependency's files the same on every machine.
+fn source(span: proc_macro2::Span) -> proc_macro2::TokenStream {
+    quote::quote_spanned! {span=>
+        ::eventbus::__private::Source::new(
+            ::core::file!(),
+            ::core::line!(),
+            ::core::option_env!("CARGO_MANIFEST_DIR"),
+            ::core::option_env!("CARGO_PKG_NAME"),
+        )
+    }
+}
+
 /// Emits the user's item untouched next to the error, so one mistake gives one
 /// diagnostic instead of a cascade of "cannot find type" errors.
 fn with_error(input: TokenStream, err: syn::Error) -> proc_macro2::TokenStream {

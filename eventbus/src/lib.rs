@@ -146,7 +146,7 @@ pub mod __private {
     };
     pub use crate::registry::{
         Dispatcher, EventEntry, EventField, FieldCheck, FieldInfo, ImplEntry, ProtocolEntry,
-        Registration, UnfitField, assert_field,
+        Registration, Source, UnfitField, assert_field,
     };
     pub use inventory;
     pub use serde;

@@ -47,7 +47,7 @@ pub use self::entry::Upcast;
 #[doc(hidden)]
 pub use self::entry::{
     Dispatcher, EventEntry, EventField, FieldCheck, Fits, ImplEntry, LacksTraits, ProtocolEntry,
-    Registration, UnfitField, assert_field,
+    Registration, Source, UnfitField, assert_field,
 };
 pub use self::error::{CheckError, DuplicateEvent};
 
@@ -82,6 +82,7 @@ impl Registry {
             .into_iter()
             .map(|entry| EventInfo {
                 entry,
+                file: portable(&entry.source),
                 impls: Vec::new(),
             })
             .collect();
@@ -124,7 +125,10 @@ impl Registry {
             let event = (entry.event)();
             impls.insert(((entry.protocol)(), event), entry);
             if let Some(&i) = by_type.get(&event) {
-                events[i].impls.push(ProtocolImpl { entry });
+                events[i].impls.push(ProtocolImpl {
+                    entry,
+                    file: portable(&entry.source),
+                });
             }
         }
         for info in &mut events {
@@ -134,9 +138,12 @@ impl Registry {
 
         let mut protocols: Vec<ProtocolInfo> = inventory::iter::<ProtocolEntry>
             .into_iter()
-            .map(|entry| ProtocolInfo { entry })
+            .map(|entry| ProtocolInfo {
+                entry,
+                file: portable(&entry.source),
+            })
             .collect();
-        protocols.sort_by_key(|p| (p.name(), p.path()));
+        protocols.sort_by(|a, b| (a.name(), a.path()).cmp(&(b.name(), b.path())));
 
         Registry {
             events,
@@ -251,10 +258,23 @@ impl Registry {
     }
 }
 
+/// The file of `source` as the registry shows it. Computed once per entry
+/// when the registry is built; the registry lives for the whole process, so
+/// the few paths that had to be rewritten are leaked to stay `&'static`.
+fn portable(source: &entry::Source) -> &'static str {
+    let file = source.portable_file();
+    if file == source.file {
+        source.file
+    } else {
+        Box::leak(file.into_boxed_str())
+    }
+}
+
 /// One event type: what [`registry()`] knows about it.
 #[derive(Debug)]
 pub struct EventInfo {
     entry: &'static EventEntry,
+    file: &'static str,
     impls: Vec<ProtocolImpl>,
 }
 
@@ -274,19 +294,21 @@ impl EventInfo {
         self.entry.type_path
     }
 
-    /// The file that defines the type, as the compiler names it.
+    /// The file that defines the type: relative to the workspace root for
+    /// a crate of the workspace, and `package/path/in/the/package.rs` for a
+    /// dependency outside it, so it reads the same on every checkout.
     pub fn file(&self) -> &'static str {
-        self.entry.file
+        self.file
     }
 
     /// The line of the type's name in [`file`](EventInfo::file).
     pub fn line(&self) -> u32 {
-        self.entry.line
+        self.entry.source.line
     }
 
     /// `file:line`.
     pub fn location(&self) -> String {
-        format!("{}:{}", self.entry.file, self.entry.line)
+        format!("{}:{}", self.file, self.line())
     }
 
     /// The first paragraph of the type's doc comment, on one line.
@@ -374,6 +396,7 @@ impl FieldInfo {
 #[derive(Debug)]
 pub struct ProtocolInfo {
     entry: &'static ProtocolEntry,
+    file: &'static str,
 }
 
 impl ProtocolInfo {
@@ -382,9 +405,10 @@ impl ProtocolInfo {
         self.entry.name
     }
 
-    /// The trait's Rust path.
+    /// The trait's Rust path: for a built-in protocol the one users write,
+    /// such as `eventbus::Trackable`, and not the module it is declared in.
     pub fn path(&self) -> &'static str {
-        self.entry.path
+        crate::protocol::public_path(self.type_id()).unwrap_or(self.entry.path)
     }
 
     /// The name of the protocol's method, such as `track`.
@@ -397,9 +421,10 @@ impl ProtocolInfo {
         self.entry.output
     }
 
-    /// `file:line` of the trait's name.
+    /// `file:line` of the trait's name, with the file named as in
+    /// [`EventInfo::file`].
     pub fn location(&self) -> String {
-        format!("{}:{}", self.entry.file, self.entry.line)
+        format!("{}:{}", self.file, self.entry.source.line)
     }
 
     /// The [`TypeId`] of `dyn Protocol`.
@@ -412,6 +437,7 @@ impl ProtocolInfo {
 #[derive(Debug, Clone, Copy)]
 pub struct ProtocolImpl {
     entry: &'static ImplEntry,
+    file: &'static str,
 }
 
 impl ProtocolImpl {
@@ -420,14 +446,14 @@ impl ProtocolImpl {
         self.entry.protocol_name
     }
 
-    /// The file holding the impl.
+    /// The file holding the impl, named as in [`EventInfo::file`].
     pub fn file(&self) -> &'static str {
-        self.entry.file
+        self.file
     }
 
     /// The line of the impl's trait name.
     pub fn line(&self) -> u32 {
-        self.entry.line
+        self.entry.source.line
     }
 
     pub(crate) fn entry(&self) -> &'static ImplEntry {
