@@ -451,6 +451,15 @@ impl Bus {
         true
     }
 
+    /// How each running subscription was wired, by name, for the registry's
+    /// route lines.
+    pub(crate) fn wirings(&self) -> Vec<(String, crate::registry::Wiring)> {
+        let running = self.running().into_iter();
+        running
+            .map(|s| (s.name.to_string(), s.wiring.clone()))
+            .collect()
+    }
+
     fn running(&self) -> Vec<Arc<State>> {
         self.inner
             .subscriptions

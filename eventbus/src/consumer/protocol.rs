@@ -110,6 +110,10 @@ where
         Filter::all().protocol::<P>()
     }
 
+    fn describe(&self) -> Option<String> {
+        Some(format!("ProtocolConsumer<{}>", P::NAME))
+    }
+
     fn start(&mut self, context: &Context) {
         if let Some(sink) = self.sink.take() {
             self.batcher = Some(Batcher::start(

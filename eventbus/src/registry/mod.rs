@@ -7,7 +7,8 @@
 //! file meant to be committed next to the code: every line names its event,
 //! so `grep user.created events.registry` answers "what happens when
 //! `user.created` fires?" without reading the code. [`assert_fresh`] keeps
-//! that file current from a test.
+//! that file current from a test; [`assert_fresh_with`] also lists the
+//! subscriptions of a bus and, under each event, the ones it reaches.
 //!
 //! # Examples
 //!
@@ -40,8 +41,11 @@
 mod check;
 mod entry;
 mod error;
+mod route;
 
-pub use self::check::{BLESS_VAR, assert_fresh, bless, check, compare};
+pub use self::check::{
+    BLESS_VAR, assert_fresh, assert_fresh_with, bless, check, check_with, compare,
+};
 pub use self::entry::FieldInfo;
 pub use self::entry::Upcast;
 #[doc(hidden)]
@@ -50,6 +54,7 @@ pub use self::entry::{
     Registration, Source, UnfitField, assert_field,
 };
 pub use self::error::{CheckError, DuplicateEvent};
+pub(crate) use self::route::Wiring;
 
 use crate::event::{AnyEvent, DecodeError};
 use std::any::TypeId;
@@ -210,10 +215,34 @@ impl Registry {
     /// Protocol definitions carry no file location, since a protocol from a
     /// dependency lives at a path that differs from machine to machine.
     pub fn render(&self) -> String {
+        self.render_routes(&[])
+    }
+
+    /// [`render`](Registry::render), plus what `bus` does with each event:
+    /// one `subscription` line per running subscription (its name, mode,
+    /// filter and consumer), and under each event one `route` line per
+    /// subscription it reaches, naming the protocols that let it through:
+    ///
+    /// ```text
+    /// subscription analytics mode=sequential protocols=Trackable consumer=ProtocolConsumer<Trackable>
+    /// route user.created v1 -> analytics via Trackable
+    /// ```
+    ///
+    /// [`assert_fresh_with`] keeps a committed file of it current.
+    pub fn render_with(&self, bus: &crate::Bus) -> String {
+        self.render_routes(&route::Wired::of(bus))
+    }
+
+    fn render_routes(&self, wired: &[route::Wired]) -> String {
         let mut out = String::new();
+        out.push_str(if wired.is_empty() {
+            "# eventbus registry: every event in this binary and the protocols it implements.\n"
+        } else {
+            "# eventbus registry: every event in this binary, the protocols it implements\n\
+             # and the subscriptions it reaches.\n"
+        });
         out.push_str(
-            "# eventbus registry: every event in this binary and the protocols it implements.\n\
-             # Each line names its event: `grep user.created` shows what happens when it fires.\n\
+            "# Each line names its event: `grep user.created` shows what happens when it fires.\n\
              # Generated; rewrite it with EVENTBUS_BLESS=1 and commit the change.\n",
         );
         for p in &self.protocols {
@@ -225,6 +254,9 @@ impl Registry {
                 p.output(),
                 p.path()
             );
+        }
+        for w in wired {
+            w.render(&mut out);
         }
         for e in &self.events {
             let (name, version) = (e.name(), e.version());
@@ -252,6 +284,9 @@ impl Registry {
                     i.file(),
                     i.line()
                 );
+            }
+            for w in wired {
+                w.render_route(self, e, &mut out);
             }
         }
         out

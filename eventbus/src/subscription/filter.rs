@@ -90,6 +90,29 @@ impl Filter {
                 .any(|(protocol, _)| registry().impl_of(*protocol, event).is_some())
     }
 
+    /// Whether the filter passes events named `name` of type `event`: what
+    /// [`matches`](Filter::matches) answers, without an event in hand.
+    pub(crate) fn passes(&self, name: &str, event: TypeId) -> bool {
+        self.matches_name(name) && self.matches_type(event)
+    }
+
+    /// The event patterns as written: `user.created`, `user.*`, `*`.
+    pub(crate) fn patterns(&self) -> Vec<String> {
+        self.patterns
+            .iter()
+            .map(|p| match p {
+                Pattern::Any => "*".to_owned(),
+                Pattern::Exact(n) => n.clone(),
+                Pattern::Prefix(p) => format!("{p}*"),
+            })
+            .collect()
+    }
+
+    /// The protocols, with their names.
+    pub(crate) fn protocols(&self) -> &[(TypeId, &'static str)] {
+        &self.protocols
+    }
+
     pub(crate) fn is_all(&self) -> bool {
         self.patterns.is_empty() && self.protocols.is_empty()
     }
@@ -109,15 +132,7 @@ impl Filter {
 
 impl fmt::Debug for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let patterns: Vec<String> = self
-            .patterns
-            .iter()
-            .map(|p| match p {
-                Pattern::Any => "*".to_owned(),
-                Pattern::Exact(n) => n.clone(),
-                Pattern::Prefix(p) => format!("{p}*"),
-            })
-            .collect();
+        let patterns = self.patterns();
         let protocols: Vec<&str> = self.protocols.iter().map(|(_, n)| *n).collect();
         f.debug_struct("Filter")
             .field("events", &patterns)

@@ -340,6 +340,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             wake: Notify::new(),
             flush: flush_tx,
             abort: Mutex::new(None),
+            wiring: crate::registry::Wiring::new(&filter, &consumer, &mode),
         });
         let dead_letters = inner.dead_letters.writer(
             Arc::clone(&name),
