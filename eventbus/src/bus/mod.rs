@@ -158,6 +158,13 @@ impl fmt::Debug for Bus {
     }
 }
 
+/// The running subscriptions, for the registry file's route lines.
+impl From<&Bus> for crate::registry::Routes {
+    fn from(bus: &Bus) -> Self {
+        Self::new(bus.running().iter().map(|s| s.wiring.clone()))
+    }
+}
+
 impl Bus {
     /// Starts configuring a bus. See [`BusBuilder`].
     pub fn builder() -> BusBuilder {
@@ -449,15 +456,6 @@ impl Bus {
         state.finished().await;
         self.forget(&state);
         true
-    }
-
-    /// How each running subscription was wired, by name, for the registry's
-    /// route lines.
-    pub(crate) fn wirings(&self) -> Vec<(String, crate::registry::Wiring)> {
-        let running = self.running().into_iter();
-        running
-            .map(|s| (s.name.to_string(), s.wiring.clone()))
-            .collect()
     }
 
     fn running(&self) -> Vec<Arc<State>> {

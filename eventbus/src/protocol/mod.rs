@@ -53,20 +53,6 @@ pub trait Protocol {
     fn type_id() -> TypeId;
 }
 
-/// The path users name a built-in protocol by, re-exported at the crate
-/// root. The registry file shows it instead of the module the protocol is
-/// declared in, so moving code inside eventbus does not make every user's
-/// committed registry stale.
-pub(crate) fn public_path(protocol: TypeId) -> Option<&'static str> {
-    [
-        (TypeId::of::<dyn Notifiable>(), "eventbus::Notifiable"),
-        (TypeId::of::<dyn Trackable>(), "eventbus::Trackable"),
-        (TypeId::of::<dyn Webhookable>(), "eventbus::Webhookable"),
-    ]
-    .into_iter()
-    .find_map(|(id, path)| (id == protocol).then_some(path))
-}
-
 /// Runs protocol `P` on an event: `Some(payload)` when the event's type has a
 /// registered impl of `P`, `None` (the no-op fallback) when it has none.
 ///

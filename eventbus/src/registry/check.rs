@@ -1,5 +1,5 @@
+use super::Routes;
 use super::error::CheckError;
-use crate::bus::Bus;
 use std::path::Path;
 
 /// The environment variable that makes [`check`] rewrite the file instead of
@@ -27,17 +27,17 @@ pub fn check(path: impl AsRef<Path>) -> Result<(), CheckError> {
 }
 
 /// [`check`] for the file [`Registry::render_with`](super::Registry::render_with)
-/// writes: the registry plus the subscriptions of `bus` and the events each
-/// one receives.
+/// writes: the registry plus the subscriptions of a bus (pass `&bus`) and
+/// the events each one receives.
 ///
 /// # Errors
 ///
 /// As [`check`].
-pub fn check_with(bus: &Bus, path: impl AsRef<Path>) -> Result<(), CheckError> {
+pub fn check_with(routes: impl Into<Routes>, path: impl AsRef<Path>) -> Result<(), CheckError> {
     let path = path.as_ref();
     let registry = super::registry();
     registry.validate()?;
-    let current = registry.render_with(bus);
+    let current = registry.render_with(routes);
     if blessing() {
         write(path, &current)
     } else {
@@ -127,8 +127,8 @@ pub fn assert_fresh(path: impl AsRef<Path>) {
 /// }
 /// ```
 #[track_caller]
-pub fn assert_fresh_with(bus: &Bus, path: impl AsRef<Path>) {
-    if let Err(err) = check_with(bus, path) {
+pub fn assert_fresh_with(routes: impl Into<Routes>, path: impl AsRef<Path>) {
+    if let Err(err) = check_with(routes, path) {
         panic!("{err}");
     }
 }

@@ -54,6 +54,7 @@ pub use self::entry::{
     Registration, Source, UnfitField, assert_field,
 };
 pub use self::error::{CheckError, DuplicateEvent};
+pub use self::route::Routes;
 pub(crate) use self::route::Wiring;
 
 use crate::event::{AnyEvent, DecodeError};
@@ -146,6 +147,7 @@ impl Registry {
             .map(|entry| ProtocolInfo {
                 entry,
                 file: portable(&entry.source),
+                path: public_path(entry),
             })
             .collect();
         protocols.sort_by(|a, b| (a.name(), a.path()).cmp(&(b.name(), b.path())));
@@ -215,7 +217,7 @@ impl Registry {
     /// Protocol definitions carry no file location, since a protocol from a
     /// dependency lives at a path that differs from machine to machine.
     pub fn render(&self) -> String {
-        self.render_routes(&[])
+        self.render_routes(&Routes::default())
     }
 
     /// [`render`](Registry::render), plus what `bus` does with each event:
@@ -229,13 +231,27 @@ impl Registry {
     /// ```
     ///
     /// [`assert_fresh_with`] keeps a committed file of it current.
-    pub fn render_with(&self, bus: &crate::Bus) -> String {
-        self.render_routes(&route::Wired::of(bus))
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = eventbus::Bus::builder().build()?;
+    /// bus.subscribe("audit", eventbus::testing::Recorder::new())
+    ///     .start()
+    ///     .await?;
+    /// let text = eventbus::registry().render_with(&bus);
+    /// assert!(text.contains("\nsubscription audit mode=sequential events=* consumer=Recorder\n"));
+    /// # Ok(()) }
+    /// ```
+    pub fn render_with(&self, routes: impl Into<Routes>) -> String {
+        self.render_routes(&routes.into())
     }
 
-    fn render_routes(&self, wired: &[route::Wired]) -> String {
+    fn render_routes(&self, routes: &Routes) -> String {
         let mut out = String::new();
-        out.push_str(if wired.is_empty() {
+        out.push_str(if routes.is_empty() {
             "# eventbus registry: every event in this binary and the protocols it implements.\n"
         } else {
             "# eventbus registry: every event in this binary, the protocols it implements\n\
@@ -255,9 +271,7 @@ impl Registry {
                 p.path()
             );
         }
-        for w in wired {
-            w.render(&mut out);
-        }
+        routes.render_subscriptions(&mut out);
         for e in &self.events {
             let (name, version) = (e.name(), e.version());
             let _ = write!(
@@ -285,9 +299,7 @@ impl Registry {
                     i.line()
                 );
             }
-            for w in wired {
-                w.render_route(self, e, &mut out);
-            }
+            routes.render_routes(e, &mut out);
         }
         out
     }
@@ -302,6 +314,19 @@ fn portable(source: &entry::Source) -> &'static str {
         source.file
     } else {
         Box::leak(file.into_boxed_str())
+    }
+}
+
+/// The path users name a protocol by. The built-in ones are declared in
+/// modules of eventbus but named by their re-exports at the crate root
+/// (`eventbus::Trackable`), so that moving code inside eventbus does not make
+/// every user's committed registry stale. Leaked as in [`portable`].
+fn public_path(entry: &ProtocolEntry) -> &'static str {
+    // A user's crate cannot be named `eventbus` and depend on it.
+    if entry.path.starts_with("eventbus::") {
+        Box::leak(format!("eventbus::{}", entry.name).into_boxed_str())
+    } else {
+        entry.path
     }
 }
 
@@ -432,6 +457,7 @@ impl FieldInfo {
 pub struct ProtocolInfo {
     entry: &'static ProtocolEntry,
     file: &'static str,
+    path: &'static str,
 }
 
 impl ProtocolInfo {
@@ -443,7 +469,7 @@ impl ProtocolInfo {
     /// The trait's Rust path: for a built-in protocol the one users write,
     /// such as `eventbus::Trackable`, and not the module it is declared in.
     pub fn path(&self) -> &'static str {
-        crate::protocol::public_path(self.type_id()).unwrap_or(self.entry.path)
+        self.path
     }
 
     /// The name of the protocol's method, such as `track`.

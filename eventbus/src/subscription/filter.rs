@@ -1,6 +1,6 @@
 use crate::event::AnyEvent;
 use crate::protocol::Protocol;
-use crate::registry::registry;
+use crate::registry::{Wiring, registry};
 use std::any::TypeId;
 use std::fmt;
 
@@ -90,14 +90,39 @@ impl Filter {
                 .any(|(protocol, _)| registry().impl_of(*protocol, event).is_some())
     }
 
-    /// Whether the filter passes events named `name` of type `event`: what
-    /// [`matches`](Filter::matches) answers, without an event in hand.
-    pub(crate) fn passes(&self, name: &str, event: TypeId) -> bool {
-        self.matches_name(name) && self.matches_type(event)
+    /// How a subscription with this filter is wired, for the registry's
+    /// route lines: with the registered events it passes, found now, since
+    /// every event registers before `main`.
+    pub(crate) fn wiring(
+        &self,
+        name: &str,
+        mode: &impl fmt::Display,
+        consumer: Option<String>,
+    ) -> Wiring {
+        let reaches = registry()
+            .events()
+            .iter()
+            .filter(|e| self.matches_name(e.name()) && self.matches_type(e.type_id()))
+            .map(|e| {
+                let via = self
+                    .protocols
+                    .iter()
+                    .filter(|(protocol, _)| registry().impl_of(*protocol, e.type_id()).is_some());
+                (e.type_id(), via.map(|(_, n)| *n).collect())
+            })
+            .collect();
+        Wiring {
+            name: name.to_owned(),
+            mode: mode.to_string(),
+            patterns: self.patterns(),
+            protocols: self.protocols.iter().map(|(_, n)| *n).collect(),
+            consumer,
+            reaches,
+        }
     }
 
     /// The event patterns as written: `user.created`, `user.*`, `*`.
-    pub(crate) fn patterns(&self) -> Vec<String> {
+    fn patterns(&self) -> Vec<String> {
         self.patterns
             .iter()
             .map(|p| match p {
@@ -106,11 +131,6 @@ impl Filter {
                 Pattern::Prefix(p) => format!("{p}*"),
             })
             .collect()
-    }
-
-    /// The protocols, with their names.
-    pub(crate) fn protocols(&self) -> &[(TypeId, &'static str)] {
-        &self.protocols
     }
 
     pub(crate) fn is_all(&self) -> bool {
