@@ -10,8 +10,25 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Item, Result};
 
-pub(crate) fn event(args: TokenStream, item: TokenStream) -> Result<TokenStream> {
+/// `derive_above` is a `#[derive(..)]` written above `#[event]`, read back
+/// from the source (see `order`).
+pub(crate) fn event(
+    args: TokenStream,
+    item: TokenStream,
+    derive_above: Option<String>,
+) -> Result<TokenStream> {
     let mut errors = valid::Errors::default();
+    if let Some(derive) = derive_above {
+        // Alone, with the struct emitted as written: the derive's impls then
+        // compile, and this is the only error.
+        return Err(errors.fail(syn::Error::new(
+            proc_macro2::Span::call_site(),
+            format_args!(
+                "`{derive}` above `#[event]` runs before `#[event]` adds the `meta` field; \
+                 put `#[event]` first, on the line above the derive"
+            ),
+        )));
+    }
     let attr = EventAttr::parse(args, &mut errors);
     let item: Item = syn::parse2(item)?;
     let input = match EventStruct::from_item(item) {
@@ -68,7 +85,11 @@ fn expand(input: &EventStruct, attr: &EventAttr, checked: &valid::Checked) -> To
         .filter(|f| !ast::serde_handles_field(f))
         .map(|f| {
             let ty = &f.ty;
-            quote_spanned!(ty.span()=> ::eventbus::__private::assert_field::<#ty>();)
+            quote_spanned!(ty.span()=>
+                ::eventbus::__private::assert_field::<#ty, _>(
+                    &<::eventbus::__private::FieldCheck<#ty>>::VERDICT,
+                );
+            )
         });
     let field_entries = fields.iter().map(|f| {
         let name = f
@@ -81,8 +102,7 @@ fn expand(input: &EventStruct, attr: &EventAttr, checked: &valid::Checked) -> To
     });
     let doc = input.doc_summary();
     let type_name = ident.unraw().to_string();
-    let file = quote_spanned!(ident.span()=> ::core::file!());
-    let line = quote_spanned!(ident.span()=> ::core::line!());
+    let source = crate::source(ident.span());
     let upcast = attr
         .upcast
         .as_ref()
@@ -93,6 +113,15 @@ fn expand(input: &EventStruct, attr: &EventAttr, checked: &valid::Checked) -> To
     );
 
     quote! {
+        // Before the struct: bodies are type-checked in order, so a field
+        // type that cannot be in an event gets this error, which names the
+        // fix, ahead of the errors of the derives below.
+        const _: () = {
+            #[allow(unused_imports)]
+            use ::eventbus::__private::UnfitField as _;
+            #(#field_checks)*
+        };
+
         #[derive(#(#derives),*)]
         #serde_crate
         #(#attrs)*
@@ -132,12 +161,10 @@ fn expand(input: &EventStruct, attr: &EventAttr, checked: &valid::Checked) -> To
         }
 
         const _: () = {
-            #(#field_checks)*
             ::eventbus::__private::inventory::submit! {
                 ::eventbus::__private::EventEntry::of::<#ident>(
                     ::core::concat!(::core::module_path!(), "::", #type_name),
-                    #file,
-                    #line,
+                    #source,
                     #doc,
                     &[#(#field_entries),*],
                 )

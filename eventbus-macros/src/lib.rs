@@ -8,6 +8,7 @@ mod ast;
 mod attr;
 mod case;
 mod expand;
+mod order;
 mod protocol;
 mod register;
 mod valid;
@@ -51,6 +52,9 @@ use proc_macro::TokenStream;
 /// assert_eq!(CommentPosted::VERSION, 2);
 /// ```
 ///
+/// Write `#[event]` above the struct's own `#[derive(..)]`: a derive above it
+/// would run on the struct before `meta` is added, and is refused.
+///
 /// Enums, tuple structs, unit structs and generic structs are refused with a
 /// message that says what to write instead:
 ///
@@ -63,7 +67,11 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn event(args: TokenStream, input: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(input.clone());
-    expand::event(args.into(), item)
+    let site = proc_macro::Span::call_site();
+    let derive_above = site
+        .local_file()
+        .and_then(|file| order::derive_above(&file, site.line(), site.column()));
+    expand::event(args.into(), item, derive_above)
         .unwrap_or_else(|err| with_error(input, err))
         .into()
 }
@@ -159,6 +167,20 @@ pub fn register(args: TokenStream, input: TokenStream) -> TokenStream {
     register::expand(args.into(), item)
         .unwrap_or_else(|err| with_error(input, err))
         .into()
+}
+
+/// Where the item at `span` was written, for the registry: the file and
+/// line there, and the crate's manifest directory and package name, with
+/// which the registry names a dependency's files the same on every machine.
+fn source(span: proc_macro2::Span) -> proc_macro2::TokenStream {
+    quote::quote_spanned! {span=>
+        ::eventbus::__private::Source::new(
+            ::core::file!(),
+            ::core::line!(),
+            ::core::option_env!("CARGO_MANIFEST_DIR"),
+            ::core::option_env!("CARGO_PKG_NAME"),
+        )
+    }
 }
 
 /// Emits the user's item untouched next to the error, so one mistake gives one

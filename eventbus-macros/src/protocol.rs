@@ -4,7 +4,7 @@
 
 use crate::valid::Errors;
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Error, FnArg, ItemTrait, Result, ReturnType, TraitItem};
@@ -140,8 +140,7 @@ fn emit(item: &ItemTrait, method: &syn::TraitItemFn, output: &syn::Type) -> Toke
     let name = ident.unraw().to_string();
     let method_name = method_ident.to_string();
     let output_name = crate::ast::type_string(output);
-    let file = quote_spanned!(ident.span()=> ::core::file!());
-    let line = quote_spanned!(ident.span()=> ::core::line!());
+    let source = crate::source(ident.span());
     let message = format!("`{{Self}}` implements `{name}` but the impl is not registered");
     let note = format!(
         "add `#[eventbus::register]` on the line above `impl {name} for {{Self}}`; \
@@ -169,10 +168,16 @@ fn emit(item: &ItemTrait, method: &syn::TraitItemFn, output: &syn::Type) -> Toke
         {
         }
 
+        // For every lifetime, not only `'static`: see `eventbus::Protocol`.
         #[automatically_derived]
-        impl ::eventbus::Protocol for dyn #ident {
+        impl<'__eventbus> ::eventbus::Protocol for dyn #ident + '__eventbus {
             type Output = #output;
             const NAME: &'static str = #name;
+
+            #[inline]
+            fn type_id() -> ::core::any::TypeId {
+                ::core::any::TypeId::of::<dyn #ident>()
+            }
         }
 
         #[automatically_derived]
@@ -189,8 +194,7 @@ fn emit(item: &ItemTrait, method: &syn::TraitItemFn, output: &syn::Type) -> Toke
                     ::core::concat!(::core::module_path!(), "::", #name),
                     #method_name,
                     #output_name,
-                    #file,
-                    #line,
+                    #source,
                 )
             }
         };

@@ -38,13 +38,12 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> Result<TokenStream
     errors.finish()?;
 
     let self_ty = &imp.self_ty;
-    let file = quote_spanned!(path.span()=> ::core::file!());
-    let line = quote_spanned!(path.span()=> ::core::line!());
+    let source = crate::source(path.span());
     // Spanned so that "not a protocol" points at the trait and "not an event"
     // at the type.
     let protocol = quote_spanned!(path.span()=> dyn #path);
     let entry = quote_spanned!(self_ty.span()=>
-        ::eventbus::__private::ImplEntry::of::<#protocol, #self_ty>(#file, #line)
+        ::eventbus::__private::ImplEntry::of::<#protocol, #self_ty>(#source)
     );
 
     Ok(quote! {

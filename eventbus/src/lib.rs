@@ -146,8 +146,8 @@ pub mod __private {
         __EventbusRegisteredWebhookable,
     };
     pub use crate::registry::{
-        Dispatcher, EventEntry, EventField, FieldInfo, ImplEntry, ProtocolEntry, Registration,
-        assert_field,
+        Dispatcher, EventEntry, EventField, FieldCheck, FieldInfo, ImplEntry, ProtocolEntry,
+        Registration, Source, UnfitField, assert_field,
     };
     pub use inventory;
     pub use serde;

@@ -19,6 +19,7 @@ use crate::service::Accounts;
 use crate::sinks::{JsonLines, Outbox, SlowEndpoint, Stdout};
 use eventbus::{BatchConfig, Bus, Notifiable, ProtocolConsumer, SqliteLog, Trackable, Webhookable};
 use std::error::Error;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,42 +39,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         db.display()
     );
 
-    // One subscription per side effect. Each sees only the events of its
-    // protocol, in batches where the sink prefers them.
-    let analytics = Arc::new(JsonLines::create(out.join("analytics.jsonl"))?);
-    bus.subscribe(
-        "analytics",
-        ProtocolConsumer::<dyn Trackable, _>::new(Arc::clone(&analytics)).batch(BatchConfig {
-            size: 5,
-            timeout: Duration::from_millis(200),
-            ..BatchConfig::default()
-        }),
-    )
-    .start()
-    .await?;
-    bus.subscribe("email", ProtocolConsumer::<dyn Notifiable, _>::new(Outbox))
-        .concurrent(8)
-        .start()
-        .await?;
-    let webhooks = Arc::new(SlowEndpoint::new(
-        JsonLines::create(out.join("webhooks.jsonl"))?,
-        Duration::from_millis(250),
-    ));
-    bus.subscribe(
-        "webhooks",
-        ProtocolConsumer::<dyn Webhookable, _>::new(Arc::clone(&webhooks)).batch(BatchConfig {
-            size: 1,
-            ..BatchConfig::default()
-        }),
-    )
-    .start()
-    .await?;
-    bus.subscribe(
-        "audit",
-        ProtocolConsumer::<dyn Auditable, _>::new(Stdout("audit")),
-    )
-    .start()
-    .await?;
+    let sinks = subscribe(&bus, &out).await?;
 
     for s in bus.stats().iter().filter(|s| s.lag > 0) {
         println!(
@@ -138,8 +104,59 @@ async fn main() -> Result<(), Box<dyn Error>> {
             db.display()
         );
     }
-    println!("analytics: {}", analytics.path().display());
-    println!("webhooks:  {}", webhooks.path().display());
+    println!("analytics: {}", sinks.analytics.path().display());
+    println!("webhooks:  {}", sinks.webhooks.path().display());
     println!("registry:  examples/signup/events.registry (`grep user.created` it)");
     Ok(())
+}
+
+/// The files the side effects write to.
+struct Sinks {
+    analytics: Arc<JsonLines>,
+    webhooks: Arc<SlowEndpoint>,
+}
+
+/// Starts one subscription per side effect. Each sees only the events of
+/// its protocol, in batches where the sink prefers them. The example's test
+/// wires a bus with it too, to keep the routes in `events.registry` current.
+async fn subscribe(bus: &Bus, out: &Path) -> Result<Sinks, Box<dyn Error>> {
+    let analytics = Arc::new(JsonLines::create(out.join("analytics.jsonl"))?);
+    bus.subscribe(
+        "analytics",
+        ProtocolConsumer::<dyn Trackable, _>::new(Arc::clone(&analytics)).batch(BatchConfig {
+            size: 5,
+            timeout: Duration::from_millis(200),
+            ..BatchConfig::default()
+        }),
+    )
+    .start()
+    .await?;
+    bus.subscribe("email", ProtocolConsumer::<dyn Notifiable, _>::new(Outbox))
+        .concurrent(8)
+        .start()
+        .await?;
+    let webhooks = Arc::new(SlowEndpoint::new(
+        JsonLines::create(out.join("webhooks.jsonl"))?,
+        Duration::from_millis(250),
+    ));
+    bus.subscribe(
+        "webhooks",
+        ProtocolConsumer::<dyn Webhookable, _>::new(Arc::clone(&webhooks)).batch(BatchConfig {
+            size: 1,
+            ..BatchConfig::default()
+        }),
+    )
+    .start()
+    .await?;
+    bus.subscribe(
+        "audit",
+        ProtocolConsumer::<dyn Auditable, _>::new(Stdout("audit")),
+    )
+    .start()
+    .await?;
+
+    Ok(Sinks {
+        analytics,
+        webhooks,
+    })
 }

@@ -1,5 +1,5 @@
-//! The example's own tests: its registry file is current, and every consumer
-//! can consume every message.
+//! The example's own tests: its registry file is current, routes included,
+//! and every consumer can consume every message.
 
 use crate::events::*;
 use eventbus::AnyEvent;
@@ -15,9 +15,15 @@ fn samples() -> Vec<AnyEvent> {
     ]
 }
 
-#[test]
-fn registry_file_is_current() {
-    eventbus::registry::assert_fresh("examples/signup/events.registry");
+/// The file also shows which subscription each event reaches: the bus is
+/// wired by the same function as `main`'s.
+#[tokio::test]
+async fn registry_file_is_current() {
+    let out = tempfile::tempdir().unwrap();
+    let bus = eventbus::Bus::builder().build().unwrap();
+    crate::subscribe(&bus, out.path()).await.unwrap();
+    eventbus::registry::assert_fresh_with(&bus, "examples/signup/events.registry");
+    bus.shutdown().await;
 }
 
 #[test]

@@ -162,6 +162,13 @@ impl fmt::Debug for Bus {
     }
 }
 
+/// The running subscriptions, for the registry file's route lines.
+impl From<&Bus> for crate::registry::Routes {
+    fn from(bus: &Bus) -> Self {
+        Self::new(bus.running().iter().map(|s| s.wiring.clone()))
+    }
+}
+
 impl Bus {
     /// Starts configuring a bus. See [`BusBuilder`].
     pub fn builder() -> BusBuilder {

@@ -85,6 +85,15 @@ pub trait Consumer: Send + Sync + 'static {
     fn flush(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// How the [registry file](crate::registry::assert_fresh_with) names
+    /// this consumer on its subscription's line, such as
+    /// `ProtocolConsumer<Trackable>`. The default, `None`, leaves it out.
+    ///
+    /// Keep it the same from build to build: the file is committed.
+    fn describe(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A shared consumer: keep one `Arc` to inspect it while the bus runs the
@@ -117,6 +126,10 @@ impl<C: Consumer> Consumer for Arc<C> {
 
     fn flush(&self) -> impl Future<Output = ()> + Send {
         C::flush(self)
+    }
+
+    fn describe(&self) -> Option<String> {
+        C::describe(self)
     }
 }
 

@@ -98,7 +98,7 @@ struct NotStarted;
 
 impl<P, S> Consumer for ProtocolConsumer<P, S>
 where
-    P: ?Sized + Protocol,
+    P: ?Sized + Protocol + 'static,
     P::Output: Sync,
     S: Sink<P::Output>,
 {
@@ -120,6 +120,10 @@ where
             return Err(ZeroBatchSize.into());
         }
         Ok(())
+    }
+
+    fn describe(&self) -> Option<String> {
+        Some(format!("ProtocolConsumer<{}>", P::NAME))
     }
 
     fn start(&mut self, context: &Context) {

@@ -35,11 +35,22 @@ use std::any::TypeId;
 ///
 /// The trait object type names the protocol in generic code:
 /// `eventbus::dispatch::<dyn Trackable>(&event)`.
-pub trait Protocol: 'static {
+///
+/// It is implemented for `dyn YourTrait + 'a` with any lifetime `'a`, not
+/// only `'static`: the compiler checks that a spawned future is `Send` with
+/// every lifetime inside it forgotten, so an impl for `'static` alone would
+/// keep a [`ProtocolConsumer`](crate::ProtocolConsumer) from being started
+/// inside `tokio::spawn`. Its identity, for the registry, comes from
+/// [`type_id`](Protocol::type_id), which is always the `'static` one.
+pub trait Protocol {
     /// The payload the protocol's method returns.
     type Output: Send + 'static;
     /// The protocol's name: its trait's name, such as `Trackable`.
     const NAME: &'static str;
+
+    /// The [`TypeId`] of `dyn YourTrait + 'static`, whatever the lifetime in
+    /// `Self`: the key under which the registry files the protocol's impls.
+    fn type_id() -> TypeId;
 }
 
 /// Runs protocol `P` on an event: `Some(payload)` when the event's type has a
@@ -88,7 +99,7 @@ pub trait Protocol: 'static {
 /// ```
 pub fn dispatch<P: ?Sized + Protocol>(event: &(impl EventRef + ?Sized)) -> Option<P::Output> {
     let event = event.__as_any();
-    let entry = crate::registry::registry().impl_of(TypeId::of::<P>(), event.type_id())?;
+    let entry = crate::registry::registry().impl_of(P::type_id(), event.type_id())?;
     let mut out: Option<P::Output> = None;
     entry.call(event, &mut out);
     out
@@ -99,6 +110,6 @@ pub fn dispatch<P: ?Sized + Protocol>(event: &(impl EventRef + ?Sized)) -> Optio
 pub fn implements<P: ?Sized + Protocol>(event: &(impl EventRef + ?Sized)) -> bool {
     let event = event.__as_any();
     crate::registry::registry()
-        .impl_of(TypeId::of::<P>(), event.type_id())
+        .impl_of(P::type_id(), event.type_id())
         .is_some()
 }

@@ -4,6 +4,58 @@
 use crate::event::{AnyEvent, DecodeError, Event};
 use crate::protocol::Protocol;
 use std::any::{Any, TypeId};
+use std::marker::PhantomData;
+
+/// Where a macro was written, as the compiler and Cargo describe it when
+/// the user's crate is built.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    pub(crate) file: &'static str,
+    pub(crate) line: u32,
+    /// `CARGO_MANIFEST_DIR` of the crate that holds the macro.
+    manifest_dir: Option<&'static str>,
+    /// `CARGO_PKG_NAME` of that crate.
+    package: Option<&'static str>,
+}
+
+impl Source {
+    #[doc(hidden)]
+    pub const fn new(
+        file: &'static str,
+        line: u32,
+        manifest_dir: Option<&'static str>,
+        package: Option<&'static str>,
+    ) -> Self {
+        Source {
+            file,
+            line,
+            manifest_dir,
+            package,
+        }
+    }
+
+    /// The file as the registry shows it: the same on every checkout and
+    /// every OS, so a committed registry file stays fresh.
+    ///
+    /// Cargo names the files of workspace members relative to the workspace
+    /// root, which is kept. It names the files of other crates (from
+    /// crates.io, git, or a path outside the workspace) by absolute paths,
+    /// which differ from machine to machine: those become relative to the
+    /// crate's manifest directory, behind the package's name.
+    pub(crate) fn portable_file(&self) -> String {
+        let path = std::path::Path::new(self.file);
+        let relative = match (path.is_absolute(), self.manifest_dir, self.package) {
+            (true, Some(dir), Some(package)) => path
+                .strip_prefix(dir)
+                .ok()
+                .map(|rest| format!("{package}/{}", rest.display())),
+            _ => None,
+        };
+        relative
+            .unwrap_or_else(|| self.file.to_owned())
+            .replace('\\', "/")
+    }
+}
 
 /// One `#[event]` struct.
 #[derive(Debug)]
@@ -11,8 +63,7 @@ pub struct EventEntry {
     pub(crate) name: &'static str,
     pub(crate) version: u32,
     pub(crate) type_path: &'static str,
-    pub(crate) file: &'static str,
-    pub(crate) line: u32,
+    pub(crate) source: Source,
     pub(crate) doc: &'static str,
     pub(crate) fields: &'static [FieldInfo],
     pub(crate) type_id: fn() -> TypeId,
@@ -29,8 +80,7 @@ impl EventEntry {
     #[doc(hidden)]
     pub const fn of<E: Event>(
         type_path: &'static str,
-        file: &'static str,
-        line: u32,
+        source: Source,
         doc: &'static str,
         fields: &'static [FieldInfo],
     ) -> Self {
@@ -38,8 +88,7 @@ impl EventEntry {
             name: E::NAME,
             version: E::VERSION,
             type_path,
-            file,
-            line,
+            source,
             doc,
             fields,
             type_id: TypeId::of::<E>,
@@ -89,8 +138,7 @@ pub struct ProtocolEntry {
     pub(crate) path: &'static str,
     pub(crate) method: &'static str,
     pub(crate) output: &'static str,
-    pub(crate) file: &'static str,
-    pub(crate) line: u32,
+    pub(crate) source: Source,
     pub(crate) type_id: fn() -> TypeId,
 }
 
@@ -100,17 +148,15 @@ impl ProtocolEntry {
         path: &'static str,
         method: &'static str,
         output: &'static str,
-        file: &'static str,
-        line: u32,
+        source: Source,
     ) -> Self {
         ProtocolEntry {
             name: P::NAME,
             path,
             method,
             output,
-            file,
-            line,
-            type_id: TypeId::of::<P>,
+            source,
+            type_id: P::type_id,
         }
     }
 }
@@ -137,8 +183,7 @@ pub struct ImplEntry {
     pub(crate) protocol: fn() -> TypeId,
     pub(crate) protocol_name: &'static str,
     pub(crate) event: fn() -> TypeId,
-    pub(crate) file: &'static str,
-    pub(crate) line: u32,
+    pub(crate) source: Source,
     /// Downcasts the event, calls the protocol and writes the payload into an
     /// `Option<P::Output>` passed as `&mut dyn Any`, so one entry type serves
     /// every protocol.
@@ -149,13 +194,12 @@ pub struct ImplEntry {
 
 impl ImplEntry {
     #[doc(hidden)]
-    pub const fn of<P: ?Sized + Dispatcher<E>, E: Event>(file: &'static str, line: u32) -> Self {
+    pub const fn of<P: ?Sized + Dispatcher<E>, E: Event>(source: Source) -> Self {
         ImplEntry {
-            protocol: TypeId::of::<P>,
+            protocol: P::type_id,
             protocol_name: P::NAME,
             event: TypeId::of::<E>,
-            file,
-            line,
+            source,
             call: call::<P, E>,
             probe: probe::<P, E>,
         }
@@ -189,29 +233,104 @@ fn probe<P: ?Sized + Dispatcher<E>, E: Event>(event: &dyn Any) -> bool {
     }
 }
 
-/// Implemented for every type an event field can have.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a field of an event",
-    label = "this field's type is not serializable",
-    note = "event fields are stored and sent as JSON: `{Self}` needs `serde::Serialize`, `serde::Deserialize`, `Debug`, `Clone`, `Send` and `Sync`"
-)]
-pub trait EventField {}
+/// The check `#[event]` runs on each field's type, made to give one error
+/// that names the type and the fix, ahead of the errors of the derives.
+///
+/// A trait with a blanket impl over every needed trait would give one error
+/// per missing trait, and `{Self}` would be lost in them. Here the verdict is
+/// a type: `<FieldCheck<T>>::VERDICT` resolves to the inherent const, [`Fits`],
+/// when `T` has every trait, and otherwise falls back to the const of
+/// [`UnfitField`], [`LacksTraits`]. One bound, `EventField<T>`, then fails once.
+#[derive(Debug)]
+pub struct FieldCheck<T: ?Sized>(PhantomData<T>);
 
-impl<T> EventField for T where
+/// The verdict for a field type that has every trait an event field needs.
+#[derive(Debug)]
+pub struct Fits;
+
+/// The verdict for a field type that lacks one of the traits an event field
+/// needs.
+#[derive(Debug)]
+pub struct LacksTraits;
+
+impl<T> FieldCheck<T>
+where
     T: serde::Serialize
         + serde::de::DeserializeOwned
         + std::fmt::Debug
         + Clone
         + Send
         + Sync
-        + 'static
+        + 'static,
 {
+    /// Preferred over [`UnfitField::VERDICT`] whenever these bounds hold.
+    pub const VERDICT: Fits = Fits;
 }
 
+/// The fallback verdict: brought into scope by the generated check.
+pub trait UnfitField {
+    /// Reached only when the inherent `VERDICT` does not apply.
+    const VERDICT: LacksTraits = LacksTraits;
+}
+
+impl<T: ?Sized> UnfitField for FieldCheck<T> {}
+
+/// Holds for the verdict of a type that can be a field of an event.
+#[diagnostic::on_unimplemented(
+    message = "`{T}` cannot be a field of an event",
+    label = "this type lacks a trait that every event field needs",
+    note = "events are stored and sent as JSON and shared between threads, so `{T}` needs `serde::Serialize`, `serde::Deserialize`, `Debug`, `Clone`, `Send` and `Sync`: derive or implement the missing ones, or use a type that has them",
+    note = "a field that need not be stored can be marked `#[serde(skip)]` instead"
+)]
+pub trait EventField<T: ?Sized> {}
+
+impl<T: ?Sized> EventField<T> for Fits {}
+
 /// Fails to compile, pointing at the field, when a field's type cannot be
-/// part of an event.
-pub const fn assert_field<T: EventField>() {}
+/// part of an event: called as
+/// `assert_field::<Ty, _>(&<FieldCheck<Ty>>::VERDICT)`.
+pub const fn assert_field<T: ?Sized, V: EventField<T>>(verdict: &V) {
+    let _ = verdict;
+}
 
 inventory::collect!(EventEntry);
 inventory::collect!(ProtocolEntry);
 inventory::collect!(ImplEntry);
+
+#[cfg(test)]
+mod tests {
+    use super::Source;
+
+    fn file(file: &'static str, dir: Option<&'static str>) -> String {
+        Source::new(file, 1, dir, Some("billing")).portable_file()
+    }
+
+    #[test]
+    fn a_workspace_file_stays_relative_to_the_workspace() {
+        assert_eq!(file("src/events.rs", Some("/repo")), "src/events.rs");
+        assert_eq!(
+            file("crates\\billing\\src\\lib.rs", None),
+            "crates/billing/src/lib.rs"
+        );
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_dependency_file_becomes_relative_to_its_crate() {
+        let registry =
+            "/home/ci/.cargo/registry/src/index.crates.io-6f17d22bba15001f/billing-1.2.0";
+        assert_eq!(
+            file(
+                "/home/ci/.cargo/registry/src/index.crates.io-6f17d22bba15001f/billing-1.2.0/src/lib.rs",
+                Some(registry)
+            ),
+            "billing/src/lib.rs"
+        );
+        // Without Cargo's variables there is nothing better than the path.
+        assert_eq!(file("/elsewhere/src/lib.rs", None), "/elsewhere/src/lib.rs");
+        assert_eq!(
+            file("/elsewhere/src/lib.rs", Some(registry)),
+            "/elsewhere/src/lib.rs"
+        );
+    }
+}

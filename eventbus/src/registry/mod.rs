@@ -7,7 +7,8 @@
 //! file meant to be committed next to the code: every line names its event,
 //! so `grep user.created events.registry` answers "what happens when
 //! `user.created` fires?" without reading the code. [`assert_fresh`] keeps
-//! that file current from a test.
+//! that file current from a test; [`assert_fresh_with`] also lists the
+//! subscriptions of a bus and, under each event, the ones it reaches.
 //!
 //! # Examples
 //!
@@ -40,15 +41,21 @@
 mod check;
 mod entry;
 mod error;
+mod route;
 
-pub use self::check::{BLESS_VAR, assert_fresh, bless, check, compare};
+pub use self::check::{
+    BLESS_VAR, assert_fresh, assert_fresh_with, bless, check, check_with, compare,
+};
 pub use self::entry::FieldInfo;
 pub use self::entry::Upcast;
 #[doc(hidden)]
 pub use self::entry::{
-    Dispatcher, EventEntry, EventField, ImplEntry, ProtocolEntry, Registration, assert_field,
+    Dispatcher, EventEntry, EventField, FieldCheck, Fits, ImplEntry, LacksTraits, ProtocolEntry,
+    Registration, Source, UnfitField, assert_field,
 };
 pub use self::error::{CheckError, DuplicateEvent};
+pub use self::route::Routes;
+pub(crate) use self::route::Wiring;
 
 use crate::event::{AnyEvent, DecodeError};
 use std::any::TypeId;
@@ -81,6 +88,7 @@ impl Registry {
             .into_iter()
             .map(|entry| EventInfo {
                 entry,
+                file: portable(&entry.source),
                 impls: Vec::new(),
             })
             .collect();
@@ -123,7 +131,10 @@ impl Registry {
             let event = (entry.event)();
             impls.insert(((entry.protocol)(), event), entry);
             if let Some(&i) = by_type.get(&event) {
-                events[i].impls.push(ProtocolImpl { entry });
+                events[i].impls.push(ProtocolImpl {
+                    entry,
+                    file: portable(&entry.source),
+                });
             }
         }
         for info in &mut events {
@@ -133,9 +144,13 @@ impl Registry {
 
         let mut protocols: Vec<ProtocolInfo> = inventory::iter::<ProtocolEntry>
             .into_iter()
-            .map(|entry| ProtocolInfo { entry })
+            .map(|entry| ProtocolInfo {
+                entry,
+                file: portable(&entry.source),
+                path: public_path(entry),
+            })
             .collect();
-        protocols.sort_by_key(|p| (p.name(), p.path()));
+        protocols.sort_by(|a, b| (a.name(), a.path()).cmp(&(b.name(), b.path())));
 
         Registry {
             events,
@@ -202,10 +217,48 @@ impl Registry {
     /// Protocol definitions carry no file location, since a protocol from a
     /// dependency lives at a path that differs from machine to machine.
     pub fn render(&self) -> String {
+        self.render_routes(&Routes::default())
+    }
+
+    /// [`render`](Registry::render), plus what `bus` does with each event:
+    /// one `subscription` line per running subscription (its name, mode,
+    /// filter and consumer), and under each event one `route` line per
+    /// subscription it reaches, naming the protocols that let it through:
+    ///
+    /// ```text
+    /// subscription analytics mode=sequential protocols=Trackable consumer=ProtocolConsumer<Trackable>
+    /// route user.created v1 -> analytics via Trackable
+    /// ```
+    ///
+    /// [`assert_fresh_with`] keeps a committed file of it current.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = eventbus::Bus::builder().build()?;
+    /// bus.subscribe("audit", eventbus::testing::Recorder::new())
+    ///     .start()
+    ///     .await?;
+    /// let text = eventbus::registry().render_with(&bus);
+    /// assert!(text.contains("\nsubscription audit mode=sequential events=* consumer=Recorder\n"));
+    /// # Ok(()) }
+    /// ```
+    pub fn render_with(&self, routes: impl Into<Routes>) -> String {
+        self.render_routes(&routes.into())
+    }
+
+    fn render_routes(&self, routes: &Routes) -> String {
         let mut out = String::new();
+        out.push_str(if routes.is_empty() {
+            "# eventbus registry: every event in this binary and the protocols it implements.\n"
+        } else {
+            "# eventbus registry: every event in this binary, the protocols it implements\n\
+             # and the subscriptions it reaches.\n"
+        });
         out.push_str(
-            "# eventbus registry: every event in this binary and the protocols it implements.\n\
-             # Each line names its event: `grep user.created` shows what happens when it fires.\n\
+            "# Each line names its event: `grep user.created` shows what happens when it fires.\n\
              # Generated; rewrite it with EVENTBUS_BLESS=1 and commit the change.\n",
         );
         for p in &self.protocols {
@@ -218,6 +271,7 @@ impl Registry {
                 p.path()
             );
         }
+        routes.render_subscriptions(&mut out);
         for e in &self.events {
             let (name, version) = (e.name(), e.version());
             let _ = write!(
@@ -245,8 +299,34 @@ impl Registry {
                     i.line()
                 );
             }
+            routes.render_routes(e, &mut out);
         }
         out
+    }
+}
+
+/// The file of `source` as the registry shows it. Computed once per entry
+/// when the registry is built; the registry lives for the whole process, so
+/// the few paths that had to be rewritten are leaked to stay `&'static`.
+fn portable(source: &entry::Source) -> &'static str {
+    let file = source.portable_file();
+    if file == source.file {
+        source.file
+    } else {
+        Box::leak(file.into_boxed_str())
+    }
+}
+
+/// The path users name a protocol by. The built-in ones are declared in
+/// modules of eventbus but named by their re-exports at the crate root
+/// (`eventbus::Trackable`), so that moving code inside eventbus does not make
+/// every user's committed registry stale. Leaked as in [`portable`].
+fn public_path(entry: &ProtocolEntry) -> &'static str {
+    // A user's crate cannot be named `eventbus` and depend on it.
+    if entry.path.starts_with("eventbus::") {
+        Box::leak(format!("eventbus::{}", entry.name).into_boxed_str())
+    } else {
+        entry.path
     }
 }
 
@@ -254,6 +334,7 @@ impl Registry {
 #[derive(Debug)]
 pub struct EventInfo {
     entry: &'static EventEntry,
+    file: &'static str,
     impls: Vec<ProtocolImpl>,
 }
 
@@ -273,19 +354,21 @@ impl EventInfo {
         self.entry.type_path
     }
 
-    /// The file that defines the type, as the compiler names it.
+    /// The file that defines the type: relative to the workspace root for
+    /// a crate of the workspace, and `package/path/in/the/package.rs` for a
+    /// dependency outside it, so it reads the same on every checkout.
     pub fn file(&self) -> &'static str {
-        self.entry.file
+        self.file
     }
 
     /// The line of the type's name in [`file`](EventInfo::file).
     pub fn line(&self) -> u32 {
-        self.entry.line
+        self.entry.source.line
     }
 
     /// `file:line`.
     pub fn location(&self) -> String {
-        format!("{}:{}", self.entry.file, self.entry.line)
+        format!("{}:{}", self.file, self.line())
     }
 
     /// The first paragraph of the type's doc comment, on one line.
@@ -373,6 +456,8 @@ impl FieldInfo {
 #[derive(Debug)]
 pub struct ProtocolInfo {
     entry: &'static ProtocolEntry,
+    file: &'static str,
+    path: &'static str,
 }
 
 impl ProtocolInfo {
@@ -381,9 +466,10 @@ impl ProtocolInfo {
         self.entry.name
     }
 
-    /// The trait's Rust path.
+    /// The trait's Rust path: for a built-in protocol the one users write,
+    /// such as `eventbus::Trackable`, and not the module it is declared in.
     pub fn path(&self) -> &'static str {
-        self.entry.path
+        self.path
     }
 
     /// The name of the protocol's method, such as `track`.
@@ -396,9 +482,10 @@ impl ProtocolInfo {
         self.entry.output
     }
 
-    /// `file:line` of the trait's name.
+    /// `file:line` of the trait's name, with the file named as in
+    /// [`EventInfo::file`].
     pub fn location(&self) -> String {
-        format!("{}:{}", self.entry.file, self.entry.line)
+        format!("{}:{}", self.file, self.entry.source.line)
     }
 
     /// The [`TypeId`] of `dyn Protocol`.
@@ -411,6 +498,7 @@ impl ProtocolInfo {
 #[derive(Debug, Clone, Copy)]
 pub struct ProtocolImpl {
     entry: &'static ImplEntry,
+    file: &'static str,
 }
 
 impl ProtocolImpl {
@@ -419,14 +507,14 @@ impl ProtocolImpl {
         self.entry.protocol_name
     }
 
-    /// The file holding the impl.
+    /// The file holding the impl, named as in [`EventInfo::file`].
     pub fn file(&self) -> &'static str {
-        self.entry.file
+        self.file
     }
 
     /// The line of the impl's trait name.
     pub fn line(&self) -> u32 {
-        self.entry.line
+        self.entry.source.line
     }
 
     pub(crate) fn entry(&self) -> &'static ImplEntry {

@@ -1,6 +1,6 @@
 use crate::event::AnyEvent;
 use crate::protocol::Protocol;
-use crate::registry::registry;
+use crate::registry::{Wiring, registry};
 use std::any::TypeId;
 use std::fmt;
 
@@ -64,7 +64,7 @@ impl Filter {
     /// Also passes events that implement protocol `P`.
     #[must_use]
     pub fn protocol<P: ?Sized + Protocol>(mut self) -> Self {
-        self.protocols.push((TypeId::of::<P>(), P::NAME));
+        self.protocols.push((P::type_id(), P::NAME));
         self
     }
 
@@ -90,6 +90,49 @@ impl Filter {
                 .any(|(protocol, _)| registry().impl_of(*protocol, event).is_some())
     }
 
+    /// How a subscription with this filter is wired, for the registry's
+    /// route lines: with the registered events it passes, found now, since
+    /// every event registers before `main`.
+    pub(crate) fn wiring(
+        &self,
+        name: &str,
+        mode: &impl fmt::Display,
+        consumer: Option<String>,
+    ) -> Wiring {
+        let reaches = registry()
+            .events()
+            .iter()
+            .filter(|e| self.matches_name(e.name()) && self.matches_type(e.type_id()))
+            .map(|e| {
+                let via = self
+                    .protocols
+                    .iter()
+                    .filter(|(protocol, _)| registry().impl_of(*protocol, e.type_id()).is_some());
+                (e.type_id(), via.map(|(_, n)| *n).collect())
+            })
+            .collect();
+        Wiring {
+            name: name.to_owned(),
+            mode: mode.to_string(),
+            patterns: self.patterns(),
+            protocols: self.protocols.iter().map(|(_, n)| *n).collect(),
+            consumer,
+            reaches,
+        }
+    }
+
+    /// The event patterns as written: `user.created`, `user.*`, `*`.
+    fn patterns(&self) -> Vec<String> {
+        self.patterns
+            .iter()
+            .map(|p| match p {
+                Pattern::Any => "*".to_owned(),
+                Pattern::Exact(n) => n.clone(),
+                Pattern::Prefix(p) => format!("{p}*"),
+            })
+            .collect()
+    }
+
     pub(crate) fn is_all(&self) -> bool {
         self.patterns.is_empty() && self.protocols.is_empty()
     }
@@ -109,15 +152,7 @@ impl Filter {
 
 impl fmt::Debug for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let patterns: Vec<String> = self
-            .patterns
-            .iter()
-            .map(|p| match p {
-                Pattern::Any => "*".to_owned(),
-                Pattern::Exact(n) => n.clone(),
-                Pattern::Prefix(p) => format!("{p}*"),
-            })
-            .collect();
+        let patterns = self.patterns();
         let protocols: Vec<&str> = self.protocols.iter().map(|(_, n)| *n).collect();
         f.debug_struct("Filter")
             .field("events", &patterns)

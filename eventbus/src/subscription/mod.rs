@@ -77,6 +77,18 @@ impl fmt::Debug for Mode {
     }
 }
 
+/// As the builder method reads: `sequential`, `concurrent(8)`,
+/// `partitioned(4)`. The registry file shows it.
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Sequential => f.write_str("sequential"),
+            Mode::Concurrent(n) => write!(f, "concurrent({n})"),
+            Mode::Partitioned { lanes, .. } => write!(f, "partitioned({lanes})"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) max_demand: usize,
@@ -349,6 +361,11 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             wake: Notify::new(),
             flush: flush_tx,
             abort: Mutex::new(None),
+            wiring: (filter.clone().or_interest(consumer.interest())).wiring(
+                &name,
+                &mode,
+                consumer.describe(),
+            ),
         });
         let dead_letters = inner.dead_letters.writer(
             Arc::clone(&name),

@@ -73,6 +73,8 @@ pub(crate) struct State {
     pub(crate) flush: mpsc::Sender<oneshot::Sender<()>>,
     /// Aborts the subscription's task, at a shutdown deadline.
     pub(crate) abort: Mutex<Option<AbortHandle>>,
+    /// Its filter, mode and consumer, for the registry's route lines.
+    pub(crate) wiring: crate::registry::Wiring,
 }
 
 impl State {

@@ -145,4 +145,8 @@ impl Consumer for Recorder {
         self.lock().push(event.clone());
         Ok(())
     }
+
+    fn describe(&self) -> Option<String> {
+        Some("Recorder".to_owned())
+    }
 }
