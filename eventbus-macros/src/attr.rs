@@ -1,6 +1,6 @@
 //! The options of `#[event(..)]`.
 
-use crate::valid::Errors;
+use crate::errors::Errors;
 use proc_macro2::TokenStream;
 use syn::meta::ParseNestedMeta;
 use syn::{Error, LitInt, LitStr, Result};

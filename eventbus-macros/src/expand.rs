@@ -17,7 +17,7 @@ pub(crate) fn event(
     item: TokenStream,
     derive_above: Option<String>,
 ) -> Result<TokenStream> {
-    let mut errors = valid::Errors::default();
+    let mut errors = crate::errors::Errors::default();
     if let Some(derive) = derive_above {
         // Alone, with the struct emitted as written: the derive's impls then
         // compile, and this is the only error.

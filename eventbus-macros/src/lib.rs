@@ -7,6 +7,7 @@
 mod ast;
 mod attr;
 mod case;
+mod errors;
 mod expand;
 mod order;
 mod protocol;

@@ -2,7 +2,7 @@
 //! payload, plus the machinery that makes forgetting `#[register]` a compile
 //! error instead of a silently skipped side effect.
 
-use crate::valid::Errors;
+use crate::errors::Errors;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::ext::IdentExt;

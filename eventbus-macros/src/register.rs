@@ -9,7 +9,7 @@ use syn::{Error, Item, Result};
 const USAGE: &str = "`#[register]` goes on a protocol impl block, like `#[eventbus::register] impl Trackable for UserCreated { .. }`";
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> Result<TokenStream> {
-    let mut errors = crate::valid::Errors::default();
+    let mut errors = crate::errors::Errors::default();
     if !args.is_empty() {
         errors.push(Error::new_spanned(&args, "`#[register]` takes no options"));
     }

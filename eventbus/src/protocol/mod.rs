@@ -12,9 +12,12 @@
 //! [`Webhookable`], are declared with the same public attribute as any
 //! user-defined one.
 
+pub(crate) mod base;
 mod notify;
 mod track;
 mod webhook;
+
+pub use self::base::Protocol;
 
 pub use self::notify::{Channel, Notifiable, Notification, notifications};
 pub use self::track::{Track, Trackable, track};
@@ -28,30 +31,6 @@ pub use self::{
 };
 
 use crate::event::EventRef;
-use std::any::TypeId;
-
-/// A side-effect protocol, implemented by [`#[protocol]`](macro@crate::protocol)
-/// for `dyn YourTrait`.
-///
-/// The trait object type names the protocol in generic code:
-/// `eventbus::dispatch::<dyn Trackable>(&event)`.
-///
-/// It is implemented for `dyn YourTrait + 'a` with any lifetime `'a`, not
-/// only `'static`: the compiler checks that a spawned future is `Send` with
-/// every lifetime inside it forgotten, so an impl for `'static` alone would
-/// keep a [`ProtocolConsumer`](crate::ProtocolConsumer) from being started
-/// inside `tokio::spawn`. Its identity, for the registry, comes from
-/// [`type_id`](Protocol::type_id), which is always the `'static` one.
-pub trait Protocol {
-    /// The payload the protocol's method returns.
-    type Output: Send + 'static;
-    /// The protocol's name: its trait's name, such as `Trackable`.
-    const NAME: &'static str;
-
-    /// The [`TypeId`] of `dyn YourTrait + 'static`, whatever the lifetime in
-    /// `Self`: the key under which the registry files the protocol's impls.
-    fn type_id() -> TypeId;
-}
 
 /// Runs protocol `P` on an event: `Some(payload)` when the event's type has a
 /// registered impl of `P`, `None` (the no-op fallback) when it has none.

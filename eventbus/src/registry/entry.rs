@@ -2,7 +2,7 @@
 //! API: the types are reached through `__private` by generated code only.
 
 use crate::event::{AnyEvent, DecodeError, Event};
-use crate::protocol::Protocol;
+use crate::protocol::base::Protocol;
 use std::any::{Any, TypeId};
 use std::marker::PhantomData;
 
