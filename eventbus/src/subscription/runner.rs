@@ -104,10 +104,15 @@ impl<C: Consumer> Deliverer<C> {
                 correlation_id = %event.meta().correlation_id,
                 attempt,
             );
-            let outcome = AssertUnwindSafe(self.consumer.handle(event))
-                .catch_unwind()
-                .instrument(span)
-                .await;
+            let handled = AssertUnwindSafe(self.consumer.handle(event)).catch_unwind();
+            // With no subscriber listening at debug level the span is
+            // disabled; entering and leaving it on every poll would still
+            // cost each delivery a wrapper.
+            let outcome = if span.is_disabled() {
+                handled.await
+            } else {
+                handled.instrument(span).await
+            };
             let errors = match outcome {
                 Ok(Ok(())) => {
                     counters.delivered.fetch_add(1, Relaxed);
