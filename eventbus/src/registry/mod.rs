@@ -258,7 +258,7 @@ impl Registry {
              # and the subscriptions it reaches.\n"
         });
         out.push_str(
-            "# Every event, field, impl and route line names its event: `grep user.created` shows what happens when it fires.\n\
+            "# Every line about an event names it: `grep user.created` shows what happens when it fires.\n\
              # Generated; rewrite it with EVENTBUS_BLESS=1 and commit the change.\n",
         );
         for p in &self.protocols {
