@@ -332,6 +332,21 @@ impl DeadLetters {
         self.inner.store.count(Some(subscription)).await
     }
 
+    /// Marks the letter as being replayed (or discarded) until the claim is
+    /// dropped; `None` when another replay or discard has it.
+    fn claim(&self, id: u64) -> Option<Claim> {
+        let fresh = self
+            .inner
+            .replaying
+            .lock()
+            .expect("replaying lock")
+            .insert(id);
+        fresh.then(|| Claim {
+            letters: Arc::downgrade(&self.inner),
+            id,
+        })
+    }
+
     /// Whether the letter's replay is queued or running. It stays listed
     /// until the replay has finished.
     pub fn is_replaying(&self, id: u64) -> bool {
@@ -354,19 +369,7 @@ impl DeadLetters {
     /// letter stays.
     pub async fn discard(&self, id: u64) -> Result<bool, DiscardError> {
         // Claimed like a replay, so no replay can start on it meanwhile.
-        if !self
-            .inner
-            .replaying
-            .lock()
-            .expect("replaying lock")
-            .insert(id)
-        {
-            return Err(DiscardError::InProgress(id));
-        }
-        let _claim = Claim {
-            letters: Arc::downgrade(&self.inner),
-            id,
-        };
+        let _claim = self.claim(id).ok_or(DiscardError::InProgress(id))?;
         self.inner
             .store
             .remove(id)
@@ -397,19 +400,7 @@ impl DeadLetters {
     /// before the claim, a copy could be of a letter another replay has
     /// just finished and removed, and it would be handled twice.
     async fn send(&self, id: u64) -> Result<(), ReplayError> {
-        if !self
-            .inner
-            .replaying
-            .lock()
-            .expect("replaying lock")
-            .insert(id)
-        {
-            return Err(ReplayError::InProgress(id));
-        }
-        let claim = Claim {
-            letters: Arc::downgrade(&self.inner),
-            id,
-        };
+        let claim = self.claim(id).ok_or(ReplayError::InProgress(id))?;
         let letter = self
             .inner
             .store

@@ -176,6 +176,17 @@ impl<C: Consumer> Deliverer<C> {
 }
 
 impl<C> Deliverer<C> {
+    /// A partition key that panicked: it would fail every attempt alike, so
+    /// it is one failed attempt, then a dead letter.
+    async fn key_failed(&self, event: &AnyEvent, panic: String) {
+        self.state.counters.failed.fetch_add(1, Relaxed);
+        self.metrics.failed.increment(1);
+        let errors = vec![format!("panicked: partition key: {panic}")];
+        self.dead_letters
+            .write(event.clone(), errors, 1, Utc::now())
+            .await;
+    }
+
     async fn forget_retry(&self, book: Option<(&RetryBook, Position)>) {
         if let Some((book, position)) = book
             && let Err(err) = book.store.clear(&self.state.name, position).await
@@ -571,19 +582,7 @@ impl<C: Consumer> Runner<C> {
                         let key = match key {
                             Ok(key) => key,
                             Err(panic) => {
-                                // A key that cannot be computed fails every
-                                // attempt alike: one failed attempt, then
-                                // the dead letters.
-                                counters.failed.fetch_add(1, Relaxed);
-                                deliverer.metrics.failed.increment(1);
-                                let errors = vec![format!(
-                                    "panicked: partition key: {}",
-                                    panic_message(&*panic)
-                                )];
-                                deliverer
-                                    .dead_letters
-                                    .write(event.clone(), errors, 1, Utc::now())
-                                    .await;
+                                deliverer.key_failed(event, panic_message(&*panic)).await;
                                 continue;
                             }
                         };
@@ -769,15 +768,8 @@ impl<C: Consumer> Runner<C> {
                         // As for a new event: one failed attempt, then a new
                         // letter; the old one goes with the finished replay.
                         let _counted = ReplayDone(&deliverer.state);
-                        counters.failed.fetch_add(1, Relaxed);
-                        deliverer.metrics.failed.increment(1);
-                        let errors = vec![format!(
-                            "panicked: partition key: {}",
-                            panic_message(&*panic)
-                        )];
                         deliverer
-                            .dead_letters
-                            .write(replay.event.clone(), errors, 1, Utc::now())
+                            .key_failed(&replay.event, panic_message(&*panic))
                             .await;
                         replay.finish().await;
                     }
