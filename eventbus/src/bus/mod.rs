@@ -59,6 +59,9 @@ pub(crate) struct Inner {
     pub(crate) subscriptions: Mutex<BTreeMap<String, Slot>>,
     pub(crate) dead_letters: DeadLetters,
     pub(crate) shutdown_timeout: Duration,
+    /// What stops and shutdowns finished in the background (called from
+    /// inside a handler) reported, for the next shutdown's report.
+    background: Mutex<ShutdownReport>,
 }
 
 /// A subscription's entry: reserved while its cursor opens, then running,
@@ -188,6 +191,7 @@ impl Bus {
                 },
                 subscriptions: Mutex::new(BTreeMap::new()),
                 shutdown_timeout,
+                background: Mutex::default(),
             }),
         }
     }
@@ -342,14 +346,19 @@ impl Bus {
                 .map(|state| state.name.to_string())
                 .collect();
             tracing::warn!("shutdown called from inside a handler; it finishes in the background");
-            let bus = self.clone();
-            tokio::spawn(async move { bus.wait_for_stop(deadline).await });
+            self.in_background(self.stopping(), deadline);
             return ShutdownReport {
                 still_running,
                 ..ShutdownReport::default()
             };
         }
-        self.wait_for_stop(deadline).await
+        let mut report = self.wait_for_stop(deadline).await;
+        // What stops finished in the background reported, once.
+        let background =
+            std::mem::take(&mut *self.inner.background.lock().expect("background lock"));
+        report.timed_out.extend(background.timed_out);
+        report.stats.extend(background.stats);
+        report
     }
 
     /// Every subscription that may still run: running or stopping.
@@ -393,8 +402,10 @@ impl Bus {
             let stats = state.stats(self.head());
             // Reported by every call that waited for it, including one whose
             // own deadline had not passed when another's did.
-            if state.aborted.load(SeqCst) {
-                let left = left.unwrap_or_else(|| stats.clone());
+            let left = left.unwrap_or_else(|| stats.clone());
+            let unfinished =
+                left.lag > 0 || left.in_flight > 0 || left.replaying > 0 || left.buffered > 0;
+            if state.aborted.load(SeqCst) && unfinished {
                 tracing::warn!(
                     subscription = %left.name,
                     unfinished = left.lag,
@@ -456,34 +467,58 @@ impl Bus {
 
     pub(crate) async fn remove(&self, name: &str, timeout: Duration) -> Option<ShutdownReport> {
         let state = {
-            let mut subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
-            match subscriptions.get_mut(name) {
-                Some(slot @ Slot::Running(_)) => {
-                    let state = Arc::clone(slot.state().expect("running"));
-                    *slot = Slot::Stopping(Arc::clone(&state));
-                    state
-                }
-                _ => return None,
-            }
+            let subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
+            Arc::clone(subscriptions.get(name)?.state()?)
         };
+        Some(self.stop_one(state, timeout).await)
+    }
+
+    /// Stops one run of a subscription, running or stopping already, within
+    /// `timeout`. A second stop of a subscription that is stopping waits
+    /// for it too, with a deadline of its own; a run that has ended (its
+    /// name may be another run's by now) reports nothing.
+    pub(crate) async fn stop_one(&self, state: Arc<State>, timeout: Duration) -> ShutdownReport {
+        {
+            let mut subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
+            match subscriptions.get_mut(&*state.name) {
+                Some(slot) if slot.state().is_some_and(|s| Arc::ptr_eq(s, &state)) => {
+                    if matches!(slot, Slot::Running(_)) {
+                        *slot = Slot::Stopping(Arc::clone(&state));
+                    }
+                }
+                _ => return ShutdownReport::default(),
+            }
+        }
         state.request_stop();
         let deadline = tokio::time::Instant::now() + timeout;
         if self.handling().is_some() {
             // From inside a handler, waiting could wait on this very
             // handler, or on one that waits for us: the stop completes in
             // the background, and a shutdown still finds it.
-            let bus = self.clone();
             let name = state.name.to_string();
-            tokio::spawn(async move { bus.stop_all(vec![state], deadline).await });
-            return Some(ShutdownReport {
+            self.in_background(vec![state], deadline);
+            return ShutdownReport {
                 still_running: vec![name],
                 ..ShutdownReport::default()
-            });
+            };
         }
         // Cancel safe: dropped here, the entry stays `Stopping` until a
-        // shutdown (or a new subscription under the name, once the runner
-        // has ended) takes it.
-        Some(self.stop_all(vec![state], deadline).await)
+        // stop, a shutdown (or a new subscription under the name, once the
+        // runner has ended) takes it.
+        self.stop_all(vec![state], deadline).await
+    }
+
+    /// Finishes stopping `states` from a task of its own, for a call made
+    /// inside a handler; what it reports goes into the next shutdown's
+    /// report, so the final counters are not lost.
+    fn in_background(&self, states: Vec<Arc<State>>, deadline: tokio::time::Instant) {
+        let bus = self.clone();
+        tokio::spawn(async move {
+            let report = bus.stop_all(states, deadline).await;
+            let mut kept = bus.inner.background.lock().expect("background lock");
+            kept.timed_out.extend(report.timed_out);
+            kept.stats.extend(report.stats);
+        });
     }
 
     fn running(&self) -> Vec<Arc<State>> {

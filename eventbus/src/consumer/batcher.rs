@@ -13,6 +13,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -163,11 +164,22 @@ impl<T: Send + 'static> Batcher<T> {
     ///
     /// Outside a Tokio runtime, or when `config.size` is 0.
     pub fn start<S: Sink<T>>(sink: S, config: BatchConfig, dead_letters: DeadLetterWriter) -> Self {
+        Self::start_counted(sink, config, dead_letters, Arc::default())
+    }
+
+    /// [`start`](Batcher::start), keeping in `buffered` how many payloads
+    /// wait unwritten: a subscription's stats show it.
+    pub(crate) fn start_counted<S: Sink<T>>(
+        sink: S,
+        config: BatchConfig,
+        dead_letters: DeadLetterWriter,
+        buffered: Arc<AtomicU64>,
+    ) -> Self {
         assert!(config.size > 0, "`BatchConfig::size` must be at least 1");
         // The queue in front of the batcher holds at most one batch (and
         // never more than the channel allows).
         let (tx, rx) = mpsc::channel(config.size.min(1 << 16));
-        let run = run(rx, Arc::new(sink), config, dead_letters);
+        let run = run(rx, Arc::new(sink), config, dead_letters, buffered);
         // Started by a subscription, the sink is part of its handler: a
         // `drain` from inside the sink must know it would wait on itself.
         let task = match crate::handling::current() {
@@ -227,6 +239,7 @@ async fn run<T, S: Sink<T>>(
     sink: Arc<S>,
     config: BatchConfig,
     dead_letters: DeadLetterWriter,
+    buffered: Arc<AtomicU64>,
 ) {
     let mut buffer = Unwritten {
         events: Vec::with_capacity(config.size.min(1024)),
@@ -239,7 +252,7 @@ async fn run<T, S: Sink<T>>(
             Some(at) => tokio::select! {
                 message = rx.recv() => message,
                 () = tokio::time::sleep_until(at) => {
-                    write(&*sink, &config, &dead_letters, events, payloads).await;
+                    write(&*sink, &config, &dead_letters, events, payloads, &buffered).await;
                     deadline = None;
                     continue;
                 }
@@ -248,23 +261,24 @@ async fn run<T, S: Sink<T>>(
         };
         match message {
             Some(Message::Item(event, payload)) => {
+                buffered.fetch_add(1, Relaxed);
                 events.push(event);
                 payloads.push(payload);
                 if payloads.len() == 1 {
                     deadline = Some(Instant::now() + config.timeout);
                 }
                 if payloads.len() >= config.size {
-                    write(&*sink, &config, &dead_letters, events, payloads).await;
+                    write(&*sink, &config, &dead_letters, events, payloads, &buffered).await;
                     deadline = None;
                 }
             }
             Some(Message::Flush(ack)) => {
-                write(&*sink, &config, &dead_letters, events, payloads).await;
+                write(&*sink, &config, &dead_letters, events, payloads, &buffered).await;
                 deadline = None;
                 let _ = ack.send(());
             }
             None => {
-                write(&*sink, &config, &dead_letters, events, payloads).await;
+                write(&*sink, &config, &dead_letters, events, payloads, &buffered).await;
                 return;
             }
         }
@@ -277,10 +291,12 @@ async fn write<T, S: Sink<T>>(
     dead_letters: &DeadLetterWriter,
     events: &mut Vec<AnyEvent>,
     payloads: &mut Vec<T>,
+    buffered: &AtomicU64,
 ) {
     if payloads.is_empty() {
         return;
     }
+    let written = payloads.len() as u64;
     let mut first_failed_at = None;
     let mut attempt = 1;
     loop {
@@ -318,4 +334,5 @@ async fn write<T, S: Sink<T>>(
     }
     events.clear();
     payloads.clear();
+    buffered.fetch_sub(written, Relaxed);
 }

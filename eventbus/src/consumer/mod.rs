@@ -138,6 +138,8 @@ impl<C: Consumer> Consumer for Arc<C> {
 pub struct Context {
     pub(crate) subscription: Arc<str>,
     pub(crate) dead_letters: DeadLetterWriter,
+    /// Payloads the consumer holds unwritten, for the subscription's stats.
+    pub(crate) buffered: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Context {

@@ -6,6 +6,7 @@ use crate::subscription::Filter;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 /// The base consumer of protocol `P`: dispatches `P` on each event, puts the
 /// payload into a [`Batcher`], and skips events without an impl (the no-op
@@ -128,10 +129,11 @@ where
 
     fn start(&mut self, context: &Context) {
         if let Some(sink) = self.sink.take() {
-            self.batcher = Some(Batcher::start(
+            self.batcher = Some(Batcher::start_counted(
                 sink,
                 self.config.clone(),
                 context.dead_letters().clone(),
+                Arc::clone(&context.buffered),
             ));
         }
     }

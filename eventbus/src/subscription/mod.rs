@@ -385,6 +385,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             consumer.start(&Context {
                 subscription: Arc::clone(&name),
                 dead_letters: dead_letters.clone(),
+                buffered: Arc::clone(&state.counters.buffered),
             })
         });
         let filter = filter.or_interest(consumer.interest());
@@ -493,10 +494,9 @@ impl Subscription {
 
     /// [`stop`](Subscription::stop) with a deadline of its own.
     pub async fn stop_within(&self, timeout: std::time::Duration) -> crate::ShutdownReport {
-        self.bus
-            .remove(&self.state.name, timeout)
-            .await
-            .unwrap_or_default()
+        // This run, not whatever runs under the name now: a handle kept
+        // past its subscription's end never stops a newer one.
+        self.bus.stop_one(Arc::clone(&self.state), timeout).await
     }
 }
 

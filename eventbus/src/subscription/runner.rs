@@ -498,7 +498,6 @@ impl<C: Consumer> Runner<C> {
                                             AssertUnwindSafe(Self::replay(&deliverer, replay))
                                                 .catch_unwind()
                                                 .await;
-                                        deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
                                         // The letter stays; the lane goes on.
                                         if let Err(panic) = replayed {
                                             report_panic(&deliverer.state.name, &*panic);
@@ -693,6 +692,8 @@ impl<C: Consumer> Runner<C> {
         // Refuse new replays (the letter stays) and finish the queued ones.
         self.replays.close();
         while let Some(replay) = self.replays.recv().await {
+            let counters = &self.deliverer.state.counters;
+            counters.in_flight.fetch_add(1, Relaxed);
             Self::replay(&self.deliverer, replay).await;
         }
         Self::flush_consumer(&self.deliverer).await;
@@ -725,7 +726,10 @@ impl<C: Consumer> Runner<C> {
         let deliverer = Arc::clone(&self.deliverer);
         let counters = &deliverer.state.counters;
         match lanes {
-            Lanes::Sequential => Self::replay(&deliverer, replay).await,
+            Lanes::Sequential => {
+                counters.in_flight.fetch_add(1, Relaxed);
+                Self::replay(&deliverer, replay).await;
+            }
             Lanes::Concurrent {
                 permits,
                 tasks,
@@ -740,13 +744,7 @@ impl<C: Consumer> Runner<C> {
                     .expect("the runner never closes its semaphore");
                 counters.in_flight.fetch_add(1, Relaxed);
                 tasks.spawn(async move {
-                    let state = &deliverer.state;
-                    if unless_aborted(state, Self::replay(&deliverer, replay))
-                        .await
-                        .is_some()
-                    {
-                        state.counters.in_flight.fetch_sub(1, Relaxed);
-                    }
+                    unless_aborted(&deliverer.state, Self::replay(&deliverer, replay)).await;
                     drop(permit);
                 });
             }
@@ -758,7 +756,6 @@ impl<C: Consumer> Runner<C> {
                         if let Err(refused) = senders[lane].send(Work::Replay(replay)).await {
                             // A lane that died; run it here rather than lose
                             // the replay's place in the count.
-                            counters.in_flight.fetch_sub(1, Relaxed);
                             if let Work::Replay(replay) = refused.0 {
                                 Self::replay(&deliverer, replay).await;
                             }
@@ -767,6 +764,7 @@ impl<C: Consumer> Runner<C> {
                     Err(panic) => {
                         // As for a new event: one failed attempt, then a new
                         // letter; the old one goes with the finished replay.
+                        counters.in_flight.fetch_add(1, Relaxed);
                         let _counted = ReplayDone(&deliverer.state);
                         deliverer
                             .key_failed(&replay.event, panic_message(&*panic))
@@ -824,10 +822,18 @@ impl Backoff {
 
 /// Counts a replay as finished when it goes, however it goes (a panic in a
 /// lane included), so `drain` never waits on a replay that will not end.
+/// The replay counted in flight when it was handed to the mode; it leaves
+/// in-flight first, so whoever `drain` wakes sees both counts settled.
 struct ReplayDone<'a>(&'a State);
 
 impl Drop for ReplayDone<'_> {
     fn drop(&mut self) {
+        // A stop at a deadline zeroes the counts itself, and the tasks it
+        // aborts may be dropped after that.
+        if self.0.aborted.load(SeqCst) {
+            return;
+        }
+        self.0.counters.in_flight.fetch_sub(1, Relaxed);
         self.0.replays.fetch_sub(1, SeqCst);
         self.0.done.send_modify(|_| {});
     }

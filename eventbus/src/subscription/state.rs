@@ -35,6 +35,11 @@ pub struct SubscriptionStats {
     /// Dead letters sent back to this subscription whose replay has not
     /// finished; each stays stored until it has.
     pub replaying: u64,
+    /// Payloads the consumer holds and has not written yet (a
+    /// [`ProtocolConsumer`](crate::ProtocolConsumer)'s batch). A
+    /// subscription stopped at a deadline drops them; a durable log
+    /// delivers their events again after a restart.
+    pub buffered: u64,
     /// Why the subscription cannot move on right now, if it cannot: a dead
     /// letter it cannot store, a position it cannot commit, a log it cannot
     /// read. It keeps trying; this clears once it succeeds.
@@ -49,6 +54,7 @@ pub(crate) struct Counters {
     pub(crate) dead_lettered: Arc<AtomicU64>,
     pub(crate) filtered: AtomicU64,
     pub(crate) in_flight: AtomicU64,
+    pub(crate) buffered: Arc<AtomicU64>,
 }
 
 pub(crate) struct State {
@@ -90,6 +96,7 @@ impl State {
             in_flight: c.in_flight.load(Relaxed),
             lag: head.saturating_sub(*self.done.borrow()),
             replaying: self.replays.load(Relaxed),
+            buffered: c.buffered.load(Relaxed),
             stalled: self.stall.get().map(|s| s.reason),
         }
     }
@@ -127,6 +134,11 @@ impl State {
             abort.abort();
         }
         self.finished().await;
+        // Nothing of it runs any more; replays cut short keep their
+        // letters, and its final counters say so.
+        self.counters.in_flight.store(0, Relaxed);
+        self.counters.buffered.store(0, Relaxed);
+        self.replays.store(0, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub(crate) fn mark_finished(&self) {
