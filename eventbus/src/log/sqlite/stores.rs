@@ -2,8 +2,8 @@
 //! in its `retries` and `dead_letters` tables: written through the writer,
 //! read on the log's reader connection a page at a time.
 
+use super::Shared;
 use super::writer::{DeadLetterRow, Request};
-use super::{Shared, backend, connect};
 use crate::dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
 use crate::event::AnyEvent;
 use crate::log::{DeadLetterStore, LogError, Position, RetryState, RetryStore};
@@ -31,19 +31,15 @@ impl RetryStore for Stores {
         &self,
         subscription: &str,
     ) -> BoxFuture<'_, Result<Vec<(Position, RetryState)>, LogError>> {
-        let path = self.shared.path.clone();
         let subscription = subscription.to_owned();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || -> Result<Vec<(Position, RetryState)>, LogError> {
-                let conn = connect(&path).map_err(|e| LogError::Backend(Box::new(e)))?;
-                let mut stmt = conn
-                    .prepare(
+            self.shared
+                .read(move |conn| {
+                    let mut stmt = conn.prepare_cached(
                         "SELECT position, attempts, next_attempt_at, first_failed_at
                          FROM retries WHERE subscription = ?1",
-                    )
-                    .map_err(|e| backend(e.to_string()))?;
-                let rows = stmt
-                    .query_map([&subscription], |r| {
+                    )?;
+                    stmt.query_map([&subscription], |r| {
                         Ok((
                             r.get::<_, i64>(0)? as Position,
                             RetryState {
@@ -52,13 +48,10 @@ impl RetryStore for Stores {
                                 first_failed_at: millis_to_time(r.get(3)?),
                             },
                         ))
-                    })
-                    .and_then(|rows| rows.collect())
-                    .map_err(|e| backend(e.to_string()))?;
-                Ok(rows)
-            })
-            .await
-            .map_err(|e| backend(e.to_string()))?
+                    })?
+                    .collect()
+                })
+                .await
         })
     }
 
