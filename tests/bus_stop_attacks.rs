@@ -204,12 +204,11 @@ async fn stop_within_zero_of_an_idle_subscription() {
     );
 }
 
-/// stop_within(ZERO) of a batching consumer whose handler has queued
-/// payloads (delivered, lag 0) but whose batch has not been written yet:
-/// either the batch is written, or the report counts it as left. Neither
-/// happens: the batcher is aborted with the payloads in it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_within_zero_loses_batched_payloads() {
+/// A batching consumer has queued three payloads (delivered, lag 0) that
+/// its sink, taking `write_time` a batch, has not written; the
+/// subscription is stopped with `deadline`. Either the sink gets all three
+/// or the report counts them as left (`buffered`).
+async fn stop_a_batching_consumer(write_time: Duration, deadline: Duration) {
     let bus = memory_bus(Duration::from_secs(5));
     let written: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = sink_fn({
@@ -217,6 +216,7 @@ async fn stop_within_zero_loses_batched_payloads() {
         move |batch: Vec<Track>| {
             let written = Arc::clone(&written);
             async move {
+                tokio::time::sleep(write_time).await;
                 written
                     .lock()
                     .unwrap()
@@ -239,8 +239,8 @@ async fn stop_within_zero_loses_batched_payloads() {
         s.delivered == 3 && s.lag == 0
     })
     .await;
-    let report = within(5, "stop", sub.stop_within(Duration::ZERO)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let report = within(5, "stop", sub.stop_within(deadline)).await;
+    tokio::time::sleep(write_time + Duration::from_millis(200)).await;
     let written = written.lock().unwrap().clone();
     let counted: u64 = report
         .timed_out
@@ -251,6 +251,19 @@ async fn stop_within_zero_loses_batched_payloads() {
         written.len() == 3 || counted >= 3,
         "3 accepted events: sink got {written:?}, report counts {counted} left: {report:?}"
     );
+}
+
+/// A stop with no time at all: the batch is written or counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_within_zero_loses_no_batched_payload_uncounted() {
+    stop_a_batching_consumer(Duration::ZERO, Duration::ZERO).await;
+}
+
+/// The sink takes 100 ms, the stop has 20: the stop cuts the batcher off,
+/// and the report counts its three payloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_at_its_deadline_counts_the_batched_payloads_it_drops() {
+    stop_a_batching_consumer(Duration::from_millis(100), Duration::from_millis(20)).await;
 }
 
 // ---------------------------------------------------------------------
@@ -677,54 +690,4 @@ async fn protocol_consumer_check_through_arc() {
     // The name is free after the refusal.
     let ok = bus.subscribe("a", Recorder::new()).start().await;
     assert!(ok.is_ok());
-}
-
-/// Deterministic form of the one above: the sink takes 100ms per write, the
-/// stop has 20ms. The three events are "delivered" (queued in the batcher)
-/// and released (lag 0), so the report says nothing was left, yet the
-/// sink never receives them: the abort drops the batcher.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_at_deadline_drops_batched_payloads_uncounted() {
-    let bus = memory_bus(Duration::from_secs(5));
-    let written: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = sink_fn({
-        let written = Arc::clone(&written);
-        move |batch: Vec<Track>| {
-            let written = Arc::clone(&written);
-            async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                written
-                    .lock()
-                    .unwrap()
-                    .extend(batch.into_iter().map(|t| t.distinct_id));
-                Ok(())
-            }
-        }
-    });
-    let consumer = ProtocolConsumer::<dyn Trackable, _>::new(sink).batch(BatchConfig {
-        size: 100,
-        timeout: Duration::from_secs(60),
-        retry: Retry::never(),
-    });
-    let sub = bus.subscribe("analytics", consumer).start().await.unwrap();
-    for i in 1..=3 {
-        bus.notify(OrderPlaced::new(i)).await.unwrap();
-    }
-    eventually(5, "3 queued in the batcher", || {
-        let s = sub.stats();
-        s.delivered == 3 && s.lag == 0
-    })
-    .await;
-    let report = within(5, "stop", sub.stop_within(Duration::from_millis(20))).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let written = written.lock().unwrap().clone();
-    let counted: u64 = report
-        .timed_out
-        .iter()
-        .map(|s| s.lag + s.in_flight + s.buffered)
-        .sum();
-    assert!(
-        written.len() == 3 || counted >= 3,
-        "3 accepted events: sink got {written:?}, report counts {counted} left: {report:?}"
-    );
 }
