@@ -8,9 +8,10 @@
 //!
 //! Each thread makes its values back to back, as a busy producer does: an
 //! `#[event]` constructor (id and time included) turned into the
-//! [`AnyEvent`] a bus carries, then dropped. The baselines are the floor:
-//! the allocation behind every `AnyEvent`, and the clock read behind every
-//! `occurred_at`. The threads start together behind a barrier; a run takes
+//! [`AnyEvent`] a bus carries, then dropped. The baselines are the
+//! allocation behind every `AnyEvent` and a wall-clock read (an event reads
+//! the wall clock once per millisecond per thread, and the cycle counter in
+//! between). The threads start together behind a barrier; a run takes
 //! as long as its slowest thread.
 
 use eventbus::{AnyEvent, event};

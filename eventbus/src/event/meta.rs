@@ -71,11 +71,9 @@ impl Meta {
     pub fn new(name: &'static str, version: u32, source: &'static str) -> Self {
         // One clock read serves both the id and `occurred_at`, so the time in
         // the id is the time of the event.
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
         let (id, occurred_at) = IDS.with(|cell| {
             let mut ids = cell.get();
+            let since_epoch = ids.since_epoch();
             let id = ids.next(since_epoch);
             let occurred_at = ids.date_time(since_epoch);
             cell.set(ids);
@@ -133,7 +131,16 @@ struct Ids {
     /// midnight skips chrono's calendar arithmetic, which cost as much as
     /// the clock read.
     date: NaiveDate,
+    /// The last wall-clock read, and the cycle counter at that moment; `None`
+    /// before the first.
+    anchor: Option<(quanta::Instant, Duration)>,
 }
+
+/// How long the cycle counter alone dates events before the wall clock is
+/// read again. Short enough that a step of the system clock (NTP, an
+/// operator) shows within a millisecond, and that the counter's drift from
+/// the wall clock over one stretch stays far below a millisecond.
+const REANCHOR: Duration = Duration::from_millis(1);
 
 const COUNTER_BITS: u32 = 42;
 const COUNTER_MAX: u64 = (1 << COUNTER_BITS) - 1;
@@ -145,7 +152,28 @@ impl Ids {
         rng: 0,
         day: u64::MAX,
         date: NaiveDate::MIN,
+        anchor: None,
     };
+
+    /// The time since the Unix epoch. A wall-clock read costs about twice an
+    /// event's other work, so it happens once per [`REANCHOR`] per thread;
+    /// in between, the processor's cycle counter (through `quanta`, which
+    /// falls back to the monotonic clock where the counter is unreliable)
+    /// measures how far the thread is past its last read.
+    fn since_epoch(&mut self) -> Duration {
+        let now = quanta::Instant::now();
+        if let Some((at, wall)) = self.anchor {
+            let elapsed = now.saturating_duration_since(at);
+            if elapsed < REANCHOR {
+                return wall + elapsed;
+            }
+        }
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.anchor = Some((now, wall));
+        wall
+    }
 
     fn next(&mut self, since_epoch: Duration) -> Uuid {
         let now = since_epoch.as_secs() * 1000 + u64::from(since_epoch.subsec_millis());
@@ -228,6 +256,29 @@ mod tests {
                     DateTime::from_timestamp(secs as i64, nanos).unwrap()
                 );
             }
+        }
+    }
+
+    /// Events dated by the cycle counter carry the wall-clock time: each one
+    /// lies between clock reads taken just before and just after it, within
+    /// a millisecond for the counter's drift, also after the thread slept
+    /// past the re-anchoring interval.
+    #[test]
+    fn occurred_at_follows_the_wall_clock() {
+        let slack = chrono::Duration::milliseconds(1);
+        for round in 0..20 {
+            let before = Utc::now();
+            let metas: Vec<Meta> = (0..1000).map(|_| Meta::new("t", 1, "t")).collect();
+            let after = Utc::now();
+            for meta in &metas {
+                assert!(
+                    meta.occurred_at >= before - slack && meta.occurred_at <= after + slack,
+                    "round {round}: {} not within {before}..{after}",
+                    meta.occurred_at
+                );
+            }
+            assert!(metas.windows(2).all(|w| w[0].id < w[1].id));
+            std::thread::sleep(Duration::from_millis(round % 3));
         }
     }
 }
