@@ -153,4 +153,8 @@ pub enum DrainError {
         /// What is wrong, and what to do about it.
         reason: String,
     },
+    /// A subscription is paused with events left, so it would not finish
+    /// them until someone resumes it.
+    #[error("subscription `{0}` is paused with events left to handle; resume it before draining")]
+    Paused(String),
 }

@@ -273,6 +273,7 @@ impl Bus {
         for state in self.running() {
             let mut done = state.done.subscribe();
             let mut stall = state.stall.watch();
+            let mut paused = state.paused.subscribe();
             loop {
                 if let Some(stalled) = stall.borrow_and_update().clone()
                     && stalled.fatal
@@ -289,9 +290,15 @@ impl Bus {
                 {
                     break;
                 }
+                // After the check above: a paused subscription with nothing
+                // left holds no drain back.
+                if *paused.borrow_and_update() {
+                    return Err(DrainError::Paused(state.name.to_string()));
+                }
                 tokio::select! {
                     _ = done.changed() => {}
                     _ = stall.changed() => {}
+                    _ = paused.changed() => {}
                 }
             }
             let (ack, acked) = tokio::sync::oneshot::channel();
@@ -391,6 +398,12 @@ impl Bus {
             // What was left is counted before the stop, which drops the
             // replays and deliveries it cuts short.
             let mut left = None;
+            // A paused subscription reads no further, not even to the end
+            // of a closed log: it stops where it is, and what it did not
+            // take shows as its lag.
+            if state.is_paused() {
+                state.request_stop();
+            }
             if !finishes_in_time(&state, deadline).await {
                 left = Some(state.stats(self.head()));
                 // The flag stops deliveries at once, wherever they were
@@ -451,6 +464,26 @@ impl Bus {
     /// compare two readings rather than reading one as a count.
     pub fn head(&self) -> Position {
         self.inner.log.log.head()
+    }
+
+    /// Pauses the running subscription named `name`; see
+    /// [`Subscription::pause`](crate::Subscription::pause). `None` when no
+    /// subscription of that name is running, otherwise whether it changed
+    /// (`false`: it was paused already).
+    pub fn pause(&self, name: &str) -> Option<bool> {
+        Some(self.running_named(name)?.set_paused(true))
+    }
+
+    /// Resumes the paused subscription named `name`. `None` when no
+    /// subscription of that name is running, otherwise whether it changed
+    /// (`false`: it was not paused).
+    pub fn resume(&self, name: &str) -> Option<bool> {
+        Some(self.running_named(name)?.set_paused(false))
+    }
+
+    fn running_named(&self, name: &str) -> Option<Arc<State>> {
+        let subscriptions = self.inner.subscriptions.lock().expect("subscriptions lock");
+        subscriptions.get(name)?.running().cloned()
     }
 
     /// Stops the subscription named `name`; see

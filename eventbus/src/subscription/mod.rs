@@ -356,6 +356,8 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             done: watch::Sender::new(start),
             replays: Arc::new(AtomicU64::new(0)),
             stop: AtomicBool::new(false),
+            paused: watch::Sender::new(false),
+            paused_now: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             wake: Notify::new(),
@@ -490,6 +492,29 @@ impl Subscription {
     /// it. Stopping a subscription that has stopped already reports nothing.
     pub async fn stop(&self) -> crate::ShutdownReport {
         self.stop_within(self.bus.inner().shutdown_timeout).await
+    }
+
+    /// Pauses the subscription: it takes no new events from the log and
+    /// runs no replays until [`resume`](Subscription::resume)d. Its
+    /// position, its name and its retry schedules stay; events it already
+    /// handed to a task or a partition lane finish. The log keeps what is
+    /// notified meanwhile (on the in-memory bus, a paused subscription
+    /// holds the producer back once the buffer is full), and
+    /// [`Bus::drain`](crate::Bus::drain) reports it rather than wait.
+    /// Returns `false` when it was paused already.
+    pub fn pause(&self) -> bool {
+        self.state.set_paused(true)
+    }
+
+    /// Resumes a [paused](Subscription::pause) subscription where it left
+    /// off. Returns `false` when it was not paused.
+    pub fn resume(&self) -> bool {
+        self.state.set_paused(false)
+    }
+
+    /// Whether the subscription is paused.
+    pub fn is_paused(&self) -> bool {
+        self.state.is_paused()
     }
 
     /// [`stop`](Subscription::stop) with a deadline of its own.

@@ -417,6 +417,9 @@ impl<C: Consumer> Runner<C> {
             }
             let progressed = lanes.watermark().unwrap_or(&never).clone();
             let max = self.config.max_demand;
+            // Paused, the runner reads nothing and runs no replay, but it
+            // still flushes and releases what finishes.
+            let running = !state.is_paused();
             tokio::select! {
                 biased;
                 () = state.wake.notified() => {}
@@ -424,14 +427,14 @@ impl<C: Consumer> Runner<C> {
                     Self::flush_consumer(&self.deliverer).await;
                     let _ = ack.send(());
                 }
-                Some(replay) = self.replays.recv() => {
+                Some(replay) = self.replays.recv(), if running => {
                     self.replay_in(&mut lanes, replay).await;
                 }
                 () = progressed.progressed.notified(), if lanes.watermark().is_some() => {
                     let done = progressed.done(self.read);
                     self.release(done).await;
                 }
-                batch = self.cursor.next(max) => match batch {
+                batch = self.cursor.next(max), if running => match batch {
                     Ok(Some(batch)) => {
                         if read_failures.reset() {
                             state.stall.clear();
@@ -531,8 +534,19 @@ impl<C: Consumer> Runner<C> {
         let counters = &deliverer.state.counters;
         let mut filtered = 0;
         let mut since_release = 0;
+        let mut stopped = false;
         for i in 0..batch.len() {
             let (pos, event) = batch.get(i);
+            if deliverer.state.is_paused() {
+                // Paused mid-read: what already started goes on, the rest
+                // of the read waits here. Stopped instead of resumed, it is
+                // left unreleased, for a durable log to deliver again.
+                lanes.launch(&self.deliverer);
+                if !deliverer.state.resumed().await {
+                    stopped = true;
+                    break;
+                }
+            }
             if !self.filter.matches(event) {
                 filtered += 1;
             } else {
@@ -620,7 +634,7 @@ impl<C: Consumer> Runner<C> {
         if filtered > 0 {
             counters.filtered.fetch_add(filtered, Relaxed);
         }
-        if let Some(end) = batch.end() {
+        if !stopped && let Some(end) = batch.end() {
             self.read = end;
             let done = lanes.watermark().map_or(end, |w| w.done(end));
             self.release(done).await;
@@ -689,9 +703,17 @@ impl<C: Consumer> Runner<C> {
                 while tasks.join_next().await.is_some() {}
             }
         }
-        // Refuse new replays (the letter stays) and finish the queued ones.
+        // Refuse new replays (the letter stays) and finish the queued ones;
+        // a paused subscription runs none, and its queued letters stay.
         self.replays.close();
         while let Some(replay) = self.replays.recv().await {
+            if state.is_paused() {
+                // Not run: its claim goes with it, the letter stays stored.
+                drop(replay);
+                state.replays.fetch_sub(1, SeqCst);
+                state.done.send_modify(|_| {});
+                continue;
+            }
             let counters = &self.deliverer.state.counters;
             counters.in_flight.fetch_add(1, Relaxed);
             Self::replay(&self.deliverer, replay).await;

@@ -44,6 +44,9 @@ pub struct SubscriptionStats {
     /// letter it cannot store, a position it cannot commit, a log it cannot
     /// read. It keeps trying; this clears once it succeeds.
     pub stalled: Option<String>,
+    /// Whether the subscription is [paused](crate::Subscription::pause):
+    /// it takes no new events and runs no replays until resumed.
+    pub paused: bool,
 }
 
 #[derive(Default)]
@@ -68,6 +71,10 @@ pub(crate) struct State {
     /// Replays sent but not yet finished.
     pub(crate) replays: Arc<AtomicU64>,
     pub(crate) stop: AtomicBool,
+    /// Whether the subscription is paused; waiters see changes, and a stop
+    /// wakes them too. `paused_now` mirrors it for the check per event.
+    pub(crate) paused: watch::Sender<bool>,
+    pub(crate) paused_now: AtomicBool,
     /// Set when the subscription is stopped at a shutdown deadline. A
     /// concurrent delivery still running returns at its next poll without
     /// resuming the consumer, whichever task it was spawned from.
@@ -98,6 +105,7 @@ impl State {
             replaying: self.replays.load(Relaxed),
             buffered: c.buffered.load(Relaxed),
             stalled: self.stall.get().map(|s| s.reason),
+            paused: self.is_paused(),
         }
     }
 
@@ -122,6 +130,41 @@ impl State {
     pub(crate) fn request_stop(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.wake.notify_one();
+        // A runner waiting for a resume checks the stop flag again.
+        self.paused.send_modify(|_| {});
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused_now.load(Relaxed)
+    }
+
+    /// Pauses or resumes; returns whether that changed anything.
+    pub(crate) fn set_paused(&self, paused: bool) -> bool {
+        let changed = self.paused.send_if_modified(|now| {
+            let changed = *now != paused;
+            *now = paused;
+            changed
+        });
+        self.paused_now
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
+        if changed {
+            self.wake.notify_one();
+            tracing::info!(
+                subscription = %self.name,
+                "{}",
+                if paused { "subscription paused" } else { "subscription resumed" },
+            );
+        }
+        changed
+    }
+
+    /// Waits while the subscription is paused. Returns `false` when it is
+    /// being stopped instead.
+    pub(crate) async fn resumed(&self) -> bool {
+        let stopping = || self.stop.load(std::sync::atomic::Ordering::SeqCst);
+        let mut paused = self.paused.subscribe();
+        let _ = paused.wait_for(|p| !*p || stopping()).await;
+        !stopping()
     }
 
     /// Stops the subscription now, at a deadline: deliveries in flight do
