@@ -597,8 +597,8 @@ impl eventbus::Log for PanickyStoreLog {
         self.0.close();
     }
 
-    fn is_durable(&self) -> bool {
-        self.0.is_durable()
+    fn capabilities(&self) -> eventbus::Capabilities {
+        self.0.capabilities()
     }
 
     fn retry_store(&self) -> Option<Arc<dyn eventbus::log::RetryStore>> {
@@ -693,4 +693,23 @@ async fn a_panic_around_a_delivery_loses_nothing_in_any_mode() {
         assert!(again.contains(&3), "{name}: {again:?}");
         assert!(bus.shutdown().await.is_clean());
     }
+}
+
+/// Each backend declares what it offers; the behaviour suite goes by it.
+#[tokio::test]
+async fn backends_declare_their_capabilities() {
+    let memory = Bus::builder().build().unwrap();
+    let caps = memory.capabilities();
+    assert!(!caps.durable && caps.ordered);
+    assert!(!caps.schedules_retries && !caps.shared_subscriptions);
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Bus::builder()
+        .log(SqliteLog::open(dir.path().join("events.db")).await.unwrap())
+        .build()
+        .unwrap();
+    let caps = sqlite.capabilities();
+    assert!(caps.durable && caps.ordered);
+    assert!(!caps.schedules_retries && !caps.shared_subscriptions);
+    sqlite.shutdown().await;
 }

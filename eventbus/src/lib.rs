@@ -125,7 +125,7 @@ pub use crate::dead_letter::{DeadLetter, DeadLetters};
 pub use crate::event::{AnyEvent, DecodeError, Event, EventRef, Meta};
 #[cfg(feature = "sqlite")]
 pub use crate::log::SqliteLog;
-pub use crate::log::{Log, MemoryLog, StartFrom};
+pub use crate::log::{Capabilities, Log, MemoryLog, StartFrom};
 pub use crate::protocol::{
     Channel, Notifiable, Notification, Protocol, Track, Trackable, Webhook, Webhookable, dispatch,
     implements, notifications, track, webhook,

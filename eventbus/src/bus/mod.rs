@@ -466,6 +466,12 @@ impl Bus {
         self.inner.log.log.head()
     }
 
+    /// What the bus's backend offers: durable, schedules its own retries,
+    /// shared subscriptions, ordered.
+    pub fn capabilities(&self) -> crate::log::Capabilities {
+        self.inner.log.log.capabilities()
+    }
+
     /// Pauses the running subscription named `name`; see
     /// [`Subscription::pause`](crate::Subscription::pause). `None` when no
     /// subscription of that name is running, otherwise whether it changed

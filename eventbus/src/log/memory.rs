@@ -7,7 +7,7 @@
 //! Chunks are freed when the last cursor moves past them, and the producer
 //! waits when the slowest cursor is `capacity` events behind.
 
-use super::{Batch, Cursor, Log, LogError, Position, StartFrom, TryAppendError};
+use super::{Batch, Capabilities, Cursor, Log, LogError, Position, StartFrom, TryAppendError};
 use crate::event::AnyEvent;
 use futures_util::future::BoxFuture;
 use std::fmt;
@@ -252,6 +252,11 @@ impl Log for MemoryLog {
             )),
         };
         Box::pin(std::future::ready(opened))
+    }
+
+    /// Ordered, and nothing more: it lives and dies with the process.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().ordered(true)
     }
 
     fn close(&self) {

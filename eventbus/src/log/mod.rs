@@ -42,6 +42,65 @@ pub enum StartFrom {
     Beginning,
 }
 
+/// What a backend offers, declared by [`Log::capabilities`]. The runtime
+/// and the behaviour suite go by it: a backend that lacks a capability
+/// skips the cases that need it, visibly.
+///
+/// Built with [`Capabilities::new`] (nothing offered) and its setters, so a
+/// backend outside this crate can declare one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Keeps accepted events across a restart of the process.
+    pub durable: bool,
+    /// Schedules redeliveries itself and counts attempts (a broker's nak
+    /// with a delay): the runtime hands a failed event back instead of
+    /// sleeping on it.
+    pub schedules_retries: bool,
+    /// Several processes may read one subscription, each event going to
+    /// one of them.
+    pub shared_subscriptions: bool,
+    /// Delivers the events of one subscription in the order they were
+    /// appended, so sequential and partitioned modes keep that order.
+    pub ordered: bool,
+}
+
+impl Capabilities {
+    /// Nothing offered.
+    pub const fn new() -> Self {
+        Capabilities {
+            durable: false,
+            schedules_retries: false,
+            shared_subscriptions: false,
+            ordered: false,
+        }
+    }
+
+    /// Sets [`durable`](Capabilities::durable).
+    pub const fn durable(mut self, yes: bool) -> Self {
+        self.durable = yes;
+        self
+    }
+
+    /// Sets [`schedules_retries`](Capabilities::schedules_retries).
+    pub const fn schedules_retries(mut self, yes: bool) -> Self {
+        self.schedules_retries = yes;
+        self
+    }
+
+    /// Sets [`shared_subscriptions`](Capabilities::shared_subscriptions).
+    pub const fn shared_subscriptions(mut self, yes: bool) -> Self {
+        self.shared_subscriptions = yes;
+        self
+    }
+
+    /// Sets [`ordered`](Capabilities::ordered).
+    pub const fn ordered(mut self, yes: bool) -> Self {
+        self.ordered = yes;
+        self
+    }
+}
+
 /// A backend for a [`Bus`](crate::Bus).
 ///
 /// Implementations must be safe to call from many tasks at once. The futures
@@ -80,18 +139,16 @@ pub trait Log: Send + Sync + Debug + 'static {
     /// then report the end.
     fn close(&self);
 
+    /// What the backend offers. A subscription on a durable log flushes
+    /// its consumer (a batcher's pending payloads) before it releases
+    /// positions, so a restart redelivers anything not yet written rather
+    /// than skipping it.
+    fn capabilities(&self) -> Capabilities;
+
     /// How many unfinished events the log holds before the producer waits,
     /// for a log bounded that way (the in-memory ring). Default `None`.
     fn capacity(&self) -> Option<usize> {
         None
-    }
-
-    /// Whether the log keeps events across a restart. A subscription on a
-    /// durable log flushes its consumer (a batcher's pending payloads)
-    /// before it releases positions, so a restart redelivers anything not
-    /// yet written rather than skipping it. Default `false`.
-    fn is_durable(&self) -> bool {
-        false
     }
 
     /// Where the bus keeps its dead letters, for a log that keeps them

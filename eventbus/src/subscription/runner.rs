@@ -646,7 +646,7 @@ impl<C: Consumer> Runner<C> {
         if done <= *state.done.borrow() {
             return;
         }
-        if self.log.is_durable() {
+        if self.log.capabilities().durable {
             // What the consumer buffered must be written before the log
             // forgets it: at-least-once, not at-most-once, across a crash.
             Self::flush_consumer(&self.deliverer).await;

@@ -51,7 +51,8 @@ pub use self::quarantine::{Quarantined, Requeued};
 use self::stores::Stores;
 use self::writer::{Reply, Request, Writer};
 use super::{
-    Cursor, DeadLetterStore, Log, LogError, Position, RetryStore, StartFrom, TryAppendError,
+    Capabilities, Cursor, DeadLetterStore, Log, LogError, Position, RetryStore, StartFrom,
+    TryAppendError,
 };
 use crate::event::AnyEvent;
 use futures_util::future::BoxFuture;
@@ -667,8 +668,10 @@ impl Log for SqliteLog {
         self.shared.announce_closed();
     }
 
-    fn is_durable(&self) -> bool {
-        true
+    /// Durable and ordered; one process owns the file, and retries are
+    /// the runtime's (their schedules kept in the file).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().durable(true).ordered(true)
     }
 
     fn dead_letter_store(&self) -> Option<Arc<dyn DeadLetterStore>> {
