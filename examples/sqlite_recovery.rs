@@ -18,7 +18,7 @@
 //! Each case runs in a child process of its own, so each peak memory figure
 //! (`VmHWM`, Linux only) belongs to that case alone. Medians of 3 runs.
 
-use eventbus::log::sqlite::Retention;
+use eventbus::backend::sqlite::Retention;
 use eventbus::{AnyEvent, BoxError, Bus, Consumer, SqliteLog, StartFrom, event};
 use std::path::Path;
 use std::process::Command;
@@ -117,7 +117,7 @@ async fn prune_bus(path: &Path) {
         .open(path)
         .await
         .expect("open");
-    let bus = Bus::builder().log(log).build().expect("bus");
+    let bus = Bus::builder().backend(log).build().expect("bus");
     let watch = rusqlite::Connection::open(path).expect("open");
     let start = Instant::now();
     let mut waits = Vec::new();
@@ -156,7 +156,7 @@ async fn prune_bus(path: &Path) {
 /// Writes the 30 large events with no subscription to read them.
 async fn write_large(path: &Path) {
     let bus = Bus::builder()
-        .log(SqliteLog::open(path).await.expect("open"))
+        .backend(SqliteLog::open(path).await.expect("open"))
         .build()
         .expect("bus");
     let note = "x".repeat(LARGE_BYTES);
@@ -194,7 +194,7 @@ async fn large_raw(path: &Path) {
 async fn large_bus(path: &Path) {
     let before = peak_mib();
     let bus = Bus::builder()
-        .log(SqliteLog::open(path).await.expect("open"))
+        .backend(SqliteLog::open(path).await.expect("open"))
         .build()
         .expect("bus");
     bus.subscribe("catch-up", Noop)
@@ -257,7 +257,7 @@ async fn letters_bus(path: &Path) {
     let before = peak_mib();
     let start = Instant::now();
     let bus = Bus::builder()
-        .log(SqliteLog::open(path).await.expect("open"))
+        .backend(SqliteLog::open(path).await.expect("open"))
         .build()
         .expect("bus");
     let page = bus

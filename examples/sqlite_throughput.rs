@@ -11,7 +11,7 @@
 //! crash) and `FULL` (also survives power loss). Files go to a temporary
 //! directory on the same disk.
 
-use eventbus::log::sqlite::Synchronous;
+use eventbus::backend::sqlite::Synchronous;
 use eventbus::{AnyEvent, BoxError, Bus, Consumer, SqliteLog, event};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -108,7 +108,7 @@ async fn durable_notify(
         .open(&path)
         .await
         .expect("open");
-    let bus = Bus::builder().log(log).build().expect("bus");
+    let bus = Bus::builder().backend(log).build().expect("bus");
     for i in 0..subscribers {
         bus.subscribe(format!("noop-{i}"), Noop)
             .start()

@@ -278,7 +278,7 @@ fn bad_patterns_name_the_pattern() {
 
 #[tokio::test]
 async fn a_bus_runs_on_a_log_given_to_it() {
-    let bus = Bus::builder().log(MemoryLog::new(8)).build().unwrap();
+    let bus = Bus::builder().backend(MemoryLog::new(8)).build().unwrap();
     let all = Recorder::new();
     bus.subscribe("all", all.clone()).start().await.unwrap();
     for id in 0..100 {

@@ -18,10 +18,10 @@ fn zero_capacity_is_refused_at_build() {
 fn capacity_with_a_log_of_ones_own_is_refused() {
     let err = Bus::builder()
         .capacity(8)
-        .log(MemoryLog::new(8))
+        .backend(MemoryLog::new(8))
         .build()
         .unwrap_err();
-    assert_eq!(err, BuildError::CapacityWithCustomLog);
+    assert_eq!(err, BuildError::CapacityWithCustomBackend);
 }
 
 async fn start_err(
@@ -70,7 +70,7 @@ async fn the_in_memory_log_cannot_start_from_the_beginning() {
     let message = start_err(|s| s.start_from(StartFrom::Beginning)).await;
     assert_eq!(
         message,
-        "the bus's log could not open a cursor for the subscription"
+        "the bus's backend could not open a reader for the subscription"
     );
     let bus = Bus::builder().build().unwrap();
     let err = bus

@@ -126,7 +126,7 @@ async fn a_durable_log_upcasts_old_rows_and_quarantines_unreadable_ones() {
         .unwrap();
     }
     let bus = Bus::builder()
-        .log(SqliteLog::open(&path).await.unwrap())
+        .backend(SqliteLog::open(&path).await.unwrap())
         .build()
         .unwrap();
     let seen = Recorder::new();

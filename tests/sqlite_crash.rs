@@ -70,7 +70,7 @@ fn crash_child() {
         .unwrap();
     rt.block_on(async {
         let log = SqliteLog::open(dir.join("events.db")).await.unwrap();
-        let bus = Bus::builder().log(log).build().unwrap();
+        let bus = Bus::builder().backend(log).build().unwrap();
         bus.subscribe(
             "sequential",
             Journal::open(&dir.join("handled-sequential.log")),

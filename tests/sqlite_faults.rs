@@ -21,7 +21,7 @@ fn order(order_id: u64) -> OrderPlaced {
 
 async fn bus_at(path: &Path) -> Bus {
     Bus::builder()
-        .log(SqliteLog::open(path).await.unwrap())
+        .backend(SqliteLog::open(path).await.unwrap())
         .shutdown_timeout(Duration::from_secs(10))
         .build()
         .unwrap()
@@ -242,7 +242,7 @@ async fn a_restored_retry_wait_is_capped_by_the_policy() {
         .max_attempts(10);
     {
         let bus = Bus::builder()
-            .log(SqliteLog::open(&path).await.unwrap())
+            .backend(SqliteLog::open(&path).await.unwrap())
             .shutdown_timeout(Duration::from_millis(100))
             .build()
             .unwrap();

@@ -3,7 +3,8 @@
 //! refused at open with a clear error, and a full database refuses new
 //! events without losing old ones.
 
-use eventbus::log::sqlite::{OpenError, Retention};
+use eventbus::backend::StoreError;
+use eventbus::backend::sqlite::{OpenError, Retention};
 use eventbus::testing::Recorder;
 use eventbus::{AnyEvent, BoxError, Bus, Consumer, SqliteLog, StartFrom, event};
 use std::path::Path;
@@ -18,7 +19,7 @@ pub struct OrderPlaced {
 
 async fn bus_at(path: &Path) -> Bus {
     Bus::builder()
-        .log(SqliteLog::open(path).await.unwrap())
+        .backend(SqliteLog::open(path).await.unwrap())
         .shutdown_timeout(Duration::from_millis(200))
         .build()
         .unwrap()
@@ -235,7 +236,7 @@ async fn a_full_database_refuses_new_events_and_keeps_the_old() {
         .open(&path)
         .await
         .unwrap();
-    let bus = Bus::builder().log(log).build().unwrap();
+    let bus = Bus::builder().backend(log).build().unwrap();
     let mut accepted = Vec::new();
     let mut refusal = None;
     for id in 0..10_000 {
@@ -254,10 +255,12 @@ async fn a_full_database_refuses_new_events_and_keeps_the_old() {
         chain = format!("{chain}: {s}");
         source = s.source();
     }
-    assert_eq!(
-        chain,
-        "the bus's log failed to store the event: log backend failed: the database or disk is full; free space or raise the limit, nothing after the last accepted event was stored"
+    // Ours first, saying what to do; SQLite's own error stays as the source.
+    let expected = format!(
+        "the bus's backend failed to store the event: the backend could not store the event: `{}`: the database or disk is full; free space or raise the limit, nothing after the last accepted event was stored: database or disk is full",
+        path.display()
     );
+    assert!(chain.starts_with(&expected), "{chain}");
     bus.shutdown().await;
     drop(bus);
 
@@ -287,7 +290,7 @@ async fn finished_events_are_pruned_and_unfinished_ones_kept() {
         .open(&path)
         .await
         .unwrap();
-    let bus = Bus::builder().log(log).build().unwrap();
+    let bus = Bus::builder().backend(log).build().unwrap();
     let fast = Recorder::new();
     let slow = Gate {
         permits: Arc::new(Semaphore::new(5)),
@@ -534,79 +537,34 @@ async fn batched_payloads_not_yet_written_come_again_after_a_restart() {
     bus.shutdown().await;
 }
 
-/// A durable log whose dead-letter store panics: a bug in a custom backend,
+/// A dead-letter store that panics on insert: a bug in a custom store,
 /// around the consumer rather than in it.
-#[derive(Debug)]
-struct PanickyStoreLog(SqliteLog);
-
 #[derive(Debug)]
 struct PanickyStore;
 
-type Boxed<'a, T> = futures_util::future::BoxFuture<'a, Result<T, eventbus::log::LogError>>;
-
-impl eventbus::log::DeadLetterStore for PanickyStore {
-    fn insert<'a>(&'a self, _letter: &'a eventbus::DeadLetter) -> Boxed<'a, u64> {
+#[async_trait::async_trait]
+impl eventbus::backend::DeadLetterStore for PanickyStore {
+    async fn insert(&self, _letter: &eventbus::DeadLetter) -> Result<u64, StoreError> {
         panic!("dead-letter store broke")
     }
 
-    fn get(&self, _id: u64) -> Boxed<'_, Option<eventbus::DeadLetter>> {
-        Box::pin(std::future::ready(Ok(None)))
+    async fn get(&self, _id: u64) -> Result<Option<eventbus::DeadLetter>, StoreError> {
+        Ok(None)
     }
 
-    fn page<'a>(
-        &'a self,
-        _query: &'a eventbus::dead_letter::DeadLetterQuery,
-    ) -> Boxed<'a, eventbus::dead_letter::DeadLetterPage> {
-        Box::pin(std::future::ready(Ok(Default::default())))
-    }
-
-    fn count<'a>(&'a self, _subscription: Option<&'a str>) -> Boxed<'a, u64> {
-        Box::pin(std::future::ready(Ok(0)))
-    }
-
-    fn remove(&self, _id: u64) -> Boxed<'_, bool> {
-        Box::pin(std::future::ready(Ok(false)))
-    }
-}
-
-impl eventbus::Log for PanickyStoreLog {
-    fn try_append(
+    async fn page(
         &self,
-        event: AnyEvent,
-    ) -> Result<eventbus::log::Position, eventbus::log::TryAppendError> {
-        self.0.try_append(event)
+        _query: &eventbus::dead_letter::DeadLetterQuery,
+    ) -> Result<eventbus::dead_letter::DeadLetterPage, StoreError> {
+        Ok(Default::default())
     }
 
-    fn append(&self, event: AnyEvent) -> Boxed<'_, eventbus::log::Position> {
-        self.0.append(event)
+    async fn count(&self, _subscription: Option<&str>) -> Result<u64, StoreError> {
+        Ok(0)
     }
 
-    fn head(&self) -> eventbus::log::Position {
-        self.0.head()
-    }
-
-    fn open(
-        &self,
-        subscription: &str,
-        from: eventbus::StartFrom,
-    ) -> Boxed<'_, Box<dyn eventbus::log::Cursor>> {
-        self.0.open(subscription, from)
-    }
-
-    fn close(&self) {
-        self.0.close();
-    }
-
-    fn capabilities(&self) -> eventbus::Capabilities {
-        self.0.capabilities()
-    }
-
-    fn retry_store(&self) -> Option<Arc<dyn eventbus::log::RetryStore>> {
-        self.0.retry_store()
-    }
-
-    fn dead_letter_store(&self) -> Option<Arc<dyn eventbus::log::DeadLetterStore>> {
-        Some(Arc::new(PanickyStore))
+    async fn remove(&self, _id: u64) -> Result<bool, StoreError> {
+        Ok(false)
     }
 }
 
@@ -651,7 +609,8 @@ async fn a_panic_around_a_delivery_loses_nothing_in_any_mode() {
         let path = dir.path().join("events.db");
         {
             let bus = Bus::builder()
-                .log(PanickyStoreLog(SqliteLog::open(&path).await.unwrap()))
+                .backend(SqliteLog::open(&path).await.unwrap())
+                .dead_letter_store(PanickyStore)
                 .shutdown_timeout(Duration::from_millis(200))
                 .build()
                 .unwrap();
@@ -705,7 +664,7 @@ async fn backends_declare_their_capabilities() {
 
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Bus::builder()
-        .log(SqliteLog::open(dir.path().join("events.db")).await.unwrap())
+        .backend(SqliteLog::open(dir.path().join("events.db")).await.unwrap())
         .build()
         .unwrap();
     let caps = sqlite.capabilities();

@@ -2,7 +2,7 @@
 //! file that is not ours is refused before anything touches it, and a file
 //! that cannot be written is refused at open instead of at every write.
 
-use eventbus::log::sqlite::OpenError;
+use eventbus::backend::sqlite::OpenError;
 use eventbus::{Bus, SqliteLog, event};
 use std::path::Path;
 
@@ -20,7 +20,7 @@ async fn a_max_size_of_u64_max_is_no_cap() {
         .open(&path)
         .await
         .unwrap();
-    let bus = Bus::builder().log(log).build().unwrap();
+    let bus = Bus::builder().backend(log).build().unwrap();
     for id in 0..100 {
         bus.notify(OrderPlaced::new(id))
             .await
@@ -55,7 +55,7 @@ async fn a_max_size_too_small_for_the_tables_is_refused_before_the_file_is_creat
         .open(&path)
         .await
         .unwrap();
-    let bus = Bus::builder().log(log).build().unwrap();
+    let bus = Bus::builder().backend(log).build().unwrap();
     bus.notify(OrderPlaced::new(1)).await.unwrap();
     bus.shutdown().await;
 }
@@ -125,7 +125,7 @@ async fn a_read_only_file_is_refused_at_open() {
     let path = dir.path().join("events.db");
     {
         let log = SqliteLog::open(&path).await.unwrap();
-        let bus = Bus::builder().log(log).build().unwrap();
+        let bus = Bus::builder().backend(log).build().unwrap();
         bus.notify(OrderPlaced::new(1)).await.unwrap();
         bus.shutdown().await;
     }

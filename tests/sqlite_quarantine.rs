@@ -21,7 +21,7 @@ async fn rows_quarantined_by_an_older_binary_come_back_after_rolling_forward() {
     let path = dir.path().join("events.db");
     let log = SqliteLog::open(&path).await.unwrap();
     let bus = Bus::builder()
-        .log(log.clone())
+        .backend(log.clone())
         .shutdown_timeout(Duration::from_secs(5))
         .build()
         .unwrap();

@@ -3,7 +3,7 @@
 //! and a large backlog is pruned in slices without losing an unfinished
 //! event.
 
-use eventbus::log::sqlite::{ForgetError, Forgotten, Retention};
+use eventbus::backend::sqlite::{ForgetError, Forgotten, Retention};
 use eventbus::testing::Recorder;
 use eventbus::{Bus, Consumer, SqliteLog, event};
 use std::path::Path;
@@ -40,7 +40,7 @@ async fn kept_with(retention: Retention, count: u64) -> i64 {
         .open(&path)
         .await
         .unwrap();
-    let bus = Bus::builder().log(log).build().unwrap();
+    let bus = Bus::builder().backend(log).build().unwrap();
     bus.subscribe("fast", Recorder::new())
         .start()
         .await
@@ -116,7 +116,7 @@ async fn a_forgotten_subscription_no_longer_pins_retention() {
     // An earlier version of the service had a subscription `legacy`.
     {
         let bus = Bus::builder()
-            .log(SqliteLog::open(&path).await.unwrap())
+            .backend(SqliteLog::open(&path).await.unwrap())
             .build()
             .unwrap();
         bus.subscribe("legacy", Recorder::new())
@@ -154,7 +154,7 @@ async fn a_forgotten_subscription_no_longer_pins_retention() {
         .open(&path)
         .await
         .unwrap();
-    let bus = Bus::builder().log(log.clone()).build().unwrap();
+    let bus = Bus::builder().backend(log.clone()).build().unwrap();
     let billing = Recorder::new();
     bus.subscribe("billing", billing.clone())
         .start()
@@ -225,7 +225,7 @@ async fn a_running_subscription_cannot_be_forgotten() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");
     let log = SqliteLog::open(&path).await.unwrap();
-    let bus = Bus::builder().log(log.clone()).build().unwrap();
+    let bus = Bus::builder().backend(log.clone()).build().unwrap();
     bus.subscribe("billing", Recorder::new())
         .start()
         .await
@@ -294,7 +294,7 @@ async fn a_backlog_larger_than_one_slice_is_pruned_and_an_unfinished_event_kept(
         .open(&path)
         .await
         .unwrap();
-    let bus = Bus::builder().log(log).build().unwrap();
+    let bus = Bus::builder().backend(log).build().unwrap();
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let seen = Recorder::new();
     let consumer = Gated {

@@ -20,7 +20,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 async fn bus_at(path: &Path) -> Bus {
     Bus::builder()
-        .log(SqliteLog::open(path).await.unwrap())
+        .backend(SqliteLog::open(path).await.unwrap())
         .shutdown_timeout(Duration::from_millis(200))
         .build()
         .unwrap()

@@ -100,12 +100,12 @@
 // crates, whose paths start with `::eventbus`.
 extern crate self as eventbus;
 
+pub mod backend;
 pub mod bus;
 pub mod consumer;
 pub mod dead_letter;
 pub mod event;
 mod handling;
-pub mod log;
 pub mod protocol;
 pub mod registry;
 mod retry;
@@ -113,6 +113,9 @@ mod stall;
 pub mod subscription;
 pub mod testing;
 
+#[cfg(feature = "sqlite")]
+pub use crate::backend::SqliteLog;
+pub use crate::backend::{Backend, Capabilities, MemoryLog, Reader, StartFrom};
 pub use crate::bus::{
     BuildError, Bus, BusBuilder, DrainError, NotifyError, ShutdownReport, SubscribeError,
     TryNotifyError,
@@ -123,9 +126,6 @@ pub use crate::consumer::{
 };
 pub use crate::dead_letter::{DeadLetter, DeadLetters};
 pub use crate::event::{AnyEvent, DecodeError, Event, EventRef, Meta};
-#[cfg(feature = "sqlite")]
-pub use crate::log::SqliteLog;
-pub use crate::log::{Capabilities, Log, MemoryLog, StartFrom};
 pub use crate::protocol::{
     Channel, Notifiable, Notification, Protocol, Track, Trackable, Webhook, Webhookable, dispatch,
     implements, notifications, track, webhook,

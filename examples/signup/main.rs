@@ -28,12 +28,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let out = std::env::temp_dir().join("eventbus-signup");
     std::fs::create_dir_all(&out)?;
     let db = out.join("events.db");
+    let log = SqliteLog::open(&db).await?;
+    let earlier = log.len();
     let bus = Bus::builder()
-        .log(SqliteLog::open(&db).await?)
+        .backend(log)
         .shutdown_timeout(Duration::from_millis(700))
         .build()?;
-    let start = bus.head();
-    let earlier = start.saturating_sub(1);
     println!(
         "log: {} ({earlier} events from earlier runs; delete it to start over)",
         db.display()
@@ -87,7 +87,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let report = bus.shutdown().await;
 
     println!();
-    println!("{} events notified in this run", bus.head() - start);
+    println!("{} events notified in this run", bus.notified());
     println!("| subscription | delivered | filtered out | failed | dead-lettered |");
     println!("| --- | --- | --- | --- | --- |");
     for s in &stats {

@@ -39,7 +39,7 @@ pub fn order_ids(events: impl IntoIterator<Item = AnyEvent>) -> Vec<u64> {
 
 pub async fn sqlite_bus(path: &Path, shutdown_timeout: Duration) -> Bus {
     Bus::builder()
-        .log(SqliteLog::open(path).await.unwrap())
+        .backend(SqliteLog::open(path).await.unwrap())
         .shutdown_timeout(shutdown_timeout)
         .build()
         .unwrap()
@@ -54,7 +54,7 @@ pub async fn capped_bus(path: &Path, max_size: u64) -> Bus {
         .await
         .unwrap();
     Bus::builder()
-        .log(log)
+        .backend(log)
         .shutdown_timeout(Duration::from_millis(300))
         .build()
         .unwrap()

@@ -1,5 +1,6 @@
-use super::{BuildError, Bus};
-use crate::log::{Log, MemoryLog};
+use super::{BuildError, Bus, Writer};
+use crate::backend::{Backend, DeadLetterStore, MemoryLog, RetryStore};
+use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,9 @@ use std::time::Duration;
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct BusBuilder {
     capacity: Option<usize>,
-    log: Option<Arc<dyn Log>>,
+    backend: Option<Writer>,
+    dead_letters: Option<Arc<dyn DeadLetterStore>>,
+    retries: Option<Arc<dyn RetryStore>>,
     shutdown_timeout: Option<Duration>,
 }
 
@@ -43,9 +46,34 @@ impl BusBuilder {
         self
     }
 
-    /// Runs the bus on `log` instead of the in-memory default.
-    pub fn log(mut self, log: impl Log) -> Self {
-        self.log = Some(Arc::new(log));
+    /// Runs the bus on `backend` instead of the in-memory default. Its own
+    /// dead-letter and retry stores, if it brings them, come with it unless
+    /// others are set.
+    pub fn backend<B: Backend>(mut self, backend: B) -> Self {
+        // The in-memory log keeps its fast path (appending without a
+        // future) even when it is passed in explicitly.
+        let any: Box<dyn Any> = Box::new(backend);
+        self.backend = Some(match any.downcast::<MemoryLog>() {
+            Ok(memory) => Writer::memory(Arc::new(*memory)),
+            Err(any) => Writer::Backend(Arc::new(
+                *any.downcast::<B>().expect("the value boxed just above"),
+            )),
+        });
+        self
+    }
+
+    /// Keeps dead letters in `store` instead of the backend's own store
+    /// (or memory, for a backend without one).
+    pub fn dead_letter_store(mut self, store: impl DeadLetterStore) -> Self {
+        self.dead_letters = Some(Arc::new(store));
+        self
+    }
+
+    /// Keeps retry schedules in `store` instead of the backend's own store
+    /// (or nowhere, for a backend without one: a restart starts schedules
+    /// over).
+    pub fn retry_store(mut self, store: impl RetryStore) -> Self {
+        self.retries = Some(Arc::new(store));
         self
     }
 
@@ -62,14 +90,19 @@ impl BusBuilder {
     ///
     /// [`BuildError`] naming the setting that cannot work.
     pub fn build(self) -> Result<Bus, BuildError> {
-        let log: Arc<dyn Log> = match (self.log, self.capacity) {
-            (Some(_), Some(_)) => return Err(BuildError::CapacityWithCustomLog),
-            (Some(log), None) => log,
+        let writer = match (self.backend, self.capacity) {
+            (Some(_), Some(_)) => return Err(BuildError::CapacityWithCustomBackend),
+            (Some(writer), None) => writer,
             (None, Some(0)) => return Err(BuildError::ZeroCapacity),
-            (None, capacity) => Arc::new(MemoryLog::new(capacity.unwrap_or(4096))),
+            (None, capacity) => Writer::memory(Arc::new(MemoryLog::new(capacity.unwrap_or(4096)))),
         };
-        Ok(Bus::from_log(
-            log,
+        let backend = writer.backend();
+        let dead_letters = self.dead_letters.or_else(|| backend.dead_letter_store());
+        let retries = self.retries.or_else(|| backend.retry_store());
+        Ok(Bus::new(
+            writer,
+            dead_letters,
+            retries,
             self.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
         ))
     }

@@ -1,7 +1,7 @@
 //! Errors of the bus.
 
+use crate::backend::{ReadError, StoreError, WriteError};
 use crate::event::AnyEvent;
-use crate::log::LogError;
 
 /// Returned by [`BusBuilder::build`](super::BusBuilder::build) for a setting
 /// that cannot work.
@@ -11,11 +11,11 @@ pub enum BuildError {
     /// `capacity(0)`.
     #[error("`capacity` must be at least 1: it is how many unfinished events the bus holds")]
     ZeroCapacity,
-    /// `capacity(..)` together with a log of the user's own.
+    /// `capacity(..)` together with a backend of the user's own.
     #[error(
-        "`capacity` sets the size of the in-memory log; a bus built with `log(..)` takes its limits from that log"
+        "`capacity` sets the size of the in-memory log; a bus built with `backend(..)` takes its limits from that backend"
     )]
-    CapacityWithCustomLog,
+    CapacityWithCustomBackend,
 }
 
 /// Returned by [`Bus::notify`](super::Bus::notify) when the event was not
@@ -26,26 +26,28 @@ pub enum NotifyError {
     /// The bus was shut down.
     #[error("bus is shut down; the event was not accepted")]
     Closed(AnyEvent),
-    /// The log failed to store the event.
-    #[error("the bus's log failed to store the event")]
-    Log(#[source] LogError),
+    /// The backend failed to store the event.
+    #[error("the bus's backend failed to store the event")]
+    Write(#[source] WriteError),
 }
 
 impl NotifyError {
     /// The event that was not accepted, where the error still holds it.
     pub fn into_event(self) -> Option<AnyEvent> {
         match self {
-            NotifyError::Closed(event) | NotifyError::Log(LogError::Closed(event)) => Some(event),
-            NotifyError::Log(_) => None,
+            NotifyError::Closed(event) | NotifyError::Write(WriteError::Closed(event)) => {
+                Some(event)
+            }
+            NotifyError::Write(_) => None,
         }
     }
 }
 
-impl From<LogError> for NotifyError {
-    fn from(err: LogError) -> Self {
+impl From<WriteError> for NotifyError {
+    fn from(err: WriteError) -> Self {
         match err {
-            LogError::Closed(event) => NotifyError::Closed(event),
-            other => NotifyError::Log(other),
+            WriteError::Closed(event) => NotifyError::Closed(event),
+            other => NotifyError::Write(other),
         }
     }
 }
@@ -58,9 +60,9 @@ pub enum TryNotifyError {
     /// The slowest subscription is a full buffer behind.
     #[error("bus is full: the slowest subscription is a full buffer behind")]
     Full(AnyEvent),
-    /// The log stores events with I/O, which `try_notify` does not wait for;
-    /// use `notify`.
-    #[error("the bus's log needs to wait to store an event; use `notify`")]
+    /// The backend stores events with I/O, which `try_notify` does not
+    /// wait for; use `notify`.
+    #[error("the bus's backend needs to wait to store an event; use `notify`")]
     WouldBlock(AnyEvent),
     /// The bus was shut down.
     #[error("bus is shut down; the event was not accepted")]
@@ -129,9 +131,12 @@ pub enum SubscribeError {
     /// The bus was shut down.
     #[error("bus is shut down; no new subscriptions")]
     Closed,
-    /// The log refused to open a cursor.
-    #[error("the bus's log could not open a cursor for the subscription")]
-    Log(#[source] LogError),
+    /// The backend refused to open a reader.
+    #[error("the bus's backend could not open a reader for the subscription")]
+    Open(#[source] ReadError),
+    /// The retry store could not load the subscription's schedules.
+    #[error("the retry store could not load the subscription's retry schedules")]
+    Store(#[source] StoreError),
 }
 
 /// Returned by [`Bus::drain`](super::Bus::drain) when waiting cannot end.

@@ -1,6 +1,6 @@
 //! The bus: where services notify events and subscriptions pull them.
 //!
-//! A [`Bus`] owns a [`Log`] (in memory by default) and the
+//! A [`Bus`] owns a [`Backend`] (in memory by default) and the
 //! subscriptions reading it. [`Bus::notify`] returns once the event is in the
 //! log and waits while the slowest subscription is a full buffer behind;
 //! [`Bus::try_notify`] returns [`TryNotifyError::Full`] instead of waiting.
@@ -11,14 +11,15 @@ mod error;
 pub use self::builder::BusBuilder;
 pub use self::error::{BuildError, DrainError, NotifyError, SubscribeError, TryNotifyError};
 
+use crate::backend::error::TryAppendError;
+use crate::backend::{Backend, MemoryLog, Position, RetryStore};
 use crate::consumer::Consumer;
 use crate::dead_letter::{DeadLetters, MemoryDeadLetters};
 use crate::event::AnyEvent;
-use crate::log::{Log, Position, TryAppendError};
 use crate::subscription::{State, SubscriptionBuilder, SubscriptionStats};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,7 +56,15 @@ pub struct Bus {
 }
 
 pub(crate) struct Inner {
-    pub(crate) log: LogHandle,
+    pub(crate) writer: Writer,
+    /// The same backend as `writer`, as the trait.
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) closed: AtomicBool,
+    /// On a backend other than the in-memory log: how many events this bus
+    /// accepted, and the position after the last of them.
+    accepted: AtomicU64,
+    appended: AtomicU64,
+    pub(crate) retries: Option<Arc<dyn RetryStore>>,
     pub(crate) subscriptions: Mutex<BTreeMap<String, Slot>>,
     pub(crate) dead_letters: DeadLetters,
     pub(crate) shutdown_timeout: Duration,
@@ -93,18 +102,49 @@ impl Slot {
     }
 }
 
-pub(crate) struct LogHandle {
-    log: Arc<dyn Log>,
-    closed: AtomicBool,
+/// Where the bus writes: the in-memory ring through its own fast path
+/// (appending without a future while there is room), or any backend.
+#[derive(Clone)]
+pub(crate) enum Writer {
+    Memory(Arc<MemoryLog>),
+    Backend(Arc<dyn Backend>),
 }
 
-impl LogHandle {
-    pub(crate) fn log(&self) -> &Arc<dyn Log> {
-        &self.log
+impl Writer {
+    pub(crate) fn memory(log: Arc<MemoryLog>) -> Self {
+        Writer::Memory(log)
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(SeqCst)
+    pub(crate) fn backend(&self) -> Arc<dyn Backend> {
+        match self {
+            Writer::Memory(log) => Arc::clone(log) as Arc<dyn Backend>,
+            Writer::Backend(backend) => Arc::clone(backend),
+        }
+    }
+}
+
+impl fmt::Debug for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Writer::Memory(log) => log.fmt(f),
+            Writer::Backend(backend) => backend.fmt(f),
+        }
+    }
+}
+
+impl Inner {
+    /// The position after the last event this bus accepted: what `drain`
+    /// waits for.
+    pub(crate) fn appended(&self) -> Position {
+        match &self.writer {
+            Writer::Memory(log) => log.head(),
+            Writer::Backend(_) => self.appended.load(SeqCst),
+        }
+    }
+
+    fn accepted(&self, position: Position) {
+        self.accepted.fetch_add(1, SeqCst);
+        self.appended.fetch_max(position + 1, SeqCst);
     }
 }
 
@@ -159,7 +199,7 @@ impl fmt::Debug for Bus {
             .cloned()
             .collect();
         f.debug_struct("Bus")
-            .field("log", &self.inner.log.log)
+            .field("backend", &self.inner.writer)
             .field("subscriptions", &names)
             .finish()
     }
@@ -178,17 +218,23 @@ impl Bus {
         BusBuilder::default()
     }
 
-    pub(crate) fn from_log(log: Arc<dyn Log>, shutdown_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        writer: Writer,
+        dead_letters: Option<Arc<dyn crate::backend::DeadLetterStore>>,
+        retries: Option<Arc<dyn RetryStore>>,
+        shutdown_timeout: Duration,
+    ) -> Self {
         Bus {
             inner: Arc::new(Inner {
                 dead_letters: DeadLetters::new(
-                    log.dead_letter_store()
-                        .unwrap_or_else(|| Arc::new(MemoryDeadLetters::default())),
+                    dead_letters.unwrap_or_else(|| Arc::new(MemoryDeadLetters::default())),
                 ),
-                log: LogHandle {
-                    log,
-                    closed: AtomicBool::new(false),
-                },
+                backend: writer.backend(),
+                writer,
+                closed: AtomicBool::new(false),
+                accepted: AtomicU64::new(0),
+                appended: AtomicU64::new(0),
+                retries,
                 subscriptions: Mutex::new(BTreeMap::new()),
                 shutdown_timeout,
                 background: Mutex::default(),
@@ -211,15 +257,25 @@ impl Bus {
     /// # Errors
     ///
     /// [`NotifyError::Closed`] after [`shutdown`](Bus::shutdown), with the
-    /// event handed back; [`NotifyError::Log`] when the log fails.
+    /// event handed back; [`NotifyError::Write`] when the backend fails.
     pub async fn notify(&self, event: impl Into<AnyEvent>) -> Result<(), NotifyError> {
-        let log = &self.inner.log.log;
-        match log.try_append(event.into()) {
-            Ok(_) => Ok(()),
-            Err(TryAppendError::Full(event) | TryAppendError::WouldBlock(event)) => {
-                log.append(event).await.map(drop).map_err(NotifyError::from)
+        match &self.inner.writer {
+            Writer::Memory(log) => match log.try_append(event.into()) {
+                Ok(_) => Ok(()),
+                Err(TryAppendError::Full(event)) => {
+                    log.append(event).await.map(drop).map_err(NotifyError::from)
+                }
+                Err(TryAppendError::Closed(event)) => Err(NotifyError::Closed(event)),
+            },
+            Writer::Backend(backend) => {
+                let event = event.into();
+                if self.inner.closed.load(SeqCst) {
+                    return Err(NotifyError::Closed(event));
+                }
+                let position = backend.append(event).await?;
+                self.inner.accepted(position);
+                Ok(())
             }
-            Err(TryAppendError::Closed(event)) => Err(NotifyError::Closed(event)),
         }
     }
 
@@ -231,11 +287,17 @@ impl Bus {
     /// buffer behind, [`TryNotifyError::WouldBlock`] when the log needs I/O,
     /// [`TryNotifyError::Closed`] after shutdown; each hands the event back.
     pub fn try_notify(&self, event: impl Into<AnyEvent>) -> Result<(), TryNotifyError> {
-        match self.inner.log.log.try_append(event.into()) {
-            Ok(_) => Ok(()),
-            Err(TryAppendError::Full(e)) => Err(TryNotifyError::Full(e)),
-            Err(TryAppendError::WouldBlock(e)) => Err(TryNotifyError::WouldBlock(e)),
-            Err(TryAppendError::Closed(e)) => Err(TryNotifyError::Closed(e)),
+        let event = event.into();
+        match &self.inner.writer {
+            Writer::Memory(log) => match log.try_append(event) {
+                Ok(_) => Ok(()),
+                Err(TryAppendError::Full(e)) => Err(TryNotifyError::Full(e)),
+                Err(TryAppendError::Closed(e)) => Err(TryNotifyError::Closed(e)),
+            },
+            Writer::Backend(_) if self.inner.closed.load(SeqCst) => {
+                Err(TryNotifyError::Closed(event))
+            }
+            Writer::Backend(_) => Err(TryNotifyError::WouldBlock(event)),
         }
     }
 
@@ -251,9 +313,10 @@ impl Bus {
     }
 
     /// Resolves when every running subscription has finished every event
-    /// notified before the call (handled, or dead-lettered after its last
-    /// attempt) and every pending replay, and has flushed its consumer, so
-    /// batching sinks have seen everything too.
+    /// this bus notified before the call (handled, or dead-lettered after
+    /// its last attempt), the backlog its backend reported (a durable log's
+    /// events from before a restart) and every pending replay, and has
+    /// flushed its consumer, so batching sinks have seen everything too.
     ///
     /// This is what makes tests deterministic without sleeps. A
     /// subscription held back by a problem that retrying can fix (a locked
@@ -269,11 +332,14 @@ impl Bus {
         if let Some(own) = self.own_handler() {
             return Err(DrainError::InsideHandler(own.name.to_string()));
         }
-        let head = self.head();
+        let head = self.inner.appended();
         for state in self.running() {
             let mut done = state.done.subscribe();
             let mut stall = state.stall.watch();
             let mut paused = state.paused.subscribe();
+            // What this process notified, and what the backend said was
+            // left when the subscription last committed.
+            let target = head.max(*state.done.borrow() + state.backlog.load(SeqCst));
             loop {
                 if let Some(stalled) = stall.borrow_and_update().clone()
                     && stalled.fatal
@@ -286,7 +352,7 @@ impl Bus {
                 // Replays change no position; their runner pings `done`
                 // when one finishes, which re-runs this check.
                 if state.finished.load(SeqCst)
-                    || (*done.borrow_and_update() >= head && state.replays.load(SeqCst) == 0)
+                    || (*done.borrow_and_update() >= target && state.replays.load(SeqCst) == 0)
                 {
                     break;
                 }
@@ -342,8 +408,8 @@ impl Bus {
     /// [`still_running`](ShutdownReport::still_running). A `shutdown` from
     /// outside the handlers waits for them.
     pub async fn shutdown(&self) -> ShutdownReport {
-        self.inner.log.closed.store(true, SeqCst);
-        self.inner.log.log.close();
+        self.inner.closed.store(true, SeqCst);
+        self.inner.backend.close();
         let deadline = tokio::time::Instant::now() + self.inner.shutdown_timeout;
         if self.handling().is_some() {
             let still_running = self
@@ -405,14 +471,14 @@ impl Bus {
                 state.request_stop();
             }
             if !finishes_in_time(&state, deadline).await {
-                left = Some(state.stats(self.head()));
+                left = Some(state.stats(self.inner.appended()));
                 // The flag stops deliveries at once, wherever they were
                 // spawned; the abort drops the runner and its tasks, and is
                 // waited for, so nothing of the subscription runs once this
                 // returns.
                 state.abort().await;
             }
-            let stats = state.stats(self.head());
+            let stats = state.stats(self.inner.appended());
             // Reported by every call that waited for it, including one whose
             // own deadline had not passed when another's did.
             let left = left.unwrap_or_else(|| stats.clone());
@@ -449,7 +515,7 @@ impl Bus {
 
     /// The counters of every running subscription, by name.
     pub fn stats(&self) -> Vec<SubscriptionStats> {
-        let head = self.head();
+        let head = self.inner.appended();
         self.stopping().iter().map(|s| s.stats(head)).collect()
     }
 
@@ -458,18 +524,20 @@ impl Bus {
         &self.inner.dead_letters
     }
 
-    /// The log position the next notified event will get: grows by one per
-    /// event accepted. Positions start at 0 on the in-memory log and at 1
-    /// on SQLite (and a durable log keeps counting across restarts), so
-    /// compare two readings rather than reading one as a count.
-    pub fn head(&self) -> Position {
-        self.inner.log.log.head()
+    /// How many events this bus accepted since it was built. A durable
+    /// backend's own history, and events other processes wrote to a shared
+    /// one, are not counted.
+    pub fn notified(&self) -> u64 {
+        match &self.inner.writer {
+            Writer::Memory(log) => log.head(),
+            Writer::Backend(_) => self.inner.accepted.load(SeqCst),
+        }
     }
 
     /// What the bus's backend offers: durable, schedules its own retries,
     /// shared subscriptions, ordered.
-    pub fn capabilities(&self) -> crate::log::Capabilities {
-        self.inner.log.log.capabilities()
+    pub fn capabilities(&self) -> crate::backend::Capabilities {
+        self.inner.backend.capabilities()
     }
 
     /// Pauses the running subscription named `name`; see

@@ -1,6 +1,6 @@
 //! Errors of the dead letters.
 
-use crate::log::error::LogError;
+use crate::backend::StoreError;
 
 /// Returned by [`DeadLetters::replay`](super::DeadLetters::replay) and
 /// [`DeadLetters::replay_all`](super::DeadLetters::replay_all).
@@ -21,7 +21,7 @@ pub enum ReplayError {
     InProgress(u64),
     /// The dead-letter store could not be read.
     #[error("the dead-letter store could not be read")]
-    Store(#[source] LogError),
+    Store(#[source] StoreError),
 }
 
 /// Returned by [`DeadLetters::discard`](super::DeadLetters::discard).
@@ -34,5 +34,5 @@ pub enum DiscardError {
     InProgress(u64),
     /// The dead-letter store could not be written; the letter stays.
     #[error("the dead-letter store could not be written")]
-    Store(#[source] LogError),
+    Store(#[source] StoreError),
 }

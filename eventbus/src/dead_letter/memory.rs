@@ -1,8 +1,8 @@
 //! The default dead-letter store: in memory, for this process only.
 
 use super::{DeadLetter, DeadLetterPage, DeadLetterQuery, DeadLetterStore};
-use crate::log::error::LogError;
-use futures_util::future::{BoxFuture, ready};
+use crate::backend::StoreError;
+use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -23,25 +23,23 @@ impl MemoryDeadLetters {
     }
 }
 
+#[async_trait]
 impl DeadLetterStore for MemoryDeadLetters {
-    fn insert<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<u64, LogError>> {
+    async fn insert(&self, letter: &DeadLetter) -> Result<u64, StoreError> {
         let mut inner = self.inner();
         inner.last_id += 1;
         let id = inner.last_id;
         let mut letter = letter.clone();
         letter.id = id;
         inner.letters.insert(id, letter);
-        Box::pin(ready(Ok(id)))
+        Ok(id)
     }
 
-    fn get(&self, id: u64) -> BoxFuture<'_, Result<Option<DeadLetter>, LogError>> {
-        Box::pin(ready(Ok(self.inner().letters.get(&id).cloned())))
+    async fn get(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        Ok(self.inner().letters.get(&id).cloned())
     }
 
-    fn page<'a>(
-        &'a self,
-        query: &'a DeadLetterQuery,
-    ) -> BoxFuture<'a, Result<DeadLetterPage, LogError>> {
+    async fn page(&self, query: &DeadLetterQuery) -> Result<DeadLetterPage, StoreError> {
         let inner = self.inner();
         let from = query.after.map_or(0, |after| after.saturating_add(1));
         let letters: Vec<DeadLetter> = inner
@@ -61,10 +59,10 @@ impl DeadLetterStore for MemoryDeadLetters {
             .last()
             .map(|l| l.id)
             .filter(|_| letters.len() >= query.limit.max(1));
-        Box::pin(ready(Ok(DeadLetterPage::new(letters, next))))
+        Ok(DeadLetterPage::new(letters, next))
     }
 
-    fn count<'a>(&'a self, subscription: Option<&'a str>) -> BoxFuture<'a, Result<u64, LogError>> {
+    async fn count(&self, subscription: Option<&str>) -> Result<u64, StoreError> {
         let inner = self.inner();
         let count = match subscription {
             None => inner.letters.len(),
@@ -74,10 +72,10 @@ impl DeadLetterStore for MemoryDeadLetters {
                 .filter(|l| l.subscription == s)
                 .count(),
         };
-        Box::pin(ready(Ok(count as u64)))
+        Ok(count as u64)
     }
 
-    fn remove(&self, id: u64) -> BoxFuture<'_, Result<bool, LogError>> {
-        Box::pin(ready(Ok(self.inner().letters.remove(&id).is_some())))
+    async fn remove(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.inner().letters.remove(&id).is_some())
     }
 }

@@ -12,8 +12,8 @@
 //! again under a new id) or when it is discarded; a replay cut short by a
 //! crash or a shutdown deadline leaves it where it was.
 
+use crate::backend::StoreError;
 use crate::event::AnyEvent;
-use crate::log::error::LogError;
 use crate::stall::Stall;
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
@@ -242,8 +242,8 @@ impl DeadLetters {
     ///
     /// # Errors
     ///
-    /// [`LogError`] when the store cannot be read.
-    pub async fn list(&self) -> Result<Vec<DeadLetter>, LogError> {
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn list(&self) -> Result<Vec<DeadLetter>, StoreError> {
         self.collect(DeadLetterQuery::new().limit(1000)).await
     }
 
@@ -251,8 +251,8 @@ impl DeadLetters {
     ///
     /// # Errors
     ///
-    /// [`LogError`] when the store cannot be read.
-    pub async fn list_for(&self, subscription: &str) -> Result<Vec<DeadLetter>, LogError> {
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn list_for(&self, subscription: &str) -> Result<Vec<DeadLetter>, StoreError> {
         self.collect(
             DeadLetterQuery::new()
                 .subscription(subscription)
@@ -261,7 +261,7 @@ impl DeadLetters {
         .await
     }
 
-    async fn collect(&self, mut query: DeadLetterQuery) -> Result<Vec<DeadLetter>, LogError> {
+    async fn collect(&self, mut query: DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError> {
         let mut all = Vec::new();
         loop {
             let page = self.page(&query).await?;
@@ -277,7 +277,7 @@ impl DeadLetters {
     ///
     /// # Errors
     ///
-    /// [`LogError`] when the store cannot be read.
+    /// [`StoreError`] when the store cannot be read.
     ///
     /// # Examples
     ///
@@ -300,7 +300,7 @@ impl DeadLetters {
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn page(&self, query: &DeadLetterQuery) -> Result<DeadLetterPage, LogError> {
+    pub async fn page(&self, query: &DeadLetterQuery) -> Result<DeadLetterPage, StoreError> {
         self.inner.store.page(query).await
     }
 
@@ -308,8 +308,8 @@ impl DeadLetters {
     ///
     /// # Errors
     ///
-    /// [`LogError`] when the store cannot be read.
-    pub async fn get(&self, id: u64) -> Result<Option<DeadLetter>, LogError> {
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn get(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
         self.inner.store.get(id).await
     }
 
@@ -318,8 +318,8 @@ impl DeadLetters {
     ///
     /// # Errors
     ///
-    /// [`LogError`] when the store cannot be read.
-    pub async fn count(&self) -> Result<u64, LogError> {
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn count(&self) -> Result<u64, StoreError> {
         self.inner.store.count(None).await
     }
 
@@ -327,8 +327,8 @@ impl DeadLetters {
     ///
     /// # Errors
     ///
-    /// [`LogError`] when the store cannot be read.
-    pub async fn count_for(&self, subscription: &str) -> Result<u64, LogError> {
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn count_for(&self, subscription: &str) -> Result<u64, StoreError> {
         self.inner.store.count(Some(subscription)).await
     }
 

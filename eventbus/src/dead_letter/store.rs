@@ -2,36 +2,35 @@
 //! durable logs.
 
 use super::{DeadLetter, DeadLetterPage, DeadLetterQuery};
-use crate::log::error::LogError;
-use futures_util::future::BoxFuture;
+use crate::backend::StoreError;
+use async_trait::async_trait;
 use std::fmt::Debug;
 
 /// Where a bus keeps its dead letters: in memory by default, in the log's
-/// own storage for a durable [`Log`](crate::Log).
+/// own storage for a durable [`Backend`](crate::Backend), or one given to
+/// [`BusBuilder::dead_letter_store`](crate::BusBuilder::dead_letter_store).
 ///
 /// The bus writes each letter here before the subscription releases the
 /// event's position, and removes it only once a replay of it finished, so
 /// a dead letter is never lost to a crash. Reads are paged: a store never
 /// has to hold every letter in memory.
+#[async_trait]
 pub trait DeadLetterStore: Send + Sync + Debug + 'static {
     /// Stores a new letter and returns the id the store gave it. `letter.id`
     /// is ignored: ids come from the store, increase, and are never given
     /// out twice, even after the letter that had one was removed. An insert
     /// never replaces a stored letter.
-    fn insert<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<u64, LogError>>;
+    async fn insert(&self, letter: &DeadLetter) -> Result<u64, StoreError>;
 
     /// One letter, if it is stored and decodes.
-    fn get(&self, id: u64) -> BoxFuture<'_, Result<Option<DeadLetter>, LogError>>;
+    async fn get(&self, id: u64) -> Result<Option<DeadLetter>, StoreError>;
 
     /// Up to `query.limit` letters in id order, after `query.after`.
-    fn page<'a>(
-        &'a self,
-        query: &'a DeadLetterQuery,
-    ) -> BoxFuture<'a, Result<DeadLetterPage, LogError>>;
+    async fn page(&self, query: &DeadLetterQuery) -> Result<DeadLetterPage, StoreError>;
 
     /// How many letters are stored, of one subscription or of all.
-    fn count<'a>(&'a self, subscription: Option<&'a str>) -> BoxFuture<'a, Result<u64, LogError>>;
+    async fn count(&self, subscription: Option<&str>) -> Result<u64, StoreError>;
 
     /// Removes a letter; `Ok(false)` when there was none with that id.
-    fn remove(&self, id: u64) -> BoxFuture<'_, Result<bool, LogError>>;
+    async fn remove(&self, id: u64) -> Result<bool, StoreError>;
 }

@@ -1,5 +1,5 @@
 //! Subscriptions: a named consumer with its demand, mode, filter and retry
-//! policy, reading the bus's log through its own cursor.
+//! policy, reading the bus's backend through its own reader.
 //!
 //! # Demand
 //!
@@ -31,9 +31,11 @@
 
 mod filter;
 mod runner;
+mod start;
 mod state;
 
 pub use self::filter::{Filter, PatternError};
+pub use self::start::StartFrom;
 pub use self::state::SubscriptionStats;
 
 pub(crate) use self::state::State;
@@ -42,7 +44,6 @@ use crate::bus::{Bus, Slot, SubscribeError};
 use crate::consumer::{Consumer, Context};
 use crate::dead_letter::Route;
 use crate::event::AnyEvent;
-use crate::log::StartFrom;
 use crate::retry::Retry;
 use futures_util::FutureExt;
 use std::fmt;
@@ -249,7 +250,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
         self
     }
 
-    /// Checks the settings, opens the subscription's cursor and starts its
+    /// Checks the settings, opens the subscription's reader and starts its
     /// task.
     ///
     /// # Errors
@@ -298,7 +299,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
         }
 
         let inner = bus.inner();
-        if let (Mode::Concurrent(limit), Some(capacity)) = (&mode, inner.log.log().capacity())
+        if let (Mode::Concurrent(limit), Some(capacity)) = (&mode, inner.backend.capacity())
             && *limit > capacity
         {
             return Err(SubscribeError::ConcurrencyAboveCapacity {
@@ -309,7 +310,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
         consumer.check().map_err(SubscribeError::Consumer)?;
         {
             let mut subscriptions = inner.subscriptions.lock().expect("subscriptions lock");
-            if inner.log.is_closed() {
+            if inner.closed.load(SeqCst) {
                 return Err(SubscribeError::Closed);
             }
             match subscriptions.get(&name) {
@@ -327,21 +328,14 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             name: name.clone(),
             armed: true,
         };
-        let cursor = inner
-            .log
-            .log()
-            .open(&name, from)
+        let reader = inner
+            .backend
+            .reader(&name, from)
             .await
-            .map_err(SubscribeError::Log)?;
-        let start = cursor.position();
-        let retries = match inner.log.log().retry_store() {
-            Some(store) => {
-                let pending = store.load(&name).await.map_err(SubscribeError::Log)?;
-                Some(runner::RetryBook {
-                    store,
-                    pending: Mutex::new(pending.into_iter().collect()),
-                })
-            }
+            .map_err(SubscribeError::Open)?;
+        let start = reader.position();
+        let retries = match &inner.retries {
+            Some(store) => Some(runner::RetryBook::load(Arc::clone(store), &name).await?),
             None => None,
         };
 
@@ -354,6 +348,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             stall: Arc::default(),
             counters: Default::default(),
             done: watch::Sender::new(start),
+            backlog: AtomicU64::new(reader.lag().unwrap_or(0)),
             replays: Arc::new(AtomicU64::new(0)),
             stop: AtomicBool::new(false),
             paused: watch::Sender::new(false),
@@ -400,8 +395,8 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
                 dead_letters,
                 metrics: runner::Metrics::new(&name),
             }),
-            cursor,
-            log: Arc::clone(inner.log.log()),
+            reader,
+            durable: inner.backend.capabilities().durable,
             filter: filter::CachedFilter::new(filter),
             config: Config {
                 max_demand,
@@ -411,6 +406,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             replays: replay_rx,
             flushes: flush_rx,
             read: start,
+            claim_lost: false,
         };
         let watched = Arc::clone(&state);
         let run = async move {
@@ -473,11 +469,11 @@ impl Subscription {
 
     /// The subscription's counters now.
     pub fn stats(&self) -> SubscriptionStats {
-        self.state.stats(self.bus.head())
+        self.state.stats(self.bus.inner().appended())
     }
 
     /// Stops the subscription: it reads no further, finishes the events it
-    /// already took, flushes its consumer and releases its cursor, within
+    /// already took, flushes its consumer and commits its position, within
     /// the bus's [shutdown timeout](crate::BusBuilder::shutdown_timeout).
     /// Still busy at the deadline, it is stopped where it is, as
     /// [`Bus::shutdown`](crate::Bus::shutdown) does, and the report says so.

@@ -3,12 +3,12 @@
 //! positions back to the log, and retry or dead-letter failures.
 
 use super::filter::CachedFilter;
-use super::state::{State, Watermark};
+use super::state::State;
 use super::{Config, Mode};
+use crate::backend::{Batch, Position, ReadError, Reader, RetryState, RetryStore, Watermark};
 use crate::consumer::Consumer;
 use crate::dead_letter::{DeadLetterWriter, Replay, error_chain, panic_message};
 use crate::event::AnyEvent;
-use crate::log::{Batch, Cursor, Log, Position, RetryState, RetryStore};
 use crate::retry::Retry;
 use chrono::Utc;
 use futures_util::FutureExt;
@@ -33,7 +33,35 @@ pub(crate) struct RetryBook {
     pub(crate) pending: std::sync::Mutex<std::collections::HashMap<Position, RetryState>>,
 }
 
+/// Retry schedules load this many at a time.
+const RETRY_PAGE: usize = 1000;
+
 impl RetryBook {
+    /// Loads the subscription's schedules, a page at a time.
+    pub(crate) async fn load(
+        store: Arc<dyn RetryStore>,
+        subscription: &str,
+    ) -> Result<Self, crate::bus::SubscribeError> {
+        let mut pending = std::collections::HashMap::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .load(subscription, after, RETRY_PAGE)
+                .await
+                .map_err(crate::bus::SubscribeError::Store)?;
+            let full = page.len() >= RETRY_PAGE;
+            after = page.last().map(|(position, _)| *position);
+            pending.extend(page);
+            if !full {
+                break;
+            }
+        }
+        Ok(RetryBook {
+            store,
+            pending: std::sync::Mutex::new(pending),
+        })
+    }
+
     fn take(&self, position: Position) -> Option<RetryState> {
         self.pending
             .lock()
@@ -74,10 +102,11 @@ impl Metrics {
 
 impl<C: Consumer> Deliverer<C> {
     /// Hands `event` (at `position` in the log; `None` for a replay) to the
-    /// consumer until it succeeds or runs out of attempts.
-    pub(crate) async fn deliver(&self, position: Option<Position>, event: &AnyEvent) {
+    /// consumer until it succeeds or runs out of attempts, starting at the
+    /// attempt the backend counts.
+    pub(crate) async fn deliver(&self, position: Option<Position>, event: &AnyEvent, first: u32) {
         let counters = &self.state.counters;
-        let mut attempt = 1;
+        let mut attempt = first.max(1);
         let mut first_failed_at = None;
         // An event that was waiting for a retry when the process stopped
         // resumes its schedule.
@@ -86,7 +115,7 @@ impl<C: Consumer> Deliverer<C> {
         if let Some((book, position)) = book
             && let Some(state) = book.take(position)
         {
-            attempt = state.attempts + 1;
+            attempt = attempt.max(state.attempts + 1);
             first_failed_at = Some(state.first_failed_at);
             stored = true;
             // The stored time comes from the wall clock, which may have
@@ -202,14 +231,19 @@ impl<C> Deliverer<C> {
 
 pub(crate) struct Runner<C> {
     pub(crate) deliverer: Arc<Deliverer<C>>,
-    pub(crate) cursor: Box<dyn Cursor>,
-    pub(crate) log: Arc<dyn Log>,
+    pub(crate) reader: Box<dyn Reader>,
+    /// Whether the backend keeps events across a restart: then the
+    /// consumer is flushed before every commit.
+    pub(crate) durable: bool,
     pub(crate) filter: CachedFilter,
     pub(crate) config: Config,
     pub(crate) replays: mpsc::UnboundedReceiver<Replay>,
     pub(crate) flushes: mpsc::Receiver<oneshot::Sender<()>>,
     /// Everything before this was read from the cursor.
     pub(crate) read: Position,
+    /// Set when the backend said this process lost the subscription: the
+    /// runner then stops, and commits nothing more.
+    pub(crate) claim_lost: bool,
 }
 
 /// How the runner hands events over, by mode.
@@ -261,7 +295,8 @@ impl Lanes {
 /// What a partition lane is handed: an event from the log, or a dead
 /// letter's event replayed into the lane of its key.
 enum Work {
-    Event(Position, AnyEvent),
+    /// An event, its position and the attempt the backend counts.
+    Event(Position, AnyEvent, u32),
     Replay(Replay),
 }
 
@@ -275,6 +310,7 @@ const FAN_OUT_FROM: usize = 4;
 struct Started {
     position: Position,
     event: AnyEvent,
+    attempt: u32,
     permit: OwnedSemaphorePermit,
 }
 
@@ -394,10 +430,11 @@ async fn deliver_one<C: Consumer>(
     let Started {
         position,
         event,
+        attempt,
         permit,
     } = started;
     let state = &deliverer.state;
-    let delivered = unless_aborted(state, deliverer.deliver(Some(position), &event)).await;
+    let delivered = unless_aborted(state, deliverer.deliver(Some(position), &event, attempt)).await;
     if delivered.is_some() {
         state.counters.in_flight.fetch_sub(1, Relaxed);
         watermark.finish(position);
@@ -412,7 +449,7 @@ impl<C: Consumer> Runner<C> {
         let never = Arc::new(Watermark::default());
         let mut read_failures = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
-            if state.stop.load(SeqCst) {
+            if state.stop.load(SeqCst) || self.claim_lost {
                 break;
             }
             let progressed = lanes.watermark().unwrap_or(&never).clone();
@@ -430,11 +467,11 @@ impl<C: Consumer> Runner<C> {
                 Some(replay) = self.replays.recv(), if running => {
                     self.replay_in(&mut lanes, replay).await;
                 }
-                () = progressed.progressed.notified(), if lanes.watermark().is_some() => {
+                () = progressed.progressed(), if lanes.watermark().is_some() => {
                     let done = progressed.done(self.read);
                     self.release(done).await;
                 }
-                batch = self.cursor.next(max), if running => match batch {
+                batch = self.reader.next(max), if running => match batch {
                     Ok(Some(batch)) => {
                         if read_failures.reset() {
                             state.stall.clear();
@@ -442,10 +479,14 @@ impl<C: Consumer> Runner<C> {
                         self.process(&batch, &mut lanes).await;
                     }
                     Ok(None) => break,
+                    Err(ReadError::ClaimLost(reason)) => {
+                        self.lose_claim(&reason);
+                        break;
+                    }
                     Err(err) => {
                         let wait = read_failures.next();
                         let reason = format!(
-                            "cannot read the log, so the subscription tries again in {wait:?}: {}",
+                            "cannot read the backend, so the subscription tries again in {wait:?}: {}",
                             error_chain(&err).join(": "),
                         );
                         tracing::error!(subscription = %state.name, "{reason}");
@@ -481,11 +522,14 @@ impl<C: Consumer> Runner<C> {
                         tasks.spawn(handling.scope(async move {
                             while let Some(work) = rx.recv().await {
                                 match work {
-                                    Work::Event(pos, event) => {
-                                        let delivered =
-                                            AssertUnwindSafe(deliverer.deliver(Some(pos), &event))
-                                                .catch_unwind()
-                                                .await;
+                                    Work::Event(pos, event, attempt) => {
+                                        let delivered = AssertUnwindSafe(deliverer.deliver(
+                                            Some(pos),
+                                            &event,
+                                            attempt,
+                                        ))
+                                        .catch_unwind()
+                                        .await;
                                         deliverer.state.counters.in_flight.fetch_sub(1, Relaxed);
                                         match delivered {
                                             Ok(()) => watermark.finish(pos),
@@ -553,7 +597,9 @@ impl<C: Consumer> Runner<C> {
                 match lanes {
                     Lanes::Sequential => {
                         counters.in_flight.store(1, Relaxed);
-                        self.deliverer.deliver(Some(pos), event).await;
+                        self.deliverer
+                            .deliver(Some(pos), event, batch.attempt(i))
+                            .await;
                         counters.in_flight.store(0, Relaxed);
                     }
                     Lanes::Concurrent {
@@ -579,6 +625,7 @@ impl<C: Consumer> Runner<C> {
                         pending.push(Started {
                             position: pos,
                             event: event.clone(),
+                            attempt: batch.attempt(i),
                             permit,
                         });
                         if pending.is_full() {
@@ -603,7 +650,7 @@ impl<C: Consumer> Runner<C> {
                         watermark.start(pos);
                         counters.in_flight.fetch_add(1, Relaxed);
                         if senders[lane]
-                            .send(Work::Event(pos, event.clone()))
+                            .send(Work::Event(pos, event.clone(), batch.attempt(i)))
                             .await
                             .is_err()
                         {
@@ -646,7 +693,7 @@ impl<C: Consumer> Runner<C> {
         if done <= *state.done.borrow() {
             return;
         }
-        if self.log.capabilities().durable {
+        if self.durable {
             // What the consumer buffered must be written before the log
             // forgets it: at-least-once, not at-most-once, across a crash.
             Self::flush_consumer(&self.deliverer).await;
@@ -657,7 +704,11 @@ impl<C: Consumer> Runner<C> {
         // stopping subscription on a damaged log gives up, leaving the
         // events to be delivered again after a restart.
         let mut failures = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        while let Err(err) = self.cursor.release(done).await {
+        while let Err(err) = self.reader.commit(done).await {
+            if let ReadError::ClaimLost(reason) = &err {
+                self.lose_claim(reason);
+                return;
+            }
             let wait = failures.next();
             let fatal = err.is_fatal();
             let reason = format!(
@@ -679,7 +730,22 @@ impl<C: Consumer> Runner<C> {
         metrics
             .in_flight
             .set(state.counters.in_flight.load(Relaxed) as f64);
-        metrics.lag.set(self.log.head().saturating_sub(done) as f64);
+        if let Some(lag) = self.reader.lag() {
+            state.backlog.store(lag, Relaxed);
+            metrics.lag.set(lag as f64);
+        }
+    }
+
+    /// The backend says another process holds the subscription now: stop,
+    /// commit nothing more, and say so.
+    fn lose_claim(&mut self, reason: &str) {
+        let state = &self.deliverer.state;
+        let reason = format!(
+            "this process lost its claim on the subscription ({reason}); it stopped without committing, and the process that holds it now delivers what this one had not finished"
+        );
+        tracing::error!(subscription = %state.name, "{reason}");
+        state.stall.set(reason, true);
+        self.claim_lost = true;
     }
 
     /// Finishes in-flight work and buffered batches before the task ends.
@@ -722,9 +788,13 @@ impl<C: Consumer> Runner<C> {
         // Every task has ended, but one that panicked around its consumer
         // left its event unfinished: the watermark stops before it, so a
         // durable log delivers it again rather than skipping it.
-        let read = self.read;
-        let done = watermark.map_or(read, |w| w.done(read));
-        self.release(done).await;
+        // A process that lost its claim commits nothing: the one that holds
+        // the subscription now delivers what this one had not committed.
+        if !self.claim_lost {
+            let read = self.read;
+            let done = watermark.map_or(read, |w| w.done(read));
+            self.release(done).await;
+        }
         self.deliverer.metrics.lag.set(0.0);
         state.mark_finished();
     }
@@ -733,7 +803,7 @@ impl<C: Consumer> Runner<C> {
     /// once that finished, and stays if this is cut short.
     async fn replay(deliverer: &Deliverer<C>, replay: Replay) {
         let _counted = ReplayDone(&deliverer.state);
-        deliverer.deliver(None, &replay.event).await;
+        deliverer.deliver(None, &replay.event, 1).await;
         // A batching consumer has only queued the payload: the letter goes
         // once its sink has it (or has dead-lettered it again).
         Self::flush_consumer(deliverer).await;

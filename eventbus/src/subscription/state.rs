@@ -1,10 +1,9 @@
 //! What a running subscription shares with its handle and the bus: counters,
 //! the finished position, and the controls to flush and stop it.
 
+use crate::backend::Position;
 use crate::handling::Handling;
-use crate::log::Position;
 use crate::stall::Stall;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -68,6 +67,9 @@ pub(crate) struct State {
     pub(crate) counters: Counters,
     /// Every event before this position is finished.
     pub(crate) done: watch::Sender<Position>,
+    /// What the backend last said the subscription had not finished,
+    /// events of earlier runs and other processes included.
+    pub(crate) backlog: AtomicU64,
     /// Replays sent but not yet finished.
     pub(crate) replays: Arc<AtomicU64>,
     pub(crate) stop: AtomicBool,
@@ -91,6 +93,8 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The counters now, given the position after the last event this
+    /// process notified.
     pub(crate) fn stats(&self, head: Position) -> SubscriptionStats {
         let c = &self.counters;
         SubscriptionStats {
@@ -101,7 +105,9 @@ impl State {
             dead_lettered: c.dead_lettered.load(Relaxed),
             filtered: c.filtered.load(Relaxed),
             in_flight: c.in_flight.load(Relaxed),
-            lag: head.saturating_sub(*self.done.borrow()),
+            lag: head
+                .saturating_sub(*self.done.borrow())
+                .max(self.backlog.load(Relaxed)),
             replaying: self.replays.load(Relaxed),
             buffered: c.buffered.load(Relaxed),
             stalled: self.stall.get().map(|s| s.reason),
@@ -199,56 +205,6 @@ impl State {
                 false
             }
         });
-    }
-}
-
-/// The finished position when events finish out of order (concurrent and
-/// partitioned modes): everything before the oldest unfinished event.
-///
-/// Events start in position order, so the window is a queue: starting pushes
-/// at the back, finishing marks an entry found by binary search, and the
-/// finished prefix is popped from the front. No allocation per event once the
-/// queue has grown to the number in flight.
-#[derive(Default)]
-pub(crate) struct Watermark {
-    window: Mutex<VecDeque<(Position, bool)>>,
-    /// Set when the oldest event finishes, so the runner releases the log
-    /// promptly.
-    pub(crate) progressed: Notify,
-}
-
-impl Watermark {
-    pub(crate) fn start(&self, position: Position) {
-        let mut window = self.window.lock().expect("watermark lock");
-        debug_assert!(window.back().is_none_or(|(last, _)| *last < position));
-        window.push_back((position, false));
-    }
-
-    pub(crate) fn finish(&self, position: Position) {
-        let mut window = self.window.lock().expect("watermark lock");
-        let Ok(i) = window.binary_search_by_key(&position, |(p, _)| *p) else {
-            return;
-        };
-        window[i].1 = true;
-        if i > 0 {
-            // Only the oldest event finishing moves the watermark.
-            return;
-        }
-        while window.front().is_some_and(|(_, finished)| *finished) {
-            window.pop_front();
-        }
-        drop(window);
-        self.progressed.notify_one();
-    }
-
-    /// Everything before the returned position is finished, given that
-    /// everything before `read` was read.
-    pub(crate) fn done(&self, read: Position) -> Position {
-        self.window
-            .lock()
-            .expect("watermark lock")
-            .front()
-            .map_or(read, |&(oldest, _)| oldest.min(read))
     }
 }
 

@@ -7,9 +7,10 @@
 //! Chunks are freed when the last cursor moves past them, and the producer
 //! waits when the slowest cursor is `capacity` events behind.
 
-use super::{Batch, Capabilities, Cursor, Log, LogError, Position, StartFrom, TryAppendError};
+use super::error::TryAppendError;
+use super::{Backend, Batch, Capabilities, Position, ReadError, Reader, StartFrom, WriteError};
 use crate::event::AnyEvent;
-use futures_util::future::BoxFuture;
+use async_trait::async_trait;
 use std::fmt;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -23,7 +24,10 @@ const CHUNK: usize = 1024;
 /// The in-memory log, the default backend of a [`Bus`](crate::Bus).
 ///
 /// Holds at most `capacity` events that some subscription has not finished;
-/// keeps nothing across a restart.
+/// keeps nothing across a restart. A bus built on it appends without a
+/// future or an allocation when there is room, which
+/// [`Bus::try_notify`](crate::Bus::try_notify) relies on; that path is the
+/// bus's own, not part of [`Backend`].
 pub struct MemoryLog {
     shared: Arc<Shared>,
 }
@@ -135,7 +139,7 @@ impl fmt::Debug for MemoryLog {
 }
 
 impl Shared {
-    fn try_append(&self, event: AnyEvent) -> Result<Position, TryAppendError> {
+    pub(crate) fn try_append(&self, event: AnyEvent) -> Result<Position, TryAppendError> {
         let mut producer = self.producer.lock().expect("producer lock");
         // Checked under the producer lock, which `close` takes too: an event
         // is either appended before the log closes, and so read by every
@@ -178,12 +182,12 @@ impl Shared {
             })
     }
 
-    async fn append(&self, mut event: AnyEvent) -> Result<Position, LogError> {
+    async fn append(&self, mut event: AnyEvent) -> Result<Position, WriteError> {
         loop {
             match self.try_append(event) {
                 Ok(pos) => return Ok(pos),
-                Err(TryAppendError::Closed(e)) => return Err(LogError::Closed(e)),
-                Err(TryAppendError::Full(e) | TryAppendError::WouldBlock(e)) => event = e,
+                Err(TryAppendError::Closed(e)) => return Err(WriteError::Closed(e)),
+                Err(TryAppendError::Full(e)) => event = e,
             }
             let mut notified = pin!(self.space.notified());
             notified.as_mut().enable();
@@ -192,8 +196,8 @@ impl Shared {
             // failed attempt and now is not missed.
             match self.try_append(event) {
                 Ok(pos) => return Ok(pos),
-                Err(TryAppendError::Closed(e)) => return Err(LogError::Closed(e)),
-                Err(TryAppendError::Full(e) | TryAppendError::WouldBlock(e)) => event = e,
+                Err(TryAppendError::Closed(e)) => return Err(WriteError::Closed(e)),
+                Err(TryAppendError::Full(e)) => event = e,
             }
             notified.await;
         }
@@ -223,40 +227,44 @@ impl Drop for Sleeper<'_> {
     }
 }
 
-impl Log for MemoryLog {
-    fn try_append(&self, event: AnyEvent) -> Result<Position, TryAppendError> {
+impl MemoryLog {
+    /// How many events were appended.
+    pub(crate) fn head(&self) -> Position {
+        self.shared.head.load(SeqCst)
+    }
+
+    /// Appends without waiting: the bus's fast path.
+    pub(crate) fn try_append(&self, event: AnyEvent) -> Result<Position, TryAppendError> {
         self.shared.try_append(event)
     }
+}
 
-    fn append(&self, event: AnyEvent) -> BoxFuture<'_, Result<Position, LogError>> {
-        Box::pin(self.shared.append(event))
+#[async_trait]
+impl Backend for MemoryLog {
+    /// Ordered, and nothing more: it lives and dies with the process.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().ordered(true)
     }
 
-    fn head(&self) -> Position {
-        self.shared.head.load(SeqCst)
+    async fn append(&self, event: AnyEvent) -> Result<Position, WriteError> {
+        self.shared.append(event).await
+    }
+
+    async fn reader(
+        &self,
+        _subscription: &str,
+        from: StartFrom,
+    ) -> Result<Box<dyn Reader>, ReadError> {
+        match from {
+            StartFrom::Now => Ok(Box::new(self.open_at_head())),
+            StartFrom::Beginning => Err(ReadError::Unsupported(
+                "the in-memory log keeps no history, so a subscription can only start from now; use a durable log to read from the beginning",
+            )),
+        }
     }
 
     fn capacity(&self) -> Option<usize> {
         usize::try_from(self.shared.capacity).ok()
-    }
-
-    fn open(
-        &self,
-        _subscription: &str,
-        from: StartFrom,
-    ) -> BoxFuture<'_, Result<Box<dyn Cursor>, LogError>> {
-        let opened = match from {
-            StartFrom::Now => Ok(Box::new(self.open_at_head()) as Box<dyn Cursor>),
-            StartFrom::Beginning => Err(LogError::Unsupported(
-                "the in-memory log keeps no history, so a subscription can only start from now; use a durable log to read from the beginning",
-            )),
-        };
-        Box::pin(std::future::ready(opened))
-    }
-
-    /// Ordered, and nothing more: it lives and dies with the process.
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new().ordered(true)
     }
 
     fn close(&self) {
@@ -332,7 +340,7 @@ impl MemoryCursor {
         Some(batch)
     }
 
-    async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, LogError> {
+    async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, ReadError> {
         loop {
             // Read `closed` before the head: once closed, no event is
             // appended, so a cursor that then finds nothing has read all.
@@ -355,18 +363,28 @@ impl MemoryCursor {
     }
 }
 
-impl Cursor for MemoryCursor {
-    fn next(&mut self, max: usize) -> BoxFuture<'_, Result<Option<Batch>, LogError>> {
-        Box::pin(self.next_batch(max))
+#[async_trait]
+impl Reader for MemoryCursor {
+    async fn next(&mut self, max: usize) -> Result<Option<Batch>, ReadError> {
+        self.next_batch(max).await
     }
 
-    fn release(&mut self, up_to: Position) -> BoxFuture<'_, Result<(), LogError>> {
+    async fn commit(&mut self, up_to: Position) -> Result<(), ReadError> {
         self.release_now(up_to);
-        Box::pin(std::future::ready(Ok(())))
+        Ok(())
     }
 
     fn position(&self) -> Position {
         self.read
+    }
+
+    fn lag(&self) -> Option<u64> {
+        Some(
+            self.shared
+                .head
+                .load(SeqCst)
+                .saturating_sub(self.released.load(SeqCst)),
+        )
     }
 }
 

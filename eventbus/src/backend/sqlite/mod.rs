@@ -33,7 +33,7 @@
 //! # let path = dir.path().join("events.db");
 //! use eventbus::{Bus, SqliteLog};
 //!
-//! let bus = Bus::builder().log(SqliteLog::open(&path).await?).build()?;
+//! let bus = Bus::builder().backend(SqliteLog::open(&path).await?).build()?;
 //! # bus.shutdown().await;
 //! # Ok(()) }
 //! ```
@@ -45,17 +45,17 @@ mod schema;
 mod stores;
 mod writer;
 
-pub use self::error::{ForgetError, OpenError};
+pub use self::error::{ForgetError, OpenError, SqliteError};
 pub use self::quarantine::{Quarantined, Requeued};
 
 use self::stores::Stores;
 use self::writer::{Reply, Request, Writer};
 use super::{
-    Capabilities, Cursor, DeadLetterStore, Log, LogError, Position, RetryStore, StartFrom,
-    TryAppendError,
+    Backend, Capabilities, DeadLetterStore, Position, ReadError, Reader, RetryStore, StartFrom,
+    WriteError,
 };
 use crate::event::AnyEvent;
-use futures_util::future::BoxFuture;
+use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use std::collections::HashMap;
 use std::fmt;
@@ -93,7 +93,7 @@ pub enum Synchronous {
 /// Keep finished events for a week, however many there are:
 ///
 /// ```
-/// use eventbus::log::sqlite::Retention;
+/// use eventbus::backend::sqlite::Retention;
 /// use std::time::Duration;
 ///
 /// let week = Retention {
@@ -212,7 +212,7 @@ impl SqliteOptions {
     }
 }
 
-/// A durable [`Log`] in a SQLite file. See the [module docs](self).
+/// A durable [`Backend`] in a SQLite file. See the [module docs](self).
 ///
 /// Clones are handles to the same log: keep one after handing the log to
 /// [`Bus::builder`](crate::Bus::builder), to call
@@ -333,6 +333,18 @@ impl SqliteLog {
         &self.shared.path
     }
 
+    /// How many events were ever appended to the file: the position of the
+    /// last one, since positions start at 1 and are never reused (pruning
+    /// keeps the count).
+    pub fn len(&self) -> u64 {
+        self.shared.head.load(SeqCst).saturating_sub(1)
+    }
+
+    /// Whether no event was ever appended to the file.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Deletes everything the log keeps for `subscription`: its position,
     /// retry schedules, quarantined events and dead letters, in one
     /// transaction, and says how much went.
@@ -364,14 +376,14 @@ impl SqliteLog {
     /// let forgotten = log.forget_subscription("legacy-mailer").await?;
     /// println!("forgot {} dead letters", forgotten.dead_letters);
     ///
-    /// let bus = Bus::builder().log(log.clone()).build()?;
+    /// let bus = Bus::builder().backend(log.clone()).build()?;
     /// # bus.shutdown().await;
     /// # Ok(()) }
     /// ```
     pub async fn forget_subscription(&self, subscription: &str) -> Result<Forgotten, ForgetError> {
         let stopped = || ForgetError::Log {
             subscription: subscription.to_owned(),
-            source: backend("the SQLite writer has stopped"),
+            source: SqliteError::stopped(&self.shared.path),
         };
         let (reply, answer) = oneshot::channel();
         self.shared
@@ -459,6 +471,7 @@ impl SqliteLog {
             retention: options.retention,
             open_cursors: open_cursors.clone(),
             lock,
+            path: path.clone(),
         };
         std::thread::Builder::new()
             .name("eventbus-sqlite-writer".into())
@@ -522,7 +535,7 @@ fn enter_wal(conn: &Connection, path: &Path) -> Result<(), OpenError> {
 }
 
 impl Shared {
-    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, LogError> {
+    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, SqliteError> {
         request(&self.requests, &self.path, make).await
     }
 
@@ -539,19 +552,19 @@ impl Shared {
     async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, LogError> {
+    ) -> Result<T, SqliteError> {
         let reader = Arc::clone(&self.reader);
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = reader.lock().expect("reader lock");
             if conn.is_none() {
-                *conn = Some(connect(&path).map_err(|e| LogError::Backend(Box::new(e)))?);
+                *conn = Some(connect(&path).map_err(|e| SqliteError::open(&path, e))?);
             }
             let conn = conn.as_ref().expect("connected above");
-            read(conn).map_err(|e| writer::Failure::of(&e).into_log_error(&path))
+            read(conn).map_err(|e| SqliteError::sqlite(&path, e))
         })
         .await
-        .map_err(|e| backend(e.to_string()))?
+        .map_err(|e| SqliteError::task(&self.path, e))?
     }
 }
 
@@ -571,107 +584,87 @@ pub(crate) async fn request<T>(
     requests: &mpsc::Sender<Request>,
     path: &Path,
     make: impl FnOnce(Reply<T>) -> Request,
-) -> Result<T, LogError> {
+) -> Result<T, SqliteError> {
     let (reply, answer) = oneshot::channel();
     requests
         .send(make(reply))
         .await
-        .map_err(|_| backend("the SQLite writer has stopped"))?;
+        .map_err(|_| SqliteError::stopped(path))?;
     match answer.await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(failure)) => Err(failure.into_log_error(path)),
-        Err(_) => Err(backend("the SQLite writer stopped before answering")),
+        Ok(Err(failure)) => Err(failure.into_error(path)),
+        Err(_) => Err(SqliteError::stopped(path)),
     }
 }
 
-pub(crate) fn backend(message: impl Into<String>) -> LogError {
-    LogError::Backend(message.into().into())
-}
+#[async_trait]
+impl Backend for SqliteLog {
+    /// Durable and ordered; one process owns the file, and retries are
+    /// the runtime's (their schedules kept in the file).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().durable(true).ordered(true)
+    }
 
-impl Log for SqliteLog {
-    fn try_append(&self, event: AnyEvent) -> Result<Position, TryAppendError> {
+    async fn append(&self, event: AnyEvent) -> Result<Position, WriteError> {
+        // Counted before the check, so `close` cannot announce the end
+        // while an append it let through is still on its way: the readers
+        // would stop short of an event whose `notify` then returns `Ok`.
+        self.shared.appending.fetch_add(1, SeqCst);
+        let _appending = Appending(&self.shared);
         if self.shared.closed.load(SeqCst) {
-            Err(TryAppendError::Closed(event))
-        } else {
-            Err(TryAppendError::WouldBlock(event))
+            return Err(WriteError::Closed(event));
         }
+        let payload = event
+            .to_json_bytes()
+            .map_err(|e| SqliteError::encode(&self.shared.path, e))?;
+        let meta = event.meta();
+        let (name, version, event_id) = (meta.name.to_string(), meta.version, meta.id.to_string());
+        Ok(self
+            .shared
+            .request(|reply| Request::Append {
+                name,
+                version,
+                event_id,
+                payload,
+                reply,
+            })
+            .await?)
     }
 
-    fn append(&self, event: AnyEvent) -> BoxFuture<'_, Result<Position, LogError>> {
-        Box::pin(async move {
-            // Counted before the check, so `close` cannot announce the end
-            // while an append it let through is still on its way: the
-            // cursors would stop short of an event whose `notify` then
-            // returns `Ok`.
-            self.shared.appending.fetch_add(1, SeqCst);
-            let _appending = Appending(&self.shared);
-            if self.shared.closed.load(SeqCst) {
-                return Err(LogError::Closed(event));
-            }
-            let payload = event
-                .to_json_bytes()
-                .map_err(|e| LogError::Backend(Box::new(e)))?;
-            let meta = event.meta();
-            let (name, version, event_id) =
-                (meta.name.to_string(), meta.version, meta.id.to_string());
-            self.shared
-                .request(|reply| Request::Append {
-                    name,
-                    version,
-                    event_id,
-                    payload,
-                    reply,
-                })
-                .await
-        })
-    }
-
-    fn head(&self) -> Position {
-        self.shared.head.load(SeqCst)
-    }
-
-    fn open(
+    async fn reader(
         &self,
         subscription: &str,
         from: StartFrom,
-    ) -> BoxFuture<'_, Result<Box<dyn Cursor>, LogError>> {
+    ) -> Result<Box<dyn Reader>, ReadError> {
         let subscription = subscription.to_owned();
-        Box::pin(async move {
-            // Before the writer hears of the cursor: a forget it handles
-            // after this sees the subscription running.
-            let open = self.shared.open_cursors.hold(&subscription);
-            let start = self
-                .shared
-                .request(|reply| Request::Open {
-                    subscription: subscription.clone(),
-                    from,
-                    reply,
-                })
-                .await?;
-            let path = self.shared.path.clone();
-            let conn = tokio::task::spawn_blocking(move || connect(&path))
-                .await
-                .map_err(|e| backend(e.to_string()))?
-                .map_err(|e| LogError::Backend(Box::new(e)))?;
-            Ok(Box::new(cursor::SqliteCursor::new(
-                &self.shared,
-                subscription,
-                start,
-                conn,
-                open,
-            )) as Box<dyn Cursor>)
-        })
+        // Before the writer hears of the reader: a forget it handles after
+        // this sees the subscription running.
+        let open = self.shared.open_cursors.hold(&subscription);
+        let start = self
+            .shared
+            .request(|reply| Request::Open {
+                subscription: subscription.clone(),
+                from,
+                reply,
+            })
+            .await?;
+        let path = self.shared.path.clone();
+        let conn = tokio::task::spawn_blocking(move || connect(&path))
+            .await
+            .map_err(|e| SqliteError::task(&self.shared.path, e))?
+            .map_err(|e| ReadError::Failed(Box::new(e)))?;
+        Ok(Box::new(cursor::SqliteCursor::new(
+            &self.shared,
+            subscription,
+            start,
+            conn,
+            open,
+        )))
     }
 
     fn close(&self) {
         self.shared.closed.store(true, SeqCst);
         self.shared.announce_closed();
-    }
-
-    /// Durable and ordered; one process owns the file, and retries are
-    /// the runtime's (their schedules kept in the file).
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new().durable(true).ordered(true)
     }
 
     fn dead_letter_store(&self) -> Option<Arc<dyn DeadLetterStore>> {

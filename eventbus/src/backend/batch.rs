@@ -3,7 +3,7 @@ use super::memory::Chunk;
 use crate::event::AnyEvent;
 use std::sync::Arc;
 
-/// Events a cursor read, in log order.
+/// Deliveries a [`Reader`](super::Reader) read, in log order.
 ///
 /// The in-memory log lends events straight out of its ring (no copy and no
 /// reference count per event); other logs hand over owned events.
@@ -23,6 +23,9 @@ enum Inner {
     Owned {
         events: Vec<(Position, AnyEvent)>,
         end: Option<Position>,
+        /// The attempt of each event, for a backend that counts
+        /// redeliveries; `None`: every event's first.
+        attempts: Option<Vec<u32>>,
     },
 }
 
@@ -31,7 +34,31 @@ impl Batch {
     pub fn from_events(events: Vec<(Position, AnyEvent)>) -> Self {
         debug_assert!(events.windows(2).all(|w| w[0].0 < w[1].0));
         Batch {
-            inner: Inner::Owned { events, end: None },
+            inner: Inner::Owned {
+                events,
+                end: None,
+                attempts: None,
+            },
+        }
+    }
+
+    /// A batch of owned events with the attempt the backend counts for
+    /// each (1 for a first delivery, 3 for the third), in increasing
+    /// position order: for a backend that redelivers by itself, so the
+    /// subscription's retry policy counts the attempts the backend already
+    /// made.
+    pub fn from_deliveries(deliveries: Vec<(Position, AnyEvent, u32)>) -> Self {
+        debug_assert!(deliveries.windows(2).all(|w| w[0].0 < w[1].0));
+        let (events, attempts) = deliveries
+            .into_iter()
+            .map(|(position, event, attempt)| ((position, event), attempt.max(1)))
+            .unzip();
+        Batch {
+            inner: Inner::Owned {
+                events,
+                end: None,
+                attempts: Some(attempts),
+            },
         }
     }
 
@@ -44,6 +71,7 @@ impl Batch {
             inner: Inner::Owned {
                 events,
                 end: Some(end),
+                attempts: None,
             },
         }
     }
@@ -95,12 +123,31 @@ impl Batch {
         }
     }
 
+    /// The attempt the backend counts for the `i`th event: 1 unless the
+    /// backend redelivered it.
+    ///
+    /// # Panics
+    ///
+    /// When `i >= len()`.
+    pub fn attempt(&self, i: usize) -> u32 {
+        assert!(i < self.len(), "batch index {i} out of range");
+        match &self.inner {
+            Inner::Owned {
+                attempts: Some(attempts),
+                ..
+            } => attempts[i],
+            _ => 1,
+        }
+    }
+
     /// The position after the batch's last event: what to release once the
     /// whole batch is finished.
     pub fn end(&self) -> Option<Position> {
         match &self.inner {
             Inner::Ring { first, len, .. } => Some(first + *len as u64),
-            Inner::Owned { events, end } => end.or_else(|| events.last().map(|(pos, _)| pos + 1)),
+            Inner::Owned { events, end, .. } => {
+                end.or_else(|| events.last().map(|(pos, _)| pos + 1))
+            }
         }
     }
 }

@@ -3,10 +3,10 @@
 //! writer.
 
 use super::writer::Request;
-use super::{OpenCursor, backend};
+use super::{OpenCursor, SqliteError};
+use crate::backend::{Batch, Position, ReadError, Reader};
 use crate::event::AnyEvent;
-use crate::log::{Batch, Cursor, LogError, Position};
-use futures_util::future::BoxFuture;
+use async_trait::async_trait;
 use rusqlite::Connection;
 use rusqlite::types::{Value, ValueRef};
 use std::fmt;
@@ -17,6 +17,8 @@ pub(crate) struct SqliteCursor {
     subscription: String,
     path: std::path::PathBuf,
     read: Position,
+    /// The last position committed.
+    committed: Position,
     conn: Arc<Mutex<Connection>>,
     requests: mpsc::Sender<Request>,
     head: watch::Receiver<Position>,
@@ -180,6 +182,7 @@ impl SqliteCursor {
             subscription,
             path: log.path.clone(),
             read: start,
+            committed: start,
             conn: Arc::new(Mutex::new(conn)),
             requests: log.requests.clone(),
             head: log.head_rx.clone(),
@@ -188,7 +191,7 @@ impl SqliteCursor {
         }
     }
 
-    async fn fetch(&self, max: usize) -> Result<Vec<Row>, LogError> {
+    async fn fetch(&self, max: usize) -> Result<Vec<Row>, SqliteError> {
         let conn = Arc::clone(&self.conn);
         let from = self.read;
         let limit = max.max(1);
@@ -196,11 +199,11 @@ impl SqliteCursor {
             read_rows(&conn.lock().expect("cursor connection lock"), from, limit)
         })
         .await
-        .map_err(|e| backend(e.to_string()))?
-        .map_err(|e| super::writer::Failure::of(&e).into_log_error(&self.path))
+        .map_err(|e| SqliteError::task(&self.path, e))?
+        .map_err(|e| SqliteError::sqlite(&self.path, e))
     }
 
-    async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, LogError> {
+    async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, ReadError> {
         loop {
             let closed = *self.closed.borrow();
             let head = *self.head.borrow_and_update();
@@ -236,7 +239,7 @@ impl SqliteCursor {
         }
     }
 
-    async fn quarantine(&self, row: Row, reason: String) -> Result<(), LogError> {
+    async fn quarantine(&self, row: Row, reason: String) -> Result<(), ReadError> {
         let position = row.position;
         let (event, version) = (row.name.clone(), show((&row.version).into()));
         // Quarantining is part of releasing the row: until it is stored,
@@ -252,12 +255,14 @@ impl SqliteCursor {
             reply,
         })
         .await
-        .map_err(|err| {
-            let source = match err {
-                LogError::Backend(source) => source,
-                other => Box::new(other),
-            };
-            LogError::Backend(Box::new(QuarantineFailed { position, source }))
+        .map_err(|source| {
+            let damaged = source.is_damaged();
+            let failed = Box::new(QuarantineFailed { position, source });
+            if damaged {
+                ReadError::Damaged(failed)
+            } else {
+                ReadError::Failed(failed)
+            }
         })?;
         tracing::error!(
             subscription = %self.subscription,
@@ -278,28 +283,32 @@ impl SqliteCursor {
 struct QuarantineFailed {
     position: Position,
     #[source]
-    source: Box<dyn std::error::Error + Send + Sync>,
+    source: SqliteError,
 }
 
-impl Cursor for SqliteCursor {
-    fn next(&mut self, max: usize) -> BoxFuture<'_, Result<Option<Batch>, LogError>> {
-        Box::pin(self.next_batch(max))
+#[async_trait]
+impl Reader for SqliteCursor {
+    async fn next(&mut self, max: usize) -> Result<Option<Batch>, ReadError> {
+        self.next_batch(max).await
     }
 
-    fn release(&mut self, up_to: Position) -> BoxFuture<'_, Result<(), LogError>> {
-        let subscription = self.subscription.clone();
-        Box::pin(async move {
-            super::request(&self.requests, &self.path, |reply| Request::Commit {
-                subscription,
-                position: up_to,
-                reply,
-            })
-            .await
+    async fn commit(&mut self, up_to: Position) -> Result<(), ReadError> {
+        super::request(&self.requests, &self.path, |reply| Request::Commit {
+            subscription: self.subscription.clone(),
+            position: up_to,
+            reply,
         })
+        .await?;
+        self.committed = self.committed.max(up_to);
+        Ok(())
     }
 
     fn position(&self) -> Position {
         self.read
+    }
+
+    fn lag(&self) -> Option<u64> {
+        Some(self.head.borrow().saturating_sub(self.committed))
     }
 }
 

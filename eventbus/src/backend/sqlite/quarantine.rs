@@ -2,11 +2,12 @@
 //! list them, and once a binary that reads them runs (a rollback rolled
 //! forward, a fixed upcast), send them back as dead letters to replay.
 
+use super::SqliteError;
 use super::stores::millis_to_time;
 use super::writer::{DeadLetterRow, Request, now_millis};
 use super::{Shared, SqliteLog};
+use crate::backend::Position;
 use crate::event::AnyEvent;
-use crate::log::{LogError, Position};
 use chrono::{DateTime, Utc};
 use rusqlite::types::ValueRef;
 
@@ -46,8 +47,8 @@ impl SqliteLog {
     ///
     /// # Errors
     ///
-    /// [`LogError`] when the file cannot be read.
-    pub async fn quarantined(&self, subscription: &str) -> Result<Vec<Quarantined>, LogError> {
+    /// [`SqliteError`] when the file cannot be read.
+    pub async fn quarantined(&self, subscription: &str) -> Result<Vec<Quarantined>, SqliteError> {
         read_quarantined(&self.shared, subscription).await
     }
 
@@ -60,7 +61,7 @@ impl SqliteLog {
     ///
     /// # Errors
     ///
-    /// [`LogError`] when the file cannot be read or written; nothing moved
+    /// [`SqliteError`] when the file cannot be read or written; nothing moved
     /// then.
     ///
     /// # Examples
@@ -73,7 +74,7 @@ impl SqliteLog {
     /// use eventbus::{Bus, SqliteLog};
     ///
     /// let log = SqliteLog::open(&path).await?;
-    /// let bus = Bus::builder().log(log.clone()).build()?;
+    /// let bus = Bus::builder().backend(log.clone()).build()?;
     /// # bus.subscribe("billing", eventbus::testing::Recorder::new()).start().await?;
     /// let requeued = log.requeue_quarantined("billing").await?;
     /// if requeued.requeued > 0 {
@@ -82,7 +83,7 @@ impl SqliteLog {
     /// # bus.shutdown().await;
     /// # Ok(()) }
     /// ```
-    pub async fn requeue_quarantined(&self, subscription: &str) -> Result<Requeued, LogError> {
+    pub async fn requeue_quarantined(&self, subscription: &str) -> Result<Requeued, SqliteError> {
         let rows = read_quarantined(&self.shared, subscription).await?;
         let total = rows.len() as u64;
         let now = now_millis();
@@ -125,7 +126,7 @@ impl SqliteLog {
 async fn read_quarantined(
     shared: &Shared,
     subscription: &str,
-) -> Result<Vec<Quarantined>, LogError> {
+) -> Result<Vec<Quarantined>, SqliteError> {
     let subscription = subscription.to_owned();
     shared
         .read(move |conn| {

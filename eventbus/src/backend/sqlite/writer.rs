@@ -4,9 +4,9 @@
 //! transaction: group commit, so throughput does not fall to one fsync per
 //! event.
 
-use super::error::ForgetError;
-use super::{Forgotten, OpenCursors, Retention, backend};
-use crate::log::{Position, StartFrom};
+use super::error::{ForgetError, SqliteError};
+use super::{Forgotten, OpenCursors, Retention};
+use crate::backend::{Position, StartFrom};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -19,25 +19,15 @@ const MAX_GROUP: usize = 4096;
 /// Why the writer could not commit: a message for people, and whether the
 /// file is damaged (retrying will not help).
 #[derive(Debug, Clone)]
-pub(crate) struct Failure {
-    pub(crate) message: String,
-    pub(crate) damaged: bool,
-}
+pub(crate) struct Failure(Arc<rusqlite::Error>);
 
 impl Failure {
-    pub(crate) fn of(err: &rusqlite::Error) -> Self {
-        Failure {
-            message: describe(err),
-            damaged: is_damage(err),
-        }
+    pub(crate) fn of(err: rusqlite::Error) -> Self {
+        Failure(Arc::new(err))
     }
 
-    pub(crate) fn into_log_error(self, path: &std::path::Path) -> crate::log::LogError {
-        if self.damaged {
-            super::error::Damaged::log_error(path, self.message)
-        } else {
-            super::backend(self.message)
-        }
+    pub(crate) fn into_error(self, path: &std::path::Path) -> SqliteError {
+        SqliteError::shared(path, self.0)
     }
 }
 
@@ -137,6 +127,8 @@ pub(crate) struct Writer {
     /// The advisory lock on the file, released when the writer ends, not
     /// before: the next owner waits for our last commit.
     pub(crate) lock: std::fs::File,
+    /// The file, for the errors it reports.
+    pub(crate) path: std::path::PathBuf,
 }
 
 pub(crate) fn now_millis() -> i64 {
@@ -315,7 +307,7 @@ impl Writer {
                                 // this cursor's to handle, not the producers'
                                 // whose appends share the group.
                                 Err(err) if !tx.is_autocommit() => {
-                                    refused.push((results.len(), Failure::of(&err)));
+                                    refused.push((results.len(), Failure::of(err)));
                                 }
                                 Err(err) => return Err(err),
                             }
@@ -328,9 +320,8 @@ impl Writer {
             tx.commit()
         })();
         let failure = outcome.err().map(|err| {
-            let failure = Failure::of(&err);
-            tracing::error!(error = %failure.message, requests = batch.len(), "eventbus SQLite commit failed");
-            failure
+            tracing::error!(error = %err, requests = batch.len(), "eventbus SQLite commit failed");
+            Failure::of(err)
         });
         // Publish the new head before answering anyone, so a caller whose
         // `notify` returned already sees its event counted (`drain` relies
@@ -380,7 +371,7 @@ impl Writer {
                     let answer = match (&failure, forgotten.next().flatten()) {
                         (Some(failure), _) => Err(ForgetError::Log {
                             subscription,
-                            source: backend(failure.message.clone()),
+                            source: failure.clone().into_error(&self.path),
                         }),
                         (None, Some(counts)) => Ok(counts),
                         (None, None) => Err(ForgetError::Running { subscription }),
@@ -520,24 +511,6 @@ fn open(
         params![subscription, position, now],
     )?;
     Ok(position as Position)
-}
-
-/// Whether SQLite found the file damaged: a malformed page, or bytes that
-/// are not a database where one was.
-pub(crate) fn is_damage(err: &rusqlite::Error) -> bool {
-    matches!(
-        err.sqlite_error_code(),
-        Some(rusqlite::ffi::ErrorCode::DatabaseCorrupt | rusqlite::ffi::ErrorCode::NotADatabase)
-    )
-}
-
-pub(crate) fn describe(err: &rusqlite::Error) -> String {
-    match err.sqlite_error_code() {
-        Some(rusqlite::ffi::ErrorCode::DiskFull) => {
-            "the database or disk is full; free space or raise the limit, nothing after the last accepted event was stored".to_owned()
-        }
-        _ => err.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,231 @@
+//! The backends behind a bus: where events are written, and how each
+//! subscription reads them and settles what it read.
+//!
+//! A [`Backend`] writes events and opens one [`Reader`] per subscription.
+//! The in-memory log is a bounded ring shared by all subscriptions: one
+//! write per event, no copy per subscriber, and each reader borrows a batch
+//! at a time from the ring; the producer waits when the slowest reader is a
+//! full ring behind, which is the bus's back pressure. [`SqliteLog`] keeps
+//! the same sequence in a file. A shared outbox or a broker implements the
+//! same traits, so consumers never know which one they run on.
+//!
+//! Dead letters and retry schedules have their own stores
+//! ([`DeadLetterStore`], [`RetryStore`]); a backend may bring its own, and
+//! [`BusBuilder`](crate::BusBuilder) can be given others.
+
+mod batch;
+pub(crate) mod error;
+mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+mod watermark;
+
+pub use self::batch::Batch;
+pub use self::error::{ReadError, StoreError, WriteError};
+pub use self::memory::MemoryLog;
+#[cfg(feature = "sqlite")]
+pub use self::sqlite::SqliteLog;
+pub use self::watermark::Watermark;
+pub use crate::dead_letter::DeadLetterStore;
+pub use crate::subscription::StartFrom;
+
+use crate::event::AnyEvent;
+use async_trait::async_trait;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+/// A position in a backend: events are numbered in the order they were
+/// appended.
+pub type Position = u64;
+
+/// What a backend offers, declared by [`Backend::capabilities`]. The runtime
+/// and the behaviour suite go by it: a backend that lacks a capability
+/// skips the cases that need it, visibly.
+///
+/// Built with [`Capabilities::new`] (nothing offered) and its setters, so a
+/// backend outside this crate can declare one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Keeps accepted events across a restart of the process.
+    pub durable: bool,
+    /// Schedules redeliveries itself and counts attempts (a broker's nak
+    /// with a delay): the runtime hands a failed event back instead of
+    /// sleeping on it.
+    pub schedules_retries: bool,
+    /// Several processes may read one subscription, each event going to
+    /// one of them.
+    pub shared_subscriptions: bool,
+    /// Delivers the events of one subscription in the order they were
+    /// appended, so sequential and partitioned modes keep that order.
+    pub ordered: bool,
+}
+
+impl Capabilities {
+    /// Nothing offered.
+    pub const fn new() -> Self {
+        Capabilities {
+            durable: false,
+            schedules_retries: false,
+            shared_subscriptions: false,
+            ordered: false,
+        }
+    }
+
+    /// Sets [`durable`](Capabilities::durable).
+    pub const fn durable(mut self, yes: bool) -> Self {
+        self.durable = yes;
+        self
+    }
+
+    /// Sets [`schedules_retries`](Capabilities::schedules_retries).
+    pub const fn schedules_retries(mut self, yes: bool) -> Self {
+        self.schedules_retries = yes;
+        self
+    }
+
+    /// Sets [`shared_subscriptions`](Capabilities::shared_subscriptions).
+    pub const fn shared_subscriptions(mut self, yes: bool) -> Self {
+        self.shared_subscriptions = yes;
+        self
+    }
+
+    /// Sets [`ordered`](Capabilities::ordered).
+    pub const fn ordered(mut self, yes: bool) -> Self {
+        self.ordered = yes;
+        self
+    }
+}
+
+/// A backend for a [`Bus`](crate::Bus): writes events and opens the
+/// readers of its subscriptions.
+///
+/// Implementations must be safe to call from many tasks at once. The trait
+/// is object safe, so backends can be chosen at run time; none of its
+/// methods runs once per delivered event.
+#[async_trait]
+pub trait Backend: Send + Sync + Debug + 'static {
+    /// What the backend offers. A subscription on a durable backend flushes
+    /// its consumer (a batcher's pending payloads) before it commits, so a
+    /// restart redelivers anything not yet written rather than skipping it.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Appends, waiting while the backend is full, and resolves once the
+    /// event is stored as the backend promises (in memory, or committed).
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError::Closed`] after [`close`](Backend::close), with the
+    /// event handed back; otherwise the backend's failure.
+    async fn append(&self, event: AnyEvent) -> Result<Position, WriteError>;
+
+    /// Opens the reader of `subscription`, at its committed position if it
+    /// has one, otherwise where `from` says.
+    ///
+    /// A backend without [shared
+    /// subscriptions](Capabilities::shared_subscriptions) may assume one
+    /// reader per name at a time: the bus never opens a second while the
+    /// first is open.
+    async fn reader(
+        &self,
+        subscription: &str,
+        from: StartFrom,
+    ) -> Result<Box<dyn Reader>, ReadError>;
+
+    /// Stops accepting events. Readers still read what was appended before,
+    /// then report the end.
+    fn close(&self);
+
+    /// How many unfinished events the backend holds before a producer
+    /// waits, for one bounded that way (the in-memory ring). Default `None`.
+    fn capacity(&self) -> Option<usize> {
+        None
+    }
+
+    /// The dead-letter store this backend brings, kept in its own storage.
+    /// Default `None`: the bus keeps dead letters in memory unless its
+    /// builder is given a store.
+    fn dead_letter_store(&self) -> Option<Arc<dyn DeadLetterStore>> {
+        None
+    }
+
+    /// The retry-schedule store this backend brings. Default `None`: a
+    /// restart starts schedules over unless the builder is given a store.
+    fn retry_store(&self) -> Option<Arc<dyn RetryStore>> {
+        None
+    }
+}
+
+/// One subscription's reader of a [`Backend`].
+///
+/// A reader hands out deliveries in [`Batch`]es: each with its position,
+/// its event and the attempt the backend counts. The subscription reports
+/// back through [`commit`](Reader::commit): every delivery before a
+/// position is finished (handled, or dead-lettered). Finished deliveries
+/// that arrive out of order (concurrent and partitioned modes) are turned
+/// into that one contiguous position by a [`Watermark`], the helper every
+/// reader with one commit point shares.
+#[async_trait]
+pub trait Reader: Send + Debug {
+    /// Waits for deliveries after those already read and returns up to
+    /// `max` of them; `Ok(None)` once the backend is closed and everything
+    /// was read.
+    ///
+    /// Must be cancel safe: the subscription drops the future when other
+    /// work (a replay, a pause, a finished task) arrives first, and calls
+    /// again later.
+    async fn next(&mut self, max: usize) -> Result<Option<Batch>, ReadError>;
+
+    /// Marks every delivery before `up_to` as finished. The in-memory log
+    /// frees the ring space; a durable backend commits the position. A
+    /// backend that finds this process no longer holds the subscription
+    /// returns [`ReadError::ClaimLost`] and commits nothing.
+    async fn commit(&mut self, up_to: Position) -> Result<(), ReadError>;
+
+    /// The position of the next delivery [`next`](Reader::next) returns.
+    fn position(&self) -> Position;
+
+    /// How many events this subscription has not finished, as far as the
+    /// backend knows; `None` when it cannot tell cheaply.
+    fn lag(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// An event's retry state, kept across restarts by a [`RetryStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryState {
+    /// Attempts made so far, all failed.
+    pub attempts: u32,
+    /// When the next attempt is due.
+    pub next_attempt_at: chrono::DateTime<chrono::Utc>,
+    /// When the first attempt failed.
+    pub first_failed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Keeps the attempt counts of events waiting for a retry, so a restart
+/// resumes the schedule instead of starting it over; a durable backend
+/// brings one.
+#[async_trait]
+pub trait RetryStore: Send + Sync + Debug + 'static {
+    /// Up to `limit` of the events of `subscription` waiting for a retry,
+    /// in position order, after `after` (from the first when `None`). A
+    /// subscription loads them page by page when it starts.
+    async fn load(
+        &self,
+        subscription: &str,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<Vec<(Position, RetryState)>, StoreError>;
+
+    /// Records a failed attempt.
+    async fn save(
+        &self,
+        subscription: &str,
+        position: Position,
+        state: RetryState,
+    ) -> Result<(), StoreError>;
+
+    /// Forgets an event that succeeded or was dead-lettered.
+    async fn clear(&self, subscription: &str, position: Position) -> Result<(), StoreError>;
+}
