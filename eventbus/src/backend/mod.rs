@@ -19,6 +19,7 @@ mod memory;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod watermark;
+pub(crate) mod writer;
 
 pub use self::batch::Batch;
 pub use self::error::{ReadError, StoreError, WriteError};

@@ -1,5 +1,8 @@
-use super::{BuildError, Bus, Writer};
+use super::{BuildError, Bus};
+use crate::backend::writer::Writer;
 use crate::backend::{Backend, DeadLetterStore, MemoryLog, RetryStore};
+use crate::dead_letter::{DeadLetters, MemoryDeadLetters};
+use crate::subscription::set::SubscriptionSet;
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +58,7 @@ impl BusBuilder {
         let any: Box<dyn Any> = Box::new(backend);
         self.backend = Some(match any.downcast::<MemoryLog>() {
             Ok(memory) => Writer::memory(Arc::new(*memory)),
-            Err(any) => Writer::Backend(Arc::new(
+            Err(any) => Writer::backend(Arc::new(
                 *any.downcast::<B>().expect("the value boxed just above"),
             )),
         });
@@ -96,14 +99,17 @@ impl BusBuilder {
             (None, Some(0)) => return Err(BuildError::ZeroCapacity),
             (None, capacity) => Writer::memory(Arc::new(MemoryLog::new(capacity.unwrap_or(4096)))),
         };
-        let backend = writer.backend();
-        let dead_letters = self.dead_letters.or_else(|| backend.dead_letter_store());
+        let backend = writer.get();
+        let dead_letters = self
+            .dead_letters
+            .or_else(|| backend.dead_letter_store())
+            .unwrap_or_else(|| Arc::new(MemoryDeadLetters::default()));
         let retries = self.retries.or_else(|| backend.retry_store());
-        Ok(Bus::new(
+        Ok(Bus::new(SubscriptionSet::new(
             writer,
-            dead_letters,
             retries,
+            DeadLetters::new(dead_letters),
             self.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
-        ))
+        )))
     }
 }

@@ -31,6 +31,7 @@
 
 mod filter;
 mod runner;
+pub(crate) mod set;
 mod start;
 mod state;
 
@@ -40,7 +41,8 @@ pub use self::state::SubscriptionStats;
 
 pub(crate) use self::state::State;
 
-use crate::bus::{Bus, Slot, SubscribeError};
+use self::set::SubscriptionSet;
+use crate::bus::error::SubscribeError;
 use crate::consumer::{Consumer, Context};
 use crate::dead_letter::Route;
 use crate::event::AnyEvent;
@@ -51,7 +53,7 @@ use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use tokio::sync::{Notify, mpsc, watch};
 
 /// The most events a concurrent subscription may have in flight.
@@ -97,7 +99,7 @@ pub(crate) struct Config {
     pub(crate) mode: Mode,
 }
 
-/// Configures a subscription; from [`Bus::subscribe`].
+/// Configures a subscription; from [`Bus::subscribe`](crate::Bus::subscribe).
 ///
 /// # Examples
 ///
@@ -126,7 +128,7 @@ pub(crate) struct Config {
 /// ```
 #[must_use = "a subscription does nothing until `start` is called"]
 pub struct SubscriptionBuilder<'a, C> {
-    bus: &'a Bus,
+    bus: &'a Arc<SubscriptionSet>,
     name: String,
     consumer: C,
     max_demand: usize,
@@ -151,7 +153,7 @@ impl<C> fmt::Debug for SubscriptionBuilder<'_, C> {
 }
 
 impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
-    pub(crate) fn new(bus: &'a Bus, name: String, consumer: C) -> Self {
+    pub(crate) fn new(bus: &'a Arc<SubscriptionSet>, name: String, consumer: C) -> Self {
         SubscriptionBuilder {
             bus,
             name,
@@ -298,8 +300,8 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             _ => {}
         }
 
-        let inner = bus.inner();
-        if let (Mode::Concurrent(limit), Some(capacity)) = (&mode, inner.backend.capacity())
+        let inner = bus;
+        if let (Mode::Concurrent(limit), Some(capacity)) = (&mode, inner.writer.get().capacity())
             && *limit > capacity
         {
             return Err(SubscribeError::ConcurrencyAboveCapacity {
@@ -308,28 +310,12 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             });
         }
         consumer.check().map_err(SubscribeError::Consumer)?;
-        {
-            let mut subscriptions = inner.subscriptions.lock().expect("subscriptions lock");
-            if inner.closed.load(SeqCst) {
-                return Err(SubscribeError::Closed);
-            }
-            match subscriptions.get(&name) {
-                // A stop whose caller gave up waiting leaves the slot
-                // behind; once its runner has ended the name is free.
-                Some(Slot::Stopping(old)) if old.finished.load(SeqCst) => {}
-                Some(_) => return Err(SubscribeError::DuplicateName(name)),
-                None => {}
-            }
-            // Reserve the name while the cursor opens.
-            subscriptions.insert(name.clone(), Slot::Starting);
-        }
-        let reservation = Reservation {
-            bus,
-            name: name.clone(),
-            armed: true,
-        };
+        // Held while the reader opens; given back if this fails or is
+        // dropped.
+        let reservation = inner.reserve(&name)?;
         let reader = inner
-            .backend
+            .writer
+            .get()
             .reader(&name, from)
             .await
             .map_err(SubscribeError::Open)?;
@@ -344,7 +330,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
         let (replay_tx, replay_rx) = mpsc::unbounded_channel();
         let state = Arc::new(State {
             name: Arc::clone(&name),
-            bus: inner as *const crate::bus::Inner as usize,
+            bus: inner.id(),
             stall: Arc::default(),
             counters: Default::default(),
             done: watch::Sender::new(start),
@@ -396,7 +382,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
                 metrics: runner::Metrics::new(&name),
             }),
             reader,
-            durable: inner.backend.capabilities().durable,
+            durable: inner.writer.get().capabilities().durable,
             filter: filter::CachedFilter::new(filter),
             config: Config {
                 max_demand,
@@ -430,16 +416,11 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             state: Arc::clone(&state),
         });
         *state.abort.lock().expect("abort lock") = Some(task.abort_handle());
-        inner
-            .subscriptions
-            .lock()
-            .expect("subscriptions lock")
-            .insert(name.to_string(), Slot::Running(Arc::clone(&state)));
-        reservation.disarm();
+        inner.activate(reservation, Arc::clone(&state));
         tracing::debug!(subscription = %name, "subscription started");
         Ok(Subscription {
             state,
-            bus: bus.clone(),
+            set: Arc::clone(bus),
         })
     }
 }
@@ -450,7 +431,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
 #[derive(Clone)]
 pub struct Subscription {
     state: Arc<State>,
-    bus: Bus,
+    set: Arc<SubscriptionSet>,
 }
 
 impl fmt::Debug for Subscription {
@@ -469,7 +450,7 @@ impl Subscription {
 
     /// The subscription's counters now.
     pub fn stats(&self) -> SubscriptionStats {
-        self.state.stats(self.bus.inner().appended())
+        self.state.stats(self.set.writer.appended())
     }
 
     /// Stops the subscription: it reads no further, finishes the events it
@@ -487,7 +468,7 @@ impl Subscription {
     /// it resolves, the subscription still stops, and a shutdown waits for
     /// it. Stopping a subscription that has stopped already reports nothing.
     pub async fn stop(&self) -> crate::ShutdownReport {
-        self.stop_within(self.bus.inner().shutdown_timeout).await
+        self.stop_within(self.set.shutdown_timeout).await
     }
 
     /// Pauses the subscription: it takes no new events from the log and
@@ -517,36 +498,6 @@ impl Subscription {
     pub async fn stop_within(&self, timeout: std::time::Duration) -> crate::ShutdownReport {
         // This run, not whatever runs under the name now: a handle kept
         // past its subscription's end never stops a newer one.
-        self.bus.stop_one(Arc::clone(&self.state), timeout).await
-    }
-}
-
-/// Holds a subscription name while its cursor opens, and gives it back if
-/// the start fails or its future is dropped.
-struct Reservation<'a> {
-    bus: &'a Bus,
-    name: String,
-    armed: bool,
-}
-
-impl Reservation<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut subscriptions = self
-                .bus
-                .inner()
-                .subscriptions
-                .lock()
-                .expect("subscriptions lock");
-            if matches!(subscriptions.get(&self.name), Some(Slot::Starting)) {
-                subscriptions.remove(&self.name);
-            }
-        }
+        self.set.stop_one(Arc::clone(&self.state), timeout).await
     }
 }

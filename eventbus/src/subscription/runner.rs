@@ -41,14 +41,14 @@ impl RetryBook {
     pub(crate) async fn load(
         store: Arc<dyn RetryStore>,
         subscription: &str,
-    ) -> Result<Self, crate::bus::SubscribeError> {
+    ) -> Result<Self, crate::bus::error::SubscribeError> {
         let mut pending = std::collections::HashMap::new();
         let mut after = None;
         loop {
             let page = store
                 .load(subscription, after, RETRY_PAGE)
                 .await
-                .map_err(crate::bus::SubscribeError::Store)?;
+                .map_err(crate::bus::error::SubscribeError::Store)?;
             let full = page.len() >= RETRY_PAGE;
             after = page.last().map(|(position, _)| *position);
             pending.extend(page);

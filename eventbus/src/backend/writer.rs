@@ -1,0 +1,126 @@
+//! Where a bus writes: the in-memory ring through its own fast path, or any
+//! backend; and what this process has written, for `drain`.
+
+use super::error::TryAppendError;
+use super::{Backend, MemoryLog, Position, WriteError};
+use crate::event::AnyEvent;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+/// The bus's writing side. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The in-memory ring, when that is the backend: appending to it needs
+    /// no future while there is room, which `try_notify` relies on.
+    memory: Option<Arc<MemoryLog>>,
+    backend: Arc<dyn Backend>,
+    closed: AtomicBool,
+    /// On another backend: how many events this process wrote, and the
+    /// position after the last of them. The ring counts its own.
+    accepted: AtomicU64,
+    appended: AtomicU64,
+}
+
+/// Why [`Writer::try_write`] did not write, with the event handed back.
+pub(crate) enum TryWrite {
+    Full(AnyEvent),
+    WouldBlock(AnyEvent),
+    Closed(AnyEvent),
+}
+
+impl Writer {
+    pub(crate) fn memory(log: Arc<MemoryLog>) -> Self {
+        Writer::with(Some(Arc::clone(&log)), log)
+    }
+
+    pub(crate) fn backend(backend: Arc<dyn Backend>) -> Self {
+        Writer::with(None, backend)
+    }
+
+    fn with(memory: Option<Arc<MemoryLog>>, backend: Arc<dyn Backend>) -> Self {
+        Writer {
+            inner: Arc::new(Inner {
+                memory,
+                backend,
+                closed: AtomicBool::new(false),
+                accepted: AtomicU64::new(0),
+                appended: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The backend, as the trait.
+    pub(crate) fn get(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// Writes `event`, waiting while the backend is full.
+    pub(crate) async fn write(&self, event: AnyEvent) -> Result<(), WriteError> {
+        let inner = &self.inner;
+        if let Some(log) = &inner.memory {
+            return match log.try_append(event) {
+                Ok(_) => Ok(()),
+                Err(TryAppendError::Full(event)) => inner.backend.append(event).await.map(drop),
+                Err(TryAppendError::Closed(event)) => Err(WriteError::Closed(event)),
+            };
+        }
+        if inner.closed.load(SeqCst) {
+            return Err(WriteError::Closed(event));
+        }
+        let position = inner.backend.append(event).await?;
+        inner.accepted.fetch_add(1, SeqCst);
+        inner.appended.fetch_max(position + 1, SeqCst);
+        Ok(())
+    }
+
+    /// Writes `event` only if that needs no waiting.
+    pub(crate) fn try_write(&self, event: AnyEvent) -> Result<(), TryWrite> {
+        match &self.inner.memory {
+            Some(log) => match log.try_append(event) {
+                Ok(_) => Ok(()),
+                Err(TryAppendError::Full(e)) => Err(TryWrite::Full(e)),
+                Err(TryAppendError::Closed(e)) => Err(TryWrite::Closed(e)),
+            },
+            None if self.is_closed() => Err(TryWrite::Closed(event)),
+            None => Err(TryWrite::WouldBlock(event)),
+        }
+    }
+
+    /// Stops accepting events.
+    pub(crate) fn close(&self) {
+        self.inner.closed.store(true, SeqCst);
+        self.inner.backend.close();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.closed.load(SeqCst)
+    }
+
+    /// The position after the last event this process wrote: what `drain`
+    /// waits for.
+    pub(crate) fn appended(&self) -> Position {
+        match &self.inner.memory {
+            Some(log) => log.head(),
+            None => self.inner.appended.load(SeqCst),
+        }
+    }
+
+    /// How many events this process wrote.
+    pub(crate) fn accepted(&self) -> u64 {
+        match &self.inner.memory {
+            Some(log) => log.head(),
+            None => self.inner.accepted.load(SeqCst),
+        }
+    }
+}
+
+impl fmt::Debug for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.backend.fmt(f)
+    }
+}
