@@ -183,7 +183,11 @@ async fn large_raw(path: &Path) {
         .expect("rows");
     let events: Vec<AnyEvent> = rows
         .iter()
-        .map(|p| AnyEvent::from_json_bytes("order.placed", 1, p).expect("decode"))
+        .map(|p| {
+            eventbus::registry()
+                .decode("order.placed", 1, p)
+                .expect("decode")
+        })
         .collect();
     std::hint::black_box((&rows, &events));
     println!("{}", peak_mib() - before);
@@ -241,7 +245,9 @@ async fn letters_raw(path: &Path) {
         .query_map([], |r| {
             let name: String = r.get(0)?;
             let payload: Vec<u8> = r.get(2)?;
-            let event = AnyEvent::from_json_bytes(&name, r.get(1)?, &payload).expect("decode");
+            let event = eventbus::registry()
+                .decode(&name, r.get(1)?, &payload)
+                .expect("decode");
             Ok((event, r.get(3)?))
         })
         .expect("query")

@@ -179,7 +179,9 @@ fn erased_events_round_trip_through_the_registry() {
     );
     let any = AnyEvent::new(e.clone());
     let bytes = any.to_json_bytes().unwrap();
-    let back = AnyEvent::from_json_bytes(any.name(), any.version(), &bytes).unwrap();
+    let back = eventbus::registry()
+        .decode(any.name(), any.version(), &bytes)
+        .unwrap();
     let back = back.downcast_ref::<HTTPRequestSent>().unwrap();
     assert_eq!(back.url, e.url);
     assert_eq!(back.meta(), e.meta());
@@ -187,13 +189,17 @@ fn erased_events_round_trip_through_the_registry() {
 
 #[test]
 fn decoding_unknown_or_broken_json_is_a_clear_error() {
-    let err = AnyEvent::from_json_bytes("no.such.event", 1, b"{}").unwrap_err();
+    let err = eventbus::registry()
+        .decode("no.such.event", 1, b"{}")
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "no event named `no.such.event` at version 1 is registered in this binary"
     );
 
-    let err = AnyEvent::from_json_bytes("user.created", 3, br#"{"user_id":"seven"}"#).unwrap_err();
+    let err = eventbus::registry()
+        .decode("user.created", 3, br#"{"user_id":"seven"}"#)
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "event `user.created` v3 does not match its fields"

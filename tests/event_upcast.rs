@@ -3,7 +3,7 @@
 //! one, reading it is a clear error (and a durable log quarantines it).
 
 use eventbus::testing::Recorder;
-use eventbus::{AnyEvent, BoxError, Bus, DecodeError, Event, SqliteLog, StartFrom, Value, event};
+use eventbus::{BoxError, Bus, DecodeError, Event, SqliteLog, StartFrom, Value, event};
 
 /// An order was placed. v1 stored `total` in dollars; v2 moved to cents;
 /// v3 added the currency.
@@ -47,7 +47,9 @@ fn stored_v1_order() -> Vec<u8> {
 
 #[test]
 fn an_older_version_is_read_through_the_upcast() {
-    let event = AnyEvent::from_json_bytes("order.placed", 1, &stored_v1_order()).unwrap();
+    let event = eventbus::registry()
+        .decode("order.placed", 1, &stored_v1_order())
+        .unwrap();
     let order = event.downcast_ref::<OrderPlaced>().unwrap();
     assert_eq!(
         (order.order_id, order.total_cents, order.currency.as_str()),
@@ -59,8 +61,9 @@ fn an_older_version_is_read_through_the_upcast() {
         "order_id": 8, "total_cents": 99,
         "meta": OrderPlaced::new(0, 0, String::new()).meta(),
     });
-    let event =
-        AnyEvent::from_json_bytes("order.placed", 2, &serde_json::to_vec(&v2).unwrap()).unwrap();
+    let event = eventbus::registry()
+        .decode("order.placed", 2, &serde_json::to_vec(&v2).unwrap())
+        .unwrap();
     assert_eq!(event.downcast_ref::<OrderPlaced>().unwrap().currency, "USD");
 }
 
@@ -68,7 +71,9 @@ fn an_older_version_is_read_through_the_upcast() {
 fn a_failing_upcast_names_the_versions_and_the_reason() {
     let meta = OrderPlaced::new(0, 0, String::new()).meta().clone();
     let broken = serde_json::to_vec(&serde_json::json!({ "order_id": 7, "meta": meta })).unwrap();
-    let err = AnyEvent::from_json_bytes("order.placed", 1, &broken).unwrap_err();
+    let err = eventbus::registry()
+        .decode("order.placed", 1, &broken)
+        .unwrap_err();
     assert!(matches!(
         err,
         DecodeError::Upcast {
@@ -89,7 +94,9 @@ fn a_failing_upcast_names_the_versions_and_the_reason() {
 
 #[test]
 fn without_an_upcast_an_older_version_is_a_clear_error() {
-    let err = AnyEvent::from_json_bytes("invoice.sent", 1, b"{}").unwrap_err();
+    let err = eventbus::registry()
+        .decode("invoice.sent", 1, b"{}")
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "event `invoice.sent` is stored at version 1, but this binary has version 2 and no `upcast` for older versions; add `#[event(version = 2, upcast = ...)]`"

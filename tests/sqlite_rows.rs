@@ -158,8 +158,9 @@ async fn a_version_that_is_not_a_version_number_is_quarantined_never_read_as_0()
 fn decoding_at_version_0_suggests_no_upcast() {
     // Versions start at 1, and `upcast` needs `version = 2` or higher: a
     // hint to add `#[event(version = 1, upcast = ...)]` would not compile.
-    let err =
-        eventbus::AnyEvent::from_json_bytes("order.placed", 0, br#"{"order_id": 1}"#).unwrap_err();
+    let err = eventbus::registry()
+        .decode("order.placed", 0, br#"{"order_id": 1}"#)
+        .unwrap_err();
     let message = err.to_string();
     assert!(!message.contains("upcast"), "{message}");
     assert_eq!(

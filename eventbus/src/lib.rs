@@ -105,6 +105,7 @@ pub mod bus;
 pub mod consumer;
 pub mod dead_letter;
 pub mod event;
+mod failure;
 mod handling;
 pub mod protocol;
 pub mod registry;

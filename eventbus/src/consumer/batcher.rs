@@ -3,8 +3,9 @@
 //! dead-letters the events behind the batch.
 
 use super::BoxError;
-use crate::dead_letter::{DeadLetterWriter, error_chain, panic_message};
+use crate::dead_letter::DeadLetterWriter;
 use crate::event::AnyEvent;
+use crate::failure::{error_chain, panic_message};
 use crate::retry::Retry;
 use chrono::Utc;
 use futures_util::FutureExt;

@@ -14,6 +14,7 @@
 
 use crate::backend::StoreError;
 use crate::event::AnyEvent;
+use crate::failure::error_chain;
 use crate::stall::Stall;
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
@@ -571,27 +572,5 @@ impl DeadLetterWriter {
             .increment(1);
         self.counter.fetch_add(1, Ordering::Relaxed);
         letter.id
-    }
-}
-
-/// The error and its sources, outermost first.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut chain = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(s) = source {
-        chain.push(s.to_string());
-        source = s.source();
-    }
-    chain
-}
-
-/// The message of a caught panic.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
     }
 }

@@ -1,5 +1,4 @@
 use super::{Event, Meta};
-use crate::event::error::DecodeError;
 use std::any::{Any, TypeId};
 use std::fmt;
 use std::sync::Arc;
@@ -125,45 +124,14 @@ impl AnyEvent {
     }
 
     /// The event as JSON bytes, `meta` included: the form durable backends
-    /// store.
+    /// store, and [`Registry::decode`](crate::registry::Registry::decode)
+    /// reads back.
     ///
     /// # Errors
     ///
     /// As [`to_json`](AnyEvent::to_json).
     pub fn to_json_bytes(&self) -> serde_json::Result<Vec<u8>> {
         self.inner.to_vec()
-    }
-
-    /// Rebuilds an event from the JSON that [`to_json_bytes`] wrote, finding
-    /// its type in the [registry](mod@crate::registry) by name and version.
-    ///
-    /// # Errors
-    ///
-    /// [`DecodeError::Unknown`] when no event with that name and version is
-    /// compiled into this binary (never one at version 0: versions start
-    /// at 1), [`DecodeError::Invalid`] when the JSON does
-    /// not match the event's fields. An event stored at an older version is
-    /// read through the current version's `#[event(upcast = ...)]`;
-    /// [`DecodeError::NoUpcast`] when there is none, [`DecodeError::Upcast`]
-    /// when it fails.
-    ///
-    /// [`to_json_bytes`]: AnyEvent::to_json_bytes
-    pub fn from_json_bytes(name: &str, version: u32, json: &[u8]) -> Result<Self, DecodeError> {
-        let registry = crate::registry::registry();
-        if let Some(info) = registry.event(name, version) {
-            return info.decode(json);
-        }
-        match registry.latest(name) {
-            // Versions start at 1, so nothing upcasts from 0: it is unknown,
-            // and `NoUpcast` would ask for an upcast no event can declare.
-            Some(info) if info.version() > version && version >= 1 => {
-                info.decode_upcast(version, json)
-            }
-            _ => Err(DecodeError::Unknown {
-                name: name.to_owned(),
-                version,
-            }),
-        }
     }
 
     pub(crate) fn as_any(&self) -> &dyn Any {

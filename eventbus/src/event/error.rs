@@ -1,6 +1,6 @@
 //! Errors of the event module.
 
-/// Returned by [`AnyEvent::from_json_bytes`](crate::AnyEvent::from_json_bytes)
+/// Returned by [`Registry::decode`](crate::registry::Registry::decode)
 /// when stored JSON cannot become an event again.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

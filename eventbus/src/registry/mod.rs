@@ -186,6 +186,36 @@ impl Registry {
         Some(&self.events[i])
     }
 
+    /// Rebuilds an event from the JSON that
+    /// [`AnyEvent::to_json_bytes`] wrote, finding its type by name and
+    /// version.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Unknown`] when no event with that name and version is
+    /// compiled into this binary (never one at version 0: versions start
+    /// at 1), [`DecodeError::Invalid`] when the JSON does not match the
+    /// event's fields. An event stored at an older version is read through
+    /// the current version's `#[event(upcast = ...)]`;
+    /// [`DecodeError::NoUpcast`] when there is none,
+    /// [`DecodeError::Upcast`] when it fails.
+    pub fn decode(&self, name: &str, version: u32, json: &[u8]) -> Result<AnyEvent, DecodeError> {
+        if let Some(info) = self.event(name, version) {
+            return info.decode(json);
+        }
+        match self.latest(name) {
+            // Versions start at 1, so nothing upcasts from 0: it is unknown,
+            // and `NoUpcast` would ask for an upcast no event can declare.
+            Some(info) if info.version() > version && version >= 1 => {
+                info.decode_upcast(version, json)
+            }
+            _ => Err(DecodeError::Unknown {
+                name: name.to_owned(),
+                version,
+            }),
+        }
+    }
+
     /// The event whose Rust type is `type_id`.
     pub fn event_of_type(&self, type_id: TypeId) -> Option<&EventInfo> {
         self.by_type.get(&type_id).map(|&i| &self.events[i])

@@ -403,7 +403,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             if let Err(panic) = AssertUnwindSafe(runner.run()).catch_unwind().await {
                 tracing::error!(
                     subscription = %watched.name,
-                    panic = %crate::dead_letter::panic_message(&*panic),
+                    panic = %crate::failure::panic_message(&*panic),
                     "subscription stopped: it panicked outside its consumer",
                 );
             }

@@ -158,7 +158,7 @@ pub fn exercise(samples: impl IntoIterator<Item = AnyEvent>) -> Result<Exercise,
                 failures.push(Failure::Panicked {
                     event: info.name().to_owned(),
                     protocol: imp.protocol().to_owned(),
-                    message: crate::dead_letter::panic_message(&*panic),
+                    message: crate::failure::panic_message(&*panic),
                 });
             }
         }
@@ -198,7 +198,7 @@ fn round_trip(sample: &AnyEvent, info: &crate::registry::EventInfo) -> Result<()
     let bytes = sample.to_json_bytes().map_err(|e| e.to_string())?;
     let back = info
         .decode(&bytes)
-        .map_err(|e| crate::dead_letter::error_chain(&e).join(": "))?;
+        .map_err(|e| crate::failure::error_chain(&e).join(": "))?;
     let before = sample.to_json().map_err(|e| e.to_string())?;
     let after = back.to_json().map_err(|e| e.to_string())?;
     if before == after {

@@ -120,15 +120,17 @@ impl Row {
     /// table that says what is wrong with the row as stored.
     fn decode(&self) -> Result<AnyEvent, String> {
         let version = self.readable.as_ref().map_err(Clone::clone)?;
-        AnyEvent::from_json_bytes(&self.name, *version, &self.payload).map_err(|err| {
-            // JSON is UTF-8: say so, rather than where the parser tripped.
-            // Checked only on failure, so a good row pays nothing for it.
-            if std::str::from_utf8(&self.payload).is_err() {
-                "the stored payload is not valid UTF-8".to_owned()
-            } else {
-                crate::dead_letter::error_chain(&err).join(": ")
-            }
-        })
+        crate::registry::registry()
+            .decode(&self.name, *version, &self.payload)
+            .map_err(|err| {
+                // JSON is UTF-8: say so, rather than where the parser tripped.
+                // Checked only on failure, so a good row pays nothing for it.
+                if std::str::from_utf8(&self.payload).is_err() {
+                    "the stored payload is not valid UTF-8".to_owned()
+                } else {
+                    crate::failure::error_chain(&err).join(": ")
+                }
+            })
     }
 }
 

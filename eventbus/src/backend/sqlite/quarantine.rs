@@ -7,7 +7,6 @@ use super::stores::millis_to_time;
 use super::writer::{DeadLetterRow, Request, now_millis};
 use super::{Shared, SqliteLog};
 use crate::backend::Position;
-use crate::event::AnyEvent;
 use chrono::{DateTime, Utc};
 use rusqlite::types::ValueRef;
 
@@ -91,7 +90,9 @@ impl SqliteLog {
             .into_iter()
             .filter_map(|row| {
                 let version = row.version.parse::<u32>().ok()?;
-                AnyEvent::from_json_bytes(&row.name, version, &row.payload).ok()?;
+                crate::registry::registry()
+                    .decode(&row.name, version, &row.payload)
+                    .ok()?;
                 let letter = DeadLetterRow {
                     id: 0,
                     subscription: row.subscription,

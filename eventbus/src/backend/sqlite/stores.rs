@@ -6,7 +6,6 @@ use super::writer::{DeadLetterRow, Request};
 use super::{Shared, SqliteError};
 use crate::backend::{DeadLetterStore, Position, RetryState, RetryStore, StoreError};
 use crate::dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
-use crate::event::AnyEvent;
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
 use std::fmt;
@@ -134,7 +133,7 @@ fn letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetterRow> {
 /// A stored letter as the bus sees it, or `None` (logged) when its event no
 /// longer decodes, such as one written by a newer version. It stays stored.
 fn decode_letter(row: DeadLetterRow) -> Option<DeadLetter> {
-    match AnyEvent::from_json_bytes(&row.name, row.version, &row.payload) {
+    match crate::registry::registry().decode(&row.name, row.version, &row.payload) {
         Ok(event) => Some(DeadLetter {
             id: row.id,
             subscription: row.subscription,
