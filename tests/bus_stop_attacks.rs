@@ -670,19 +670,17 @@ async fn sequential_replay_counts_in_flight() {
 }
 
 // ---------------------------------------------------------------------
-// 10. Consumer::check through Arc.
+// 10. A consumer that refuses to be built frees its name.
 // ---------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn protocol_consumer_check_through_arc() {
+async fn a_refused_protocol_consumer_frees_its_name() {
     let bus = memory_bus(Duration::from_secs(5));
     let sink = sink_fn(|_b: Vec<Track>| async { Ok(()) });
-    let consumer = Arc::new(
-        ProtocolConsumer::<dyn Trackable, _>::new(sink).batch(BatchConfig {
-            size: 0,
-            ..BatchConfig::default()
-        }),
-    );
+    let consumer = ProtocolConsumer::<dyn Trackable, _>::new(sink).batch(BatchConfig {
+        size: 0,
+        ..BatchConfig::default()
+    });
     match bus.subscribe("a", consumer).start().await {
         Err(SubscribeError::Consumer(_)) => {}
         other => panic!("expected SubscribeError::Consumer, got {other:?}"),

@@ -122,7 +122,7 @@ pub use crate::bus::{
     TryNotifyError,
 };
 pub use crate::consumer::{
-    BatchConfig, Batcher, BoxError, Consumer, ProtocolConsumer, Sink, consumer_fn,
+    BatchConfig, Batcher, BoxError, Consumer, IntoConsumer, ProtocolConsumer, Sink, consumer_fn,
     consumer_fn_with, sink_fn,
 };
 pub use crate::dead_letter::{DeadLetter, DeadLetters};

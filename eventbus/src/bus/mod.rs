@@ -13,7 +13,7 @@ pub use self::error::{BuildError, DrainError, NotifyError, SubscribeError, TryNo
 pub use crate::subscription::set::ShutdownReport;
 
 use crate::backend::writer::TryWrite;
-use crate::consumer::Consumer;
+use crate::consumer::IntoConsumer;
 use crate::dead_letter::DeadLetters;
 use crate::event::AnyEvent;
 use crate::subscription::set::SubscriptionSet;
@@ -124,7 +124,7 @@ impl Bus {
     /// Starts configuring a subscription named `name` that hands events to
     /// `consumer`. Nothing runs until
     /// [`start`](SubscriptionBuilder::start).
-    pub fn subscribe<C: Consumer>(
+    pub fn subscribe<C: IntoConsumer>(
         &self,
         name: impl Into<String>,
         consumer: C,

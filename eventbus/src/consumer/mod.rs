@@ -14,7 +14,7 @@ mod batcher;
 mod protocol;
 
 pub use self::batcher::{BatchConfig, Batcher, BatcherStopped, FnSink, Sink, sink_fn};
-pub use self::protocol::ProtocolConsumer;
+pub use self::protocol::{ProtocolBatching, ProtocolConsumer};
 
 use crate::dead_letter::DeadLetterWriter;
 use crate::event::AnyEvent;
@@ -63,23 +63,6 @@ pub trait Consumer: Send + Sync + 'static {
         crate::Filter::all()
     }
 
-    /// Checks the consumer's own settings when its subscription starts,
-    /// before anything runs, so a setting that cannot work is an error from
-    /// [`start`](crate::SubscriptionBuilder::start) that names it rather
-    /// than a failure later. The default accepts.
-    ///
-    /// # Errors
-    ///
-    /// The setting that cannot work, and why.
-    fn check(&self) -> Result<(), BoxError> {
-        Ok(())
-    }
-
-    /// Called once when the subscription starts, before the first event.
-    fn start(&mut self, context: &Context) {
-        let _ = context;
-    }
-
     /// Finishes buffered work: called when the bus drains and when the
     /// subscription stops. A batching consumer flushes here.
     fn flush(&self) -> impl Future<Output = ()> + Send {
@@ -97,27 +80,10 @@ pub trait Consumer: Send + Sync + 'static {
 }
 
 /// A shared consumer: keep one `Arc` to inspect it while the bus runs the
-/// other. `start` reaches the consumer only while the bus holds the sole
-/// `Arc`; a consumer that needs `start` (a [`ProtocolConsumer`]) must not be
-/// shared before it is subscribed, and a warning says so if it is.
+/// other.
 impl<C: Consumer> Consumer for Arc<C> {
-    fn start(&mut self, context: &Context) {
-        match Arc::get_mut(self) {
-            Some(consumer) => consumer.start(context),
-            None => tracing::warn!(
-                subscription = %context.subscription(),
-                "consumer is shared through an Arc, so `start` cannot reach it; \
-                 subscribe it before cloning the Arc if it needs `start`",
-            ),
-        }
-    }
-
     fn handle(&self, event: &AnyEvent) -> impl Future<Output = Result<(), BoxError>> + Send {
         C::handle(self, event)
-    }
-
-    fn check(&self) -> Result<(), BoxError> {
-        C::check(self)
     }
 
     fn interest(&self) -> crate::Filter {
@@ -133,7 +99,50 @@ impl<C: Consumer> Consumer for Arc<C> {
     }
 }
 
-/// What a consumer learns when its subscription starts.
+/// What [`Bus::subscribe`](crate::Bus::subscribe) takes: a [`Consumer`], or
+/// something that becomes one once its subscription starts and it can be
+/// given the subscription's [`Context`], such as a [`ProtocolConsumer`],
+/// whose batcher writes to the subscription's dead letters.
+///
+/// Every consumer is one, as it is.
+pub trait IntoConsumer: Send + 'static {
+    /// The consumer it becomes.
+    type Consumer: Consumer;
+
+    /// Becomes the consumer of a starting subscription.
+    ///
+    /// # Errors
+    ///
+    /// A setting that cannot work, and why:
+    /// [`start`](crate::SubscriptionBuilder::start) returns it, naming it,
+    /// before anything runs.
+    fn into_consumer(self, context: &Context) -> Result<Self::Consumer, BoxError>;
+
+    /// The events the consumer wants; see [`Consumer::interest`].
+    fn interest(&self) -> crate::Filter;
+
+    /// How the registry file names the consumer; see
+    /// [`Consumer::describe`].
+    fn describe(&self) -> Option<String>;
+}
+
+impl<C: Consumer> IntoConsumer for C {
+    type Consumer = C;
+
+    fn into_consumer(self, _context: &Context) -> Result<C, BoxError> {
+        Ok(self)
+    }
+
+    fn interest(&self) -> crate::Filter {
+        Consumer::interest(self)
+    }
+
+    fn describe(&self) -> Option<String> {
+        Consumer::describe(self)
+    }
+}
+
+/// What an [`IntoConsumer`] is given when its subscription starts.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub(crate) subscription: Arc<str>,

@@ -1,5 +1,5 @@
 use super::batcher::{BatchConfig, Batcher, Sink};
-use super::{BoxError, Consumer, Context};
+use super::{BoxError, Consumer, Context, IntoConsumer};
 use crate::event::AnyEvent;
 use crate::protocol::{Protocol, dispatch};
 use crate::subscription::Filter;
@@ -52,10 +52,24 @@ use std::sync::Arc;
 /// # Ok(()) }
 /// ```
 pub struct ProtocolConsumer<P: ?Sized + Protocol, S> {
-    sink: Option<S>,
+    sink: S,
     config: BatchConfig,
-    batcher: Option<Batcher<P::Output>>,
     _protocol: PhantomData<fn(&P)>,
+}
+
+/// A started [`ProtocolConsumer`]: dispatches each event to its protocol
+/// and hands the payload to the batcher.
+pub struct ProtocolBatching<P: ?Sized + Protocol> {
+    batcher: Batcher<P::Output>,
+    _protocol: PhantomData<fn(&P)>,
+}
+
+impl<P: ?Sized + Protocol> fmt::Debug for ProtocolBatching<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProtocolBatching")
+            .field("protocol", &P::NAME)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<P: ?Sized + Protocol, S> fmt::Debug for ProtocolConsumer<P, S> {
@@ -72,9 +86,8 @@ impl<P: ?Sized + Protocol, S: Sink<P::Output>> ProtocolConsumer<P, S> {
     /// [`BatchConfig`].
     pub fn new(sink: S) -> Self {
         ProtocolConsumer {
-            sink: Some(sink),
+            sink,
             config: BatchConfig::default(),
-            batcher: None,
             _protocol: PhantomData,
         }
     }
@@ -93,22 +106,48 @@ impl<P: ?Sized + Protocol, S: Sink<P::Output>> ProtocolConsumer<P, S> {
 struct ZeroBatchSize;
 
 /// Returned by a [`ProtocolConsumer`] used without a bus.
-#[derive(Debug, thiserror::Error)]
-#[error("protocol consumer was not started by a bus; subscribe it with `Bus::subscribe`")]
-struct NotStarted;
-
-impl<P, S> Consumer for ProtocolConsumer<P, S>
+impl<P, S> IntoConsumer for ProtocolConsumer<P, S>
 where
     P: ?Sized + Protocol + 'static,
     P::Output: Sync,
     S: Sink<P::Output>,
 {
+    type Consumer = ProtocolBatching<P>;
+
+    fn into_consumer(self, context: &Context) -> Result<ProtocolBatching<P>, BoxError> {
+        if self.config.size == 0 {
+            return Err(ZeroBatchSize.into());
+        }
+        Ok(ProtocolBatching {
+            batcher: Batcher::start_counted(
+                self.sink,
+                self.config,
+                context.dead_letters().clone(),
+                Arc::clone(&context.buffered),
+            ),
+            _protocol: PhantomData,
+        })
+    }
+
+    fn interest(&self) -> Filter {
+        Filter::all().protocol::<P>()
+    }
+
+    fn describe(&self) -> Option<String> {
+        Some(format!("ProtocolConsumer<{}>", P::NAME))
+    }
+}
+
+impl<P> Consumer for ProtocolBatching<P>
+where
+    P: ?Sized + Protocol + 'static,
+    P::Output: Sync,
+{
     async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
         let Some(payload) = dispatch::<P>(event) else {
             return Ok(());
         };
-        let batcher = self.batcher.as_ref().ok_or(NotStarted)?;
-        batcher.push(event.clone(), payload).await?;
+        self.batcher.push(event.clone(), payload).await?;
         Ok(())
     }
 
@@ -116,34 +155,12 @@ where
         Filter::all().protocol::<P>()
     }
 
-    fn check(&self) -> Result<(), BoxError> {
-        if self.config.size == 0 {
-            return Err(ZeroBatchSize.into());
-        }
-        Ok(())
+    fn flush(&self) -> impl Future<Output = ()> + Send {
+        let batcher = self.batcher.clone();
+        async move { batcher.flush().await }
     }
 
     fn describe(&self) -> Option<String> {
         Some(format!("ProtocolConsumer<{}>", P::NAME))
-    }
-
-    fn start(&mut self, context: &Context) {
-        if let Some(sink) = self.sink.take() {
-            self.batcher = Some(Batcher::start_counted(
-                sink,
-                self.config.clone(),
-                context.dead_letters().clone(),
-                Arc::clone(&context.buffered),
-            ));
-        }
-    }
-
-    fn flush(&self) -> impl Future<Output = ()> + Send {
-        let batcher = self.batcher.clone();
-        async move {
-            if let Some(batcher) = batcher {
-                batcher.flush().await;
-            }
-        }
     }
 }

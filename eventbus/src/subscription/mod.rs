@@ -43,7 +43,7 @@ pub(crate) use self::state::State;
 
 use self::set::SubscriptionSet;
 use crate::bus::error::SubscribeError;
-use crate::consumer::{Consumer, Context};
+use crate::consumer::{Context, IntoConsumer};
 use crate::dead_letter::Route;
 use crate::event::AnyEvent;
 use crate::retry::Retry;
@@ -152,7 +152,7 @@ impl<C> fmt::Debug for SubscriptionBuilder<'_, C> {
     }
 }
 
-impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
+impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
     pub(crate) fn new(bus: &'a Arc<SubscriptionSet>, name: String, consumer: C) -> Self {
         SubscriptionBuilder {
             bus,
@@ -267,7 +267,7 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
         let SubscriptionBuilder {
             bus,
             name,
-            mut consumer,
+            consumer,
             max_demand,
             min_demand,
             mode,
@@ -309,7 +309,6 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
                 capacity,
             });
         }
-        consumer.check().map_err(SubscribeError::Consumer)?;
         // Held while the reader opens; given back if this fails or is
         // dropped.
         let reservation = inner.reserve(&name)?;
@@ -355,6 +354,19 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
             Arc::clone(&state.counters.dead_lettered),
             Arc::clone(&state.stall),
         );
+        let filter = filter.or_interest(consumer.interest());
+        // Whatever the consumer starts (a batcher's task) runs as part of
+        // this subscription's handler.
+        let consumer = state
+            .handling()
+            .sync_scope(|| {
+                consumer.into_consumer(&Context {
+                    subscription: Arc::clone(&name),
+                    dead_letters: dead_letters.clone(),
+                    buffered: Arc::clone(&state.counters.buffered),
+                })
+            })
+            .map_err(SubscribeError::Consumer)?;
         inner.dead_letters.route(
             &name,
             Route {
@@ -362,16 +374,6 @@ impl<'a, C: Consumer> SubscriptionBuilder<'a, C> {
                 pending: Arc::clone(&state.replays),
             },
         );
-        // Whatever the consumer starts (a batcher's task) runs as part of
-        // this subscription's handler.
-        state.handling().sync_scope(|| {
-            consumer.start(&Context {
-                subscription: Arc::clone(&name),
-                dead_letters: dead_letters.clone(),
-                buffered: Arc::clone(&state.counters.buffered),
-            })
-        });
-        let filter = filter.or_interest(consumer.interest());
         let runner = runner::Runner {
             deliverer: Arc::new(runner::Deliverer {
                 retries,
