@@ -1,6 +1,7 @@
 //! Retry policies: exponential backoff with jitter and a bounded number of
 //! attempts, after which an event is dead-lettered.
 
+use std::future::Future;
 use std::time::Duration;
 
 /// How a subscription retries an event whose handling failed.
@@ -118,5 +119,92 @@ impl Retry {
             capped
         };
         Duration::from_secs_f64(delay.max(0.0))
+    }
+}
+
+/// What a run of attempts came to.
+pub(crate) enum Attempted {
+    /// An attempt succeeded.
+    Succeeded,
+    /// The last attempt the policy allows failed.
+    GaveUp {
+        /// Attempts made, all failed.
+        attempts: u32,
+        /// The last attempt's error chain, or its panic.
+        errors: Vec<String>,
+        first_failed_at: chrono::DateTime<chrono::Utc>,
+    },
+}
+
+/// The work a retry loop repeats, and what it records between attempts:
+/// a delivery to a consumer, or a batch to a sink.
+pub(crate) trait Attempts {
+    /// Attempt `number` (from 1; `retry` when an earlier one of this run
+    /// failed): the error chain or panic message when it fails.
+    fn attempt(
+        &mut self,
+        number: u32,
+        retry: bool,
+    ) -> impl Future<Output = Result<(), Vec<String>>> + Send;
+
+    /// Attempt `number` failed; the next one follows after `delay`.
+    fn retrying(
+        &mut self,
+        number: u32,
+        errors: &[String],
+        delay: Duration,
+        first_failed_at: chrono::DateTime<chrono::Utc>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+impl Retry {
+    /// Runs `work` from attempt `first` until an attempt succeeds or the
+    /// policy's last one fails, sleeping the policy's delay in between.
+    /// `first_failed_at` carries a schedule resumed after a restart.
+    pub(crate) async fn run<W: Attempts + Send>(
+        &self,
+        work: &mut W,
+        first: u32,
+        mut first_failed_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Attempted {
+        let mut number = first.max(1);
+        let mut retry = false;
+        loop {
+            let Err(errors) = work.attempt(number, retry).await else {
+                return Attempted::Succeeded;
+            };
+            let first_failed_at = *first_failed_at.get_or_insert_with(chrono::Utc::now);
+            if number >= self.attempts() {
+                return Attempted::GaveUp {
+                    attempts: number,
+                    errors,
+                    first_failed_at,
+                };
+            }
+            let delay = self.delay(number);
+            // The failure path is boxed, so the future of every first
+            // attempt stays the size of the success path.
+            Box::pin(work.retrying(number, &errors, delay, first_failed_at)).await;
+            Box::pin(tokio::time::sleep(delay)).await;
+            number += 1;
+            retry = true;
+        }
+    }
+}
+
+/// Runs one attempt, catching a panic: the error chain or panic message
+/// when it fails.
+pub(crate) async fn attempt<F>(work: F) -> Result<(), Vec<String>>
+where
+    F: Future<Output = Result<(), crate::BoxError>>,
+{
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(crate::failure::error_chain(&*err)),
+        Err(panic) => Err(vec![format!(
+            "panicked: {}",
+            crate::failure::panic_message(&*panic)
+        )]),
     }
 }

@@ -5,14 +5,10 @@
 use super::BoxError;
 use crate::dead_letter::DeadLetterWriter;
 use crate::event::AnyEvent;
-use crate::failure::{error_chain, panic_message};
-use crate::retry::Retry;
-use chrono::Utc;
-use futures_util::FutureExt;
+use crate::retry::{Attempted, Attempts, Retry};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -235,7 +231,7 @@ impl<T> Drop for Unwritten<T> {
     }
 }
 
-async fn run<T, S: Sink<T>>(
+async fn run<T: Send, S: Sink<T>>(
     mut rx: mpsc::Receiver<Message<T>>,
     sink: Arc<S>,
     config: BatchConfig,
@@ -286,7 +282,37 @@ async fn run<T, S: Sink<T>>(
     }
 }
 
-async fn write<T, S: Sink<T>>(
+/// One batch's attempts at its sink.
+struct Batch<'a, S, T> {
+    sink: &'a S,
+    /// Held as the batcher holds it: `&mut` needs the payloads `Send`
+    /// only, where a shared slice would need them `Sync`.
+    payloads: &'a mut Vec<T>,
+}
+
+impl<T: Send, S: Sink<T>> Attempts for Batch<'_, S, T> {
+    async fn attempt(&mut self, _number: u32, _retry: bool) -> Result<(), Vec<String>> {
+        crate::retry::attempt(self.sink.write(self.payloads)).await
+    }
+
+    async fn retrying(
+        &mut self,
+        number: u32,
+        errors: &[String],
+        delay: Duration,
+        _first_failed_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        tracing::warn!(
+            batch = self.payloads.len(),
+            attempt = number,
+            retry_in = ?delay,
+            error = %errors.join(": "),
+            "sink write failed; retrying",
+        );
+    }
+}
+
+async fn write<T: Send, S: Sink<T>>(
     sink: &S,
     config: &BatchConfig,
     dead_letters: &DeadLetterWriter,
@@ -298,40 +324,27 @@ async fn write<T, S: Sink<T>>(
         return;
     }
     let written = payloads.len() as u64;
-    let mut first_failed_at = None;
-    let mut attempt = 1;
-    loop {
-        let outcome = AssertUnwindSafe(sink.write(payloads)).catch_unwind().await;
-        let errors = match outcome {
-            Ok(Ok(())) => break,
-            Ok(Err(err)) => error_chain(&*err),
-            Err(panic) => vec![format!("panicked: {}", panic_message(&*panic))],
-        };
-        let first = *first_failed_at.get_or_insert_with(Utc::now);
-        if attempt >= config.retry.attempts() {
-            tracing::error!(
-                batch = payloads.len(),
-                attempts = attempt,
-                error = %errors.join(": "),
-                "sink rejected a batch for good; dead-lettering its events",
-            );
-            for event in events.drain(..) {
-                dead_letters
-                    .write(event, errors.clone(), attempt, first)
-                    .await;
-            }
-            break;
-        }
-        let delay = config.retry.delay(attempt);
-        tracing::warn!(
+    let mut batch = Batch {
+        sink,
+        payloads: &mut *payloads,
+    };
+    if let Attempted::GaveUp {
+        attempts,
+        errors,
+        first_failed_at,
+    } = config.retry.run(&mut batch, 1, None).await
+    {
+        tracing::error!(
             batch = payloads.len(),
-            attempt,
-            retry_in = ?delay,
+            attempts,
             error = %errors.join(": "),
-            "sink write failed; retrying",
+            "sink rejected a batch for good; dead-lettering its events",
         );
-        tokio::time::sleep(delay).await;
-        attempt += 1;
+        for event in events.drain(..) {
+            dead_letters
+                .write(event, errors.clone(), attempts, first_failed_at)
+                .await;
+        }
     }
     events.clear();
     payloads.clear();

@@ -10,7 +10,7 @@ use crate::consumer::Consumer;
 use crate::dead_letter::{DeadLetterWriter, Replay};
 use crate::event::AnyEvent;
 use crate::failure::{error_chain, panic_message};
-use crate::retry::Retry;
+use crate::retry::{Attempted, Attempts, Retry};
 use chrono::Utc;
 use futures_util::FutureExt;
 use std::future::{Future, poll_fn};
@@ -106,8 +106,7 @@ impl<C: Consumer> Deliverer<C> {
     /// consumer until it succeeds or runs out of attempts, starting at the
     /// attempt the backend counts.
     pub(crate) async fn deliver(&self, position: Option<Position>, event: &AnyEvent, first: u32) {
-        let counters = &self.state.counters;
-        let mut attempt = first.max(1);
+        let mut first = first.max(1);
         let mut first_failed_at = None;
         // An event that was waiting for a retry when the process stopped
         // resumes its schedule.
@@ -116,7 +115,7 @@ impl<C: Consumer> Deliverer<C> {
         if let Some((book, position)) = book
             && let Some(state) = book.take(position)
         {
-            attempt = attempt.max(state.attempts + 1);
+            first = first.max(state.attempts + 1);
             first_failed_at = Some(state.first_failed_at);
             stored = true;
             // The stored time comes from the wall clock, which may have
@@ -125,83 +124,112 @@ impl<C: Consumer> Deliverer<C> {
                 Box::pin(tokio::time::sleep(wait.min(self.retry.cap()))).await;
             }
         }
-        loop {
-            let span = tracing::debug_span!(
-                "eventbus.deliver",
-                subscription = %self.state.name,
-                event = %event.name(),
-                event_id = %event.meta().id,
-                correlation_id = %event.meta().correlation_id,
-                attempt,
-            );
-            let handled = AssertUnwindSafe(self.consumer.handle(event)).catch_unwind();
-            // With no subscriber listening at debug level the span is
-            // disabled; entering and leaving it on every poll would still
-            // cost each delivery a wrapper.
-            let outcome = if span.is_disabled() {
-                handled.await
-            } else {
-                handled.instrument(span).await
-            };
-            let errors = match outcome {
-                Ok(Ok(())) => {
-                    counters.delivered.fetch_add(1, Relaxed);
-                    self.metrics.delivered.increment(1);
-                    if stored {
-                        Box::pin(self.forget_retry(book)).await;
-                    }
-                    return;
-                }
-                Ok(Err(err)) => error_chain(&*err),
-                Err(panic) => vec![format!("panicked: {}", panic_message(&*panic))],
-            };
-            counters.failed.fetch_add(1, Relaxed);
-            self.metrics.failed.increment(1);
-            let first = *first_failed_at.get_or_insert_with(Utc::now);
-            if attempt >= self.retry.attempts() {
-                Box::pin(
-                    self.dead_letters
-                        .write(event.clone(), errors, attempt, first),
-                )
-                .await;
-                if stored {
-                    Box::pin(self.forget_retry(book)).await;
-                }
-                return;
-            }
-            let delay = self.retry.delay(attempt);
-            if let Some((book, position)) = book {
-                let state = RetryState {
-                    attempts: attempt,
-                    next_attempt_at: Utc::now()
-                        + chrono::Duration::from_std(delay).unwrap_or_default(),
-                    first_failed_at: first,
-                };
-                match Box::pin(book.store.save(&self.state.name, position, state)).await {
-                    Ok(()) => stored = true,
-                    Err(err) => tracing::warn!(
-                        subscription = %self.state.name,
-                        error = %error_chain(&err).join(": "),
-                        "could not store the retry schedule; a restart would start it over",
-                    ),
-                }
-            }
-            tracing::warn!(
-                subscription = %self.state.name,
-                event = %event.name(),
-                event_id = %event.meta().id,
-                attempt,
-                retry_in = ?delay,
-                error = %errors.join(": "),
-                "event handling failed; retrying",
-            );
-            // The failure path is boxed, so the future every delivery
-            // allocates stays the size of the success path.
-            Box::pin(tokio::time::sleep(delay)).await;
-            attempt += 1;
-            counters.retried.fetch_add(1, Relaxed);
-            self.metrics.retried.increment(1);
+        let mut delivery = Delivery {
+            deliverer: self,
+            event,
+            book,
+            stored,
+        };
+        let attempted = self.retry.run(&mut delivery, first, first_failed_at).await;
+        if let Attempted::GaveUp {
+            attempts,
+            errors,
+            first_failed_at,
+        } = attempted
+        {
+            Box::pin(
+                self.dead_letters
+                    .write(event.clone(), errors, attempts, first_failed_at),
+            )
+            .await;
+        } else {
+            self.state.counters.delivered.fetch_add(1, Relaxed);
+            self.metrics.delivered.increment(1);
         }
+        if delivery.stored {
+            Box::pin(self.forget_retry(book)).await;
+        }
+    }
+}
+
+/// One event's attempts at its consumer.
+struct Delivery<'a, C> {
+    deliverer: &'a Deliverer<C>,
+    event: &'a AnyEvent,
+    /// Where its retry schedule is kept, for an event from a durable log.
+    book: Option<(&'a RetryBook, Position)>,
+    /// Whether a schedule of it is stored, to clear once it finishes.
+    stored: bool,
+}
+
+impl<C: Consumer> Attempts for Delivery<'_, C> {
+    async fn attempt(&mut self, number: u32, retry: bool) -> Result<(), Vec<String>> {
+        let (deliverer, event) = (self.deliverer, self.event);
+        let counters = &deliverer.state.counters;
+        if retry {
+            counters.retried.fetch_add(1, Relaxed);
+            deliverer.metrics.retried.increment(1);
+        }
+        let span = tracing::debug_span!(
+            "eventbus.deliver",
+            subscription = %deliverer.state.name,
+            event = %event.name(),
+            event_id = %event.meta().id,
+            correlation_id = %event.meta().correlation_id,
+            attempt = number,
+        );
+        let handled = crate::retry::attempt(deliverer.consumer.handle(event));
+        // With no subscriber listening at debug level the span is disabled;
+        // entering and leaving it on every poll would still cost each
+        // delivery a wrapper.
+        let outcome = if span.is_disabled() {
+            handled.await
+        } else {
+            handled.instrument(span).await
+        };
+        if outcome.is_err() {
+            counters.failed.fetch_add(1, Relaxed);
+            deliverer.metrics.failed.increment(1);
+        }
+        outcome
+    }
+
+    async fn retrying(
+        &mut self,
+        number: u32,
+        errors: &[String],
+        delay: Duration,
+        first_failed_at: chrono::DateTime<Utc>,
+    ) {
+        let (deliverer, event) = (self.deliverer, self.event);
+        if let Some((book, position)) = self.book {
+            let state = RetryState {
+                attempts: number,
+                next_attempt_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+                first_failed_at,
+            };
+            match book
+                .store
+                .save(&deliverer.state.name, position, state)
+                .await
+            {
+                Ok(()) => self.stored = true,
+                Err(err) => tracing::warn!(
+                    subscription = %deliverer.state.name,
+                    error = %error_chain(&err).join(": "),
+                    "could not store the retry schedule; a restart would start it over",
+                ),
+            }
+        }
+        tracing::warn!(
+            subscription = %deliverer.state.name,
+            event = %event.name(),
+            event_id = %event.meta().id,
+            attempt = number,
+            retry_in = ?delay,
+            error = %errors.join(": "),
+            "event handling failed; retrying",
+        );
     }
 }
 
