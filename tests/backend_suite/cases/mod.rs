@@ -1,0 +1,85 @@
+//! The cases, each written once against a [`Harness`], and what each needs
+//! of a backend. A case runs on every backend whose declared capabilities
+//! cover its needs; on the others its trial is ignored with the reason.
+//!
+//! Not here yet: two consumers in two processes sharing one subscription,
+//! each event handled once unless one of them dies. No backend declares
+//! `shared_subscriptions` so far; the case comes with the first that does.
+
+mod delivery;
+
+use crate::harness::Harness;
+use eventbus::Capabilities;
+use futures_util::future::LocalBoxFuture;
+
+/// A capability a case can need, as [`Capabilities`] declares it. The
+/// others (`schedules_retries`, `shared_subscriptions`) join when a case
+/// needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Capability {
+    Durable,
+    Ordered,
+}
+
+impl Capability {
+    pub(crate) fn offered_by(self, capabilities: &Capabilities) -> bool {
+        match self {
+            Capability::Durable => capabilities.durable,
+            Capability::Ordered => capabilities.ordered,
+        }
+    }
+
+    /// As the field of [`Capabilities`] is named.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Capability::Durable => "durable",
+            Capability::Ordered => "ordered",
+        }
+    }
+}
+
+/// Runs a case on one harness; a failed assertion panics.
+pub(crate) type Run = for<'a> fn(&'a dyn Harness) -> LocalBoxFuture<'a, ()>;
+
+pub(crate) struct Case {
+    pub(crate) name: &'static str,
+    pub(crate) needs: &'static [Capability],
+    pub(crate) run: Run,
+}
+
+impl Case {
+    /// The capabilities this case needs and `capabilities` lacks.
+    pub(crate) fn missing(&self, capabilities: &Capabilities) -> Vec<Capability> {
+        self.needs
+            .iter()
+            .copied()
+            .filter(|c| !c.offered_by(capabilities))
+            .collect()
+    }
+}
+
+/// `case!(name)` or `case!(name, needs Durable, Ordered)`: the case is the
+/// async fn `name(&dyn Harness)` in scope.
+macro_rules! case {
+    ($name:ident $(, needs $($need:ident),+)?) => {
+        Case {
+            name: stringify!($name),
+            needs: &[$($(Capability::$need),+)?],
+            run: |harness| Box::pin($name(harness)),
+        }
+    };
+}
+
+/// Every case, in the order they are listed.
+pub(crate) fn all() -> Vec<Case> {
+    use self::delivery::*;
+    vec![
+        case!(publish_and_subscribe),
+        case!(broadcast_to_every_subscription),
+        case!(sequential_mode_keeps_log_order, needs Ordered),
+        case!(partitioned_mode_keeps_order_per_key, needs Ordered),
+        case!(concurrent_producers_each_event_handled_once),
+        case!(late_subscription_from_now_gets_only_new_events),
+        case!(late_subscription_from_beginning_gets_the_history, needs Durable),
+    ]
+}

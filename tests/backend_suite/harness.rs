@@ -1,0 +1,112 @@
+//! What a backend gives the suite: a [`Harness`] per trial, which opens
+//! buses on storage of its own. Everything a case knows of a backend goes
+//! through here.
+//!
+//! Adding a backend is an impl of [`Harness`] and a line in [`backends`].
+//! A backend that needs a service (PostgreSQL, NATS) finds it through an
+//! environment variable and returns `Err` from `fresh` when it cannot reach
+//! it: its trials are then ignored with that reason, or fail where
+//! `EVENTBUS_REQUIRE_SERVICES=1` is set.
+
+use eventbus::{Bus, BusBuilder, SqliteLog};
+use futures_util::future::BoxFuture;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One backend, as the suite registers it.
+pub(crate) struct Backend {
+    /// The first part of each trial's name: `memory`, `sqlite`.
+    pub(crate) name: &'static str,
+    /// Fresh, empty storage for one trial.
+    pub(crate) fresh: fn() -> Fresh,
+}
+
+/// A harness on fresh storage, or why the backend cannot be reached.
+pub(crate) type Fresh = BoxFuture<'static, Result<Box<dyn Harness>, String>>;
+
+/// Every backend the suite runs against.
+pub(crate) fn backends() -> Vec<Backend> {
+    vec![
+        Backend {
+            name: "memory",
+            fresh: || Box::pin(async { Ok(Box::new(Memory) as Box<dyn Harness>) }),
+        },
+        Backend {
+            name: "sqlite",
+            fresh: Sqlite::fresh,
+        },
+    ]
+}
+
+/// What a case asks of the bus it opens. The harness applies it, so a
+/// change to how a bus is built touches the harnesses, not the cases.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BusSettings {
+    /// How long `shutdown` waits for subscriptions to finish.
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        BusSettings {
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BusSettings {
+    /// Builds the bus a harness configured its backend on.
+    pub(crate) fn build(self, backend: BusBuilder) -> Bus {
+        backend
+            .shutdown_timeout(self.shutdown_timeout)
+            .build()
+            .expect("the suite's settings are valid for every backend")
+    }
+}
+
+/// One trial's storage on one backend.
+pub(crate) trait Harness: Send + Sync {
+    /// Opens a bus on this harness's storage. On a durable backend, opening
+    /// again (after the last bus was shut down and dropped) reopens what it
+    /// left: the same file, schema or stream.
+    fn open(&self, settings: BusSettings) -> BoxFuture<'_, Bus>;
+}
+
+/// `Bus::builder().build()`: nothing to reopen, every bus starts empty.
+struct Memory;
+
+impl Harness for Memory {
+    fn open(&self, settings: BusSettings) -> BoxFuture<'_, Bus> {
+        Box::pin(async move { settings.build(Bus::builder()) })
+    }
+}
+
+/// A SQLite file in a directory of the trial's own.
+struct Sqlite {
+    path: PathBuf,
+    // Deleted with the harness, at the end of the trial.
+    _dir: tempfile::TempDir,
+}
+
+impl Sqlite {
+    fn fresh() -> Fresh {
+        Box::pin(async {
+            let dir = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
+            Ok(Box::new(Sqlite {
+                path: dir.path().join("events.db"),
+                _dir: dir,
+            }) as Box<dyn Harness>)
+        })
+    }
+}
+
+impl Harness for Sqlite {
+    fn open(&self, settings: BusSettings) -> BoxFuture<'_, Bus> {
+        Box::pin(async move {
+            let log = SqliteLog::open(&self.path)
+                .await
+                .unwrap_or_else(|e| panic!("cannot open the SQLite log: {e}"));
+            settings.build(Bus::builder().log(log))
+        })
+    }
+}
