@@ -1,6 +1,6 @@
 //! What a backend gives the suite: a [`Harness`] per trial, which opens
-//! buses on storage of its own. Everything a case knows of a backend goes
-//! through here.
+//! buses on storage of its own, and the hooks only that backend can
+//! provide. Everything a case knows of a backend goes through here.
 //!
 //! Adding a backend is an impl of [`Harness`] and a line in [`backends`].
 //! A backend that needs a service (PostgreSQL, NATS) finds it through an
@@ -11,6 +11,7 @@
 use eventbus::{Bus, BusBuilder, SqliteLog};
 use futures_util::future::BoxFuture;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// One backend, as the suite registers it.
@@ -70,6 +71,33 @@ pub(crate) trait Harness: Send + Sync {
     /// again (after the last bus was shut down and dropped) reopens what it
     /// left: the same file, schema or stream.
     fn open(&self, settings: BusSettings) -> BoxFuture<'_, Bus>;
+
+    /// Writes behind the bus's back. Every durable backend provides it: the
+    /// cases that need it are the durable ones.
+    fn tamper(&self) -> Option<&dyn Tamper> {
+        None
+    }
+}
+
+/// Changes only a backend can make to what it stores, as a bug, a bad
+/// migration or a rolled-back deploy would.
+pub(crate) trait Tamper: Send + Sync {
+    /// Stores, as the next event of the log, an event named `name` that no
+    /// event of this binary decodes. Called while a bus is open.
+    fn store_undecodable<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()>;
+
+    /// What the backend set aside for `subscription` because it did not
+    /// decode, in log order. Called while a bus is open.
+    fn quarantined<'a>(&'a self, subscription: &'a str) -> BoxFuture<'a, Vec<Quarantined>>;
+}
+
+/// An event set aside as undecodable.
+#[derive(Debug, Clone)]
+pub(crate) struct Quarantined {
+    /// The stored event name.
+    pub(crate) name: String,
+    /// Why it did not decode.
+    pub(crate) reason: String,
 }
 
 /// `Bus::builder().build()`: nothing to reopen, every bus starts empty.
@@ -84,7 +112,10 @@ impl Harness for Memory {
 /// A SQLite file in a directory of the trial's own.
 struct Sqlite {
     path: PathBuf,
-    // Deleted with the harness, at the end of the trial.
+    /// The log of the bus opened last, for the quarantine. Let go of before
+    /// the next open: the file admits one owner at a time.
+    log: Mutex<Option<SqliteLog>>,
+    // Last, so the directory goes after the log.
     _dir: tempfile::TempDir,
 }
 
@@ -94,19 +125,67 @@ impl Sqlite {
             let dir = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
             Ok(Box::new(Sqlite {
                 path: dir.path().join("events.db"),
+                log: Mutex::new(None),
                 _dir: dir,
             }) as Box<dyn Harness>)
         })
+    }
+
+    fn current_log(&self) -> SqliteLog {
+        self.log
+            .lock()
+            .expect("log lock")
+            .clone()
+            .expect("a bus is open on the harness")
     }
 }
 
 impl Harness for Sqlite {
     fn open(&self, settings: BusSettings) -> BoxFuture<'_, Bus> {
         Box::pin(async move {
+            drop(self.log.lock().expect("log lock").take());
             let log = SqliteLog::open(&self.path)
                 .await
                 .unwrap_or_else(|e| panic!("cannot open the SQLite log: {e}"));
+            *self.log.lock().expect("log lock") = Some(log.clone());
             settings.build(Bus::builder().log(log))
+        })
+    }
+
+    fn tamper(&self) -> Option<&dyn Tamper> {
+        Some(self)
+    }
+}
+
+impl Tamper for Sqlite {
+    fn store_undecodable<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let conn =
+                rusqlite::Connection::open(&self.path).expect("open the file beside the log");
+            // The log's writer may hold the lock for a commit.
+            conn.busy_timeout(Duration::from_secs(10))
+                .expect("set a busy timeout");
+            conn.execute(
+                "INSERT INTO events (name, version, event_id, payload, appended_at)
+                 VALUES (?1, 1, 'stored-behind-the-bus', '{}', 0)",
+                [name],
+            )
+            .expect("insert an event behind the bus's back");
+        })
+    }
+
+    fn quarantined<'a>(&'a self, subscription: &'a str) -> BoxFuture<'a, Vec<Quarantined>> {
+        Box::pin(async move {
+            self.current_log()
+                .quarantined(subscription)
+                .await
+                .expect("read the quarantine")
+                .into_iter()
+                .map(|q| Quarantined {
+                    name: q.name,
+                    reason: q.reason,
+                })
+                .collect()
         })
     }
 }

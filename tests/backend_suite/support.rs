@@ -1,13 +1,14 @@
-//! What the cases share: the one event they notify, a consumer that
-//! shuffles on purpose, producers, and ways to read what arrived.
+//! What the cases share: the one event they notify, consumers that fail
+//! or shuffle on purpose, producers, and ways to read what arrived.
 
 use eventbus::testing::Recorder;
 use eventbus::{
     AnyEvent, BoxError, Bus, Consumer, NotifyError, ShutdownReport, SubscriptionBuilder, event,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::task::JoinHandle;
 
 pub(crate) use crate::common::{eventually, within};
@@ -149,6 +150,75 @@ impl Mode {
             Mode::Concurrent(limit) => builder.concurrent(limit),
             Mode::Partitioned(lanes) => builder.partitioned(lanes, account),
         }
+    }
+}
+
+/// The retry policy of the failure cases: quick, so a case takes
+/// milliseconds, and with the given number of attempts.
+pub(crate) fn quick_retry(attempts: u32) -> eventbus::Retry {
+    eventbus::Retry::exponential(Duration::from_millis(5))
+        .max_attempts(attempts)
+        .max_delay(Duration::from_millis(20))
+}
+
+/// Fails the first `failures` attempts at every event, then records it.
+/// Every attempt is logged, so a case sees the event come again.
+#[derive(Clone)]
+pub(crate) struct FailsFirst {
+    failures: u32,
+    /// Every attempt, in order: (seq, event id).
+    attempts: Arc<Mutex<Vec<(u64, eventbus::Uuid)>>>,
+    pub(crate) handled: Recorder,
+}
+
+impl FailsFirst {
+    pub(crate) fn new(failures: u32) -> Self {
+        FailsFirst {
+            failures,
+            attempts: Arc::default(),
+            handled: Recorder::new(),
+        }
+    }
+
+    /// Every attempt so far, in order: (seq, event id).
+    pub(crate) fn attempts(&self) -> Vec<(u64, eventbus::Uuid)> {
+        self.attempts.lock().expect("attempts lock").clone()
+    }
+}
+
+impl Consumer for FailsFirst {
+    async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
+        let seq = seq(event);
+        let attempt = {
+            let mut attempts = self.attempts.lock().expect("attempts lock");
+            attempts.push((seq, event.meta().id));
+            attempts.iter().filter(|(s, _)| *s == seq).count()
+        };
+        if attempt <= self.failures as usize {
+            return Err(format!("attempt {attempt} at event {seq} fails on purpose").into());
+        }
+        self.handled.handle(event).await
+    }
+}
+
+/// The cause a payment provider gives.
+#[derive(Debug, thiserror::Error)]
+#[error("card declined")]
+pub(crate) struct CardDeclined;
+
+/// What the payments consumer returns: a failure with a cause, so the
+/// dead letter's error chain has two entries.
+#[derive(Debug, thiserror::Error)]
+#[error("charge failed")]
+pub(crate) struct ChargeFailed(#[source] pub(crate) CardDeclined);
+
+/// Fails every event with [`ChargeFailed`], caused by [`CardDeclined`].
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Declines;
+
+impl Consumer for Declines {
+    async fn handle(&self, _event: &AnyEvent) -> Result<(), BoxError> {
+        Err(ChargeFailed(CardDeclined).into())
     }
 }
 

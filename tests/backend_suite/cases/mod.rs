@@ -7,6 +7,7 @@
 //! `shared_subscriptions` so far; the case comes with the first that does.
 
 mod delivery;
+mod failure;
 
 use crate::harness::Harness;
 use eventbus::Capabilities;
@@ -73,6 +74,7 @@ macro_rules! case {
 /// Every case, in the order they are listed.
 pub(crate) fn all() -> Vec<Case> {
     use self::delivery::*;
+    use self::failure::*;
     vec![
         case!(publish_and_subscribe),
         case!(broadcast_to_every_subscription),
@@ -81,5 +83,11 @@ pub(crate) fn all() -> Vec<Case> {
         case!(concurrent_producers_each_event_handled_once),
         case!(late_subscription_from_now_gets_only_new_events),
         case!(late_subscription_from_beginning_gets_the_history, needs Durable),
+        case!(retry_after_a_failure_counts_the_attempt),
+        case!(retry_exhaustion_dead_letters),
+        case!(retry_attempts_survive_close_and_reopen, needs Durable),
+        case!(replay_from_the_dead_letter_store),
+        case!(replay_after_close_and_reopen, needs Durable),
+        case!(undecodable_event_is_quarantined_and_the_stream_goes_on, needs Durable),
     ]
 }
