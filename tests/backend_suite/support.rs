@@ -1,9 +1,10 @@
-//! What the cases share: the one event they notify, consumers that fail
-//! or shuffle on purpose, producers, and ways to read what arrived.
+//! What the cases share: the one event they notify, consumers that fail,
+//! wait or shuffle on purpose, producers, and ways to read what arrived.
 
 use eventbus::testing::Recorder;
 use eventbus::{
-    AnyEvent, BoxError, Bus, Consumer, NotifyError, ShutdownReport, SubscriptionBuilder, event,
+    AnyEvent, BoxError, Bus, Consumer, NotifyError, ShutdownReport, SubscriptionBuilder,
+    SubscriptionStats, event,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
-pub(crate) use crate::common::{eventually, within};
+pub(crate) use crate::common::{Gate, eventually, within};
 
 /// An account was credited. `seq` is unique within a case, so it names the
 /// event; `account` is the key of partitioned subscriptions.
@@ -79,6 +80,15 @@ pub(crate) async fn drained(bus: &Bus) {
 /// catches a shutdown that ignores it).
 pub(crate) async fn shut_down(bus: &Bus) -> ShutdownReport {
     within(WAIT_SECS, "shutdown", bus.shutdown()).await
+}
+
+/// The final counters of `name` in `report`.
+pub(crate) fn final_stats<'a>(report: &'a ShutdownReport, name: &str) -> &'a SubscriptionStats {
+    report
+        .stats
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("the shutdown report has no `{name}`: {report:?}"))
 }
 
 /// A task notifying a range of `seq`s until the bus refuses one.

@@ -8,6 +8,7 @@
 
 mod delivery;
 mod failure;
+mod lifecycle;
 
 use crate::harness::Harness;
 use eventbus::Capabilities;
@@ -75,6 +76,7 @@ macro_rules! case {
 pub(crate) fn all() -> Vec<Case> {
     use self::delivery::*;
     use self::failure::*;
+    use self::lifecycle::*;
     vec![
         case!(publish_and_subscribe),
         case!(broadcast_to_every_subscription),
@@ -88,6 +90,10 @@ pub(crate) fn all() -> Vec<Case> {
         case!(retry_attempts_survive_close_and_reopen, needs Durable),
         case!(replay_from_the_dead_letter_store),
         case!(replay_after_close_and_reopen, needs Durable),
+        case!(close_and_reopen_loses_nothing, needs Durable),
+        case!(shutdown_mid_stream_accounts_for_every_accepted_event),
         case!(undecodable_event_is_quarantined_and_the_stream_goes_on, needs Durable),
+        case!(pause_and_resume),
+        case!(shutdown_while_paused_keeps_its_events, needs Durable),
     ]
 }
