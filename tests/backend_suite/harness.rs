@@ -148,7 +148,7 @@ impl Harness for Sqlite {
                 .await
                 .unwrap_or_else(|e| panic!("cannot open the SQLite log: {e}"));
             *self.log.lock().expect("log lock") = Some(log.clone());
-            settings.build(Bus::builder().log(log))
+            settings.build(Bus::builder().backend(log))
         })
     }
 
