@@ -29,7 +29,9 @@
 //! A subscription starts at the head of the log: it receives events notified
 //! after [`start`](SubscriptionBuilder::start) returns.
 
+mod deliver;
 mod filter;
+mod mode;
 mod runner;
 pub(crate) mod set;
 mod start;
@@ -320,7 +322,7 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             .map_err(SubscribeError::Open)?;
         let start = reader.position();
         let retries = match &inner.retries {
-            Some(store) => Some(runner::RetryBook::load(Arc::clone(store), &name).await?),
+            Some(store) => Some(deliver::RetryBook::load(Arc::clone(store), &name).await?),
             None => None,
         };
 
@@ -375,13 +377,13 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             },
         );
         let runner = runner::Runner {
-            deliverer: Arc::new(runner::Deliverer {
+            deliverer: Arc::new(deliver::Deliverer {
                 retries,
                 consumer,
                 retry,
                 state: Arc::clone(&state),
                 dead_letters,
-                metrics: runner::Metrics::new(&name),
+                metrics: deliver::Metrics::new(&name),
             }),
             reader,
             durable: inner.writer.get().capabilities().durable,

@@ -1,0 +1,342 @@
+//! Delivering one event: attempts at the consumer with retries, the retry
+//! schedules a durable log keeps, dead letters, and the count of what is
+//! in flight.
+
+use super::state::State;
+use crate::backend::{Position, RetryState, RetryStore};
+use crate::consumer::Consumer;
+use crate::dead_letter::{DeadLetterWriter, Replay};
+use crate::event::AnyEvent;
+use crate::failure::{error_chain, panic_message};
+use crate::retry::{Attempted, Attempts, Retry};
+use chrono::Utc;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::Duration;
+use tracing::Instrument;
+
+/// The retry schedules of one subscription, kept in a durable log's
+/// [`RetryStore`]. Loaded once at start: only events that were waiting for
+/// a retry when the process stopped are in it.
+pub(crate) struct RetryBook {
+    pub(crate) store: Arc<dyn RetryStore>,
+    pub(crate) pending: std::sync::Mutex<std::collections::HashMap<Position, RetryState>>,
+}
+
+/// Retry schedules load this many at a time.
+const RETRY_PAGE: usize = 1000;
+
+impl RetryBook {
+    /// Loads the subscription's schedules, a page at a time.
+    pub(crate) async fn load(
+        store: Arc<dyn RetryStore>,
+        subscription: &str,
+    ) -> Result<Self, crate::bus::error::SubscribeError> {
+        let mut pending = std::collections::HashMap::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .load(subscription, after, RETRY_PAGE)
+                .await
+                .map_err(crate::bus::error::SubscribeError::Store)?;
+            let full = page.len() >= RETRY_PAGE;
+            after = page.last().map(|(position, _)| *position);
+            pending.extend(page);
+            if !full {
+                break;
+            }
+        }
+        Ok(RetryBook {
+            store,
+            pending: std::sync::Mutex::new(pending),
+        })
+    }
+
+    fn take(&self, position: Position) -> Option<RetryState> {
+        self.pending
+            .lock()
+            .expect("retry book lock")
+            .remove(&position)
+    }
+}
+
+/// Hands one event to the consumer, with retries and dead-lettering. Shared
+/// by the runner and, in concurrent and partitioned modes, by its tasks.
+pub(crate) struct Deliverer<C> {
+    pub(crate) retries: Option<RetryBook>,
+    pub(crate) consumer: C,
+    pub(crate) retry: Retry,
+    pub(crate) state: Arc<State>,
+    pub(crate) dead_letters: DeadLetterWriter,
+    pub(crate) metrics: Metrics,
+}
+
+pub(crate) struct Metrics {
+    delivered: metrics::Counter,
+    failed: metrics::Counter,
+    retried: metrics::Counter,
+    pub(super) in_flight: metrics::Gauge,
+    pub(super) lag: metrics::Gauge,
+}
+
+impl Metrics {
+    pub(crate) fn new(subscription: &str) -> Self {
+        let label = subscription.to_owned();
+        Metrics {
+            delivered: metrics::counter!("eventbus_delivered_total", "subscription" => label.clone()),
+            failed: metrics::counter!("eventbus_failed_total", "subscription" => label.clone()),
+            retried: metrics::counter!("eventbus_retried_total", "subscription" => label.clone()),
+            in_flight: metrics::gauge!("eventbus_in_flight", "subscription" => label.clone()),
+            lag: metrics::gauge!("eventbus_lag", "subscription" => label),
+        }
+    }
+}
+
+impl<C: Consumer> Deliverer<C> {
+    /// Hands `event` (at `position` in the log; `None` for a replay) to the
+    /// consumer until it succeeds or runs out of attempts, starting at the
+    /// attempt the backend counts.
+    pub(crate) async fn deliver(&self, position: Option<Position>, event: &AnyEvent, first: u32) {
+        let mut first = first.max(1);
+        let mut first_failed_at = None;
+        // An event that was waiting for a retry when the process stopped
+        // resumes its schedule.
+        let book = self.retries.as_ref().zip(position);
+        let mut stored = false;
+        if let Some((book, position)) = book
+            && let Some(state) = book.take(position)
+        {
+            first = first.max(state.attempts + 1);
+            first_failed_at = Some(state.first_failed_at);
+            stored = true;
+            // The stored time comes from the wall clock, which may have
+            // been stepped since; the policy's cap still bounds the wait.
+            if let Ok(wait) = (state.next_attempt_at - Utc::now()).to_std() {
+                Box::pin(tokio::time::sleep(wait.min(self.retry.cap()))).await;
+            }
+        }
+        let mut delivery = Delivery {
+            deliverer: self,
+            event,
+            book,
+            stored,
+        };
+        let attempted = self.retry.run(&mut delivery, first, first_failed_at).await;
+        if let Attempted::GaveUp {
+            attempts,
+            errors,
+            first_failed_at,
+        } = attempted
+        {
+            Box::pin(
+                self.dead_letters
+                    .write(event.clone(), errors, attempts, first_failed_at),
+            )
+            .await;
+        } else {
+            self.state.counters.delivered.fetch_add(1, Relaxed);
+            self.metrics.delivered.increment(1);
+        }
+        if delivery.stored {
+            Box::pin(self.forget_retry(book)).await;
+        }
+    }
+}
+
+/// One event's attempts at its consumer.
+struct Delivery<'a, C> {
+    deliverer: &'a Deliverer<C>,
+    event: &'a AnyEvent,
+    /// Where its retry schedule is kept, for an event from a durable log.
+    book: Option<(&'a RetryBook, Position)>,
+    /// Whether a schedule of it is stored, to clear once it finishes.
+    stored: bool,
+}
+
+impl<C: Consumer> Attempts for Delivery<'_, C> {
+    async fn attempt(&mut self, number: u32, retry: bool) -> Result<(), Vec<String>> {
+        let (deliverer, event) = (self.deliverer, self.event);
+        let counters = &deliverer.state.counters;
+        if retry {
+            counters.retried.fetch_add(1, Relaxed);
+            deliverer.metrics.retried.increment(1);
+        }
+        let span = tracing::debug_span!(
+            "eventbus.deliver",
+            subscription = %deliverer.state.name,
+            event = %event.name(),
+            event_id = %event.meta().id,
+            correlation_id = %event.meta().correlation_id,
+            attempt = number,
+        );
+        let handled = crate::retry::attempt(deliverer.consumer.handle(event));
+        // With no subscriber listening at debug level the span is disabled;
+        // entering and leaving it on every poll would still cost each
+        // delivery a wrapper.
+        let outcome = if span.is_disabled() {
+            handled.await
+        } else {
+            handled.instrument(span).await
+        };
+        if outcome.is_err() {
+            counters.failed.fetch_add(1, Relaxed);
+            deliverer.metrics.failed.increment(1);
+        }
+        outcome
+    }
+
+    async fn retrying(
+        &mut self,
+        number: u32,
+        errors: &[String],
+        delay: Duration,
+        first_failed_at: chrono::DateTime<Utc>,
+    ) {
+        let (deliverer, event) = (self.deliverer, self.event);
+        if let Some((book, position)) = self.book {
+            let state = RetryState {
+                attempts: number,
+                next_attempt_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+                first_failed_at,
+            };
+            match book
+                .store
+                .save(&deliverer.state.name, position, state)
+                .await
+            {
+                Ok(()) => self.stored = true,
+                Err(err) => tracing::warn!(
+                    subscription = %deliverer.state.name,
+                    error = %error_chain(&err).join(": "),
+                    "could not store the retry schedule; a restart would start it over",
+                ),
+            }
+        }
+        tracing::warn!(
+            subscription = %deliverer.state.name,
+            event = %event.name(),
+            event_id = %event.meta().id,
+            attempt = number,
+            retry_in = ?delay,
+            error = %errors.join(": "),
+            "event handling failed; retrying",
+        );
+    }
+}
+
+impl<C> Deliverer<C> {
+    /// A partition key that panicked: it would fail every attempt alike, so
+    /// it is one failed attempt, then a dead letter.
+    pub(super) async fn key_failed(&self, event: &AnyEvent, panic: String) {
+        self.state.counters.failed.fetch_add(1, Relaxed);
+        self.metrics.failed.increment(1);
+        let errors = vec![format!("panicked: partition key: {panic}")];
+        self.dead_letters
+            .write(event.clone(), errors, 1, Utc::now())
+            .await;
+    }
+
+    async fn forget_retry(&self, book: Option<(&RetryBook, Position)>) {
+        if let Some((book, position)) = book
+            && let Err(err) = book.store.clear(&self.state.name, position).await
+        {
+            tracing::warn!(
+                subscription = %self.state.name,
+                error = %error_chain(&err).join(": "),
+                "could not clear a finished retry schedule",
+            );
+        }
+    }
+}
+
+impl<C: Consumer> Deliverer<C> {
+    /// A panicking flush is logged, not allowed to end the subscription.
+    pub(super) async fn flush(&self) {
+        let flushed = AssertUnwindSafe(self.consumer.flush()).catch_unwind().await;
+        if let Err(panic) = flushed {
+            tracing::error!(
+                subscription = %self.state.name,
+                panic = %panic_message(&*panic),
+                "consumer panicked while flushing",
+            );
+        }
+    }
+
+    /// Hands a dead letter's event to the consumer again; the letter goes
+    /// once that finished, and stays if this is cut short.
+    pub(super) async fn replay(&self, replay: Replay) {
+        self.deliver(None, &replay.event, 1).await;
+        // A batching consumer has only queued the payload: the letter goes
+        // once its sink has it (or has dead-lettered it again).
+        self.flush().await;
+        replay.finish().await;
+    }
+}
+
+/// Counts one event (or replay) in flight from the moment a mode takes it
+/// until it is finished, however it finishes: handled, dead-lettered,
+/// panicked around, or dropped at a stop. The one place `in_flight`
+/// changes.
+pub(super) struct InFlight {
+    state: Arc<State>,
+    replay: bool,
+}
+
+impl InFlight {
+    pub(super) fn event(state: &Arc<State>) -> Self {
+        state.counters.in_flight.fetch_add(1, Relaxed);
+        InFlight {
+            state: Arc::clone(state),
+            replay: false,
+        }
+    }
+
+    /// A replay: counted in `replaying` since it was sent, and in flight
+    /// from now on.
+    pub(super) fn replay(state: &Arc<State>) -> Self {
+        let mut in_flight = InFlight::event(state);
+        in_flight.replay = true;
+        in_flight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let state = &self.state;
+        // A stop at a deadline zeroes the counts itself, and the work it
+        // aborts may be dropped after that.
+        if state.aborted.load(SeqCst) {
+            return;
+        }
+        state.counters.in_flight.fetch_sub(1, Relaxed);
+        if self.replay {
+            // Leaves in flight first, so whoever `drain` wakes sees both
+            // counts settled.
+            state.replays.fetch_sub(1, SeqCst);
+            state.done.send_modify(|_| {});
+        }
+    }
+}
+
+/// Runs one piece of a subscription's work (a delivery, a replay), in any
+/// mode. The consumer's own panics are caught and retried inside the
+/// delivery; a panic around it is a bug in a store or in the runtime, and
+/// this is the one policy for it: the event stays unfinished, the
+/// subscription stops without committing past it (a durable log delivers
+/// it again after a restart), and its stall says why. `false` when it
+/// panicked.
+pub(super) async fn guarded<F: std::future::Future<Output = ()>>(state: &State, work: F) -> bool {
+    let Err(panic) = AssertUnwindSafe(work).catch_unwind().await else {
+        return true;
+    };
+    let reason = format!(
+        "a delivery panicked outside its consumer ({}); the subscription stopped without committing past its event, which a durable log delivers again after a restart",
+        panic_message(&*panic),
+    );
+    tracing::error!(subscription = %state.name, "{reason}");
+    state.stall.set(reason, true);
+    state.request_stop();
+    false
+}
