@@ -294,12 +294,11 @@ async fn aborted_stop_with_queued_replays_keeps_letters_and_counts() {
     assert_eq!(report.timed_out.len(), 1, "{report:?}");
     assert_eq!(report.timed_out[0].replaying, 3, "left: {report:?}");
 
-    // The letters stay and are free to replay again.
+    // The letters stay, still marked: the subscription's next start
+    // replays them.
     let kept = bus.dead_letters().list().await.unwrap();
     assert_eq!(kept.len(), 3);
-    for l in &kept {
-        assert!(!bus.dead_letters().is_replaying(l.id));
-    }
+    assert!(kept.iter().all(|l| l.replaying), "{kept:?}");
     let fin = &report.stats[0];
     let later = sub.stats();
     assert!(
@@ -336,7 +335,10 @@ async fn aborted_stop_concurrent_replay_waiting_for_permit() {
     assert_eq!(report.timed_out.len(), 1, "{report:?}");
     assert_eq!(bus.dead_letters().count().await.unwrap(), 1, "letter kept");
     let id = bus.dead_letters().list().await.unwrap()[0].id;
-    assert!(!bus.dead_letters().is_replaying(id), "claim released");
+    assert!(
+        bus.dead_letters().is_replaying(id).await.unwrap(),
+        "still marked, for the next start"
+    );
     let fin = &report.stats[0];
     assert!(
         fin.replaying == 0,
@@ -427,7 +429,7 @@ async fn drain_waits_for_replay_behind_full_limit() {
         "drain returned with a replay still queued"
     );
     assert_eq!(c.started(), 2, "the replay ran past the concurrency limit");
-    assert!(bus.dead_letters().is_replaying(id));
+    assert!(bus.dead_letters().is_replaying(id).await.unwrap());
     assert_eq!(sub.stats().replaying, 1);
     c.gate.add_permits(2);
     within(5, "drain", bus.drain()).await.unwrap();

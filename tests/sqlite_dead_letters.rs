@@ -67,11 +67,7 @@ async fn a_replay_cut_short_by_shutdown_leaves_its_letters() {
         // Being replayed is not being done: the letters stay listed.
         let letters = bus.dead_letters().list().await.unwrap();
         assert_eq!(letters.len(), 3);
-        assert!(
-            letters
-                .iter()
-                .all(|l| bus.dead_letters().is_replaying(l.id))
-        );
+        assert!(letters.iter().all(|l| l.replaying), "{letters:?}");
         let again = bus.dead_letters().replay(letters[0].id).await.unwrap_err();
         assert!(
             matches!(again, eventbus::dead_letter::ReplayError::InProgress(id) if id == letters[0].id),
@@ -83,7 +79,8 @@ async fn a_replay_cut_short_by_shutdown_leaves_its_letters() {
         assert_eq!(report.timed_out[0].replaying, 3, "{report:?}");
     }
 
-    // The next run still has all three, and a healthy consumer gets them.
+    // The next run still has all three, still marked: the subscription
+    // replays them when it starts, without being asked again.
     let bus = bus_at(&path).await;
     assert_eq!(bus.dead_letters().count().await.unwrap(), 3);
     let healed = Recorder::new();
@@ -91,7 +88,7 @@ async fn a_replay_cut_short_by_shutdown_leaves_its_letters() {
         .start()
         .await
         .unwrap();
-    assert_eq!(bus.dead_letters().replay_all("payments").await.unwrap(), 3);
+    assert_eq!(bus.dead_letters().replay_all("payments").await.unwrap(), 0);
     bus.drain().await.unwrap();
     assert_eq!(order_ids(healed.events()), [1, 2, 3]);
     assert_eq!(bus.dead_letters().count().await.unwrap(), 0);
@@ -360,4 +357,145 @@ async fn a_subscription_that_starts_from_the_beginning_is_unaffected_by_letters(
     bus.drain().await.unwrap();
     assert_eq!(order_ids(all.events()), [1, 2, 3]);
     bus.shutdown().await;
+}
+
+/// A replay asked for is kept with the letter: a process that dies before
+/// running it (here, the subscription stuck, then the process gone without
+/// a shutdown) leaves the letter marked, and the next start replays it
+/// without being asked again; `drain` waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_asked_before_a_crash_runs_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    three_letters(&path).await;
+    // The first process: its own runtime, dropped with everything on it
+    // (the stuck replay included) and no shutdown, as a crash leaves it.
+    let first_run = path.clone();
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let bus = bus_at(&first_run).await;
+            let stuck = Stuck::default();
+            bus.subscribe("payments", stuck.clone())
+                .start()
+                .await
+                .unwrap();
+            let first = bus.dead_letters().list().await.unwrap()[0].id;
+            bus.dead_letters().replay(first).await.unwrap();
+            eventually(5, "the replay started", || !stuck.started.is_empty()).await;
+        });
+        drop(runtime);
+    })
+    .await
+    .unwrap();
+    // The file is free once the old writer thread let go of its lock.
+    let bus = within(10, "reopen", async {
+        loop {
+            match SqliteLog::open(&path).await {
+                Ok(log) => break Bus::builder().backend(log).build().unwrap(),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    let marked: Vec<u64> = bus
+        .dead_letters()
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|l| l.replaying)
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(marked.len(), 1, "the request survived");
+    let healed = Recorder::new();
+    bus.subscribe("payments", healed.clone())
+        .start()
+        .await
+        .unwrap();
+    within(10, "drain", bus.drain()).await.unwrap();
+    assert_eq!(order_ids(healed.events()), [1], "replayed without asking");
+    assert_eq!(bus.dead_letters().count().await.unwrap(), 2);
+    assert!(bus.dead_letters().get(marked[0]).await.unwrap().is_none());
+    bus.shutdown().await;
+}
+
+/// A replay of a letter whose subscription runs nowhere is refused and
+/// marks nothing; a letter left marked by a stopped subscription can be
+/// discarded, since no replay of it can be under way.
+#[tokio::test]
+async fn a_replay_with_no_subscription_marks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    three_letters(&path).await;
+    let bus = bus_at(&path).await;
+    let letters = bus.dead_letters().list().await.unwrap();
+    let refused = bus.dead_letters().replay(letters[0].id).await.unwrap_err();
+    assert!(
+        matches!(&refused, eventbus::dead_letter::ReplayError::NoSubscription(s) if s == "payments"),
+        "{refused}"
+    );
+    assert!(
+        !bus.dead_letters()
+            .is_replaying(letters[0].id)
+            .await
+            .unwrap()
+    );
+
+    // Marked while paused, then stopped: the mark stays, the letter can go.
+    let sub = bus
+        .subscribe("payments", Recorder::new())
+        .start()
+        .await
+        .unwrap();
+    sub.pause();
+    bus.dead_letters().replay(letters[1].id).await.unwrap();
+    assert!(matches!(
+        bus.dead_letters().discard(letters[1].id).await,
+        Err(eventbus::dead_letter::DiscardError::InProgress(_))
+    ));
+    within(5, "stop", sub.stop()).await;
+    assert!(
+        bus.dead_letters()
+            .is_replaying(letters[1].id)
+            .await
+            .unwrap()
+    );
+    assert!(bus.dead_letters().discard(letters[1].id).await.unwrap());
+    assert_eq!(bus.dead_letters().count().await.unwrap(), 2);
+    bus.shutdown().await;
+}
+
+/// A file of layout version 2 (before replays were kept with their
+/// letters) opens, keeps its letters, and replays them.
+#[tokio::test]
+async fn a_file_of_the_second_layout_keeps_its_letters_and_replays_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    three_letters(&path).await;
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "ALTER TABLE dead_letters DROP COLUMN replay_requested_at; PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    let bus = bus_at(&path).await;
+    let letters = bus.dead_letters().list().await.unwrap();
+    assert_eq!(letters.len(), 3);
+    assert!(letters.iter().all(|l| !l.replaying));
+    let healed = Recorder::new();
+    bus.subscribe("payments", healed.clone())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(bus.dead_letters().replay_all("payments").await.unwrap(), 3);
+    within(10, "drain", bus.drain()).await.unwrap();
+    assert_eq!(order_ids(healed.events()), [1, 2, 3]);
+    assert_eq!(bus.dead_letters().count().await.unwrap(), 0);
+    bus.shutdown().await;
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
 }

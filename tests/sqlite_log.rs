@@ -5,6 +5,7 @@
 
 use eventbus::backend::StoreError;
 use eventbus::backend::sqlite::{OpenError, Retention};
+use eventbus::dead_letter::{Discarded, ReplayRequest};
 use eventbus::testing::Recorder;
 use eventbus::{AnyEvent, BoxError, Bus, Consumer, SqliteLog, StartFrom, event};
 use std::path::Path;
@@ -565,6 +566,23 @@ impl eventbus::backend::DeadLetterStore for PanickyStore {
 
     async fn remove(&self, _id: u64) -> Result<bool, StoreError> {
         Ok(false)
+    }
+
+    async fn request_replay(&self, _id: u64) -> Result<ReplayRequest, StoreError> {
+        Ok(ReplayRequest::NotFound)
+    }
+
+    async fn requested(
+        &self,
+        _subscription: &str,
+        _after: Option<u64>,
+        _limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn discard(&self, _id: u64) -> Result<Discarded, StoreError> {
+        Ok(Discarded::NotFound)
     }
 }
 

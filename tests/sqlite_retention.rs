@@ -144,7 +144,7 @@ async fn a_forgotten_subscription_no_longer_pins_retention() {
         .execute_batch(
             "INSERT INTO retries VALUES ('legacy', 1, 2, 0, 0), ('legacy', 2, 1, 0, 0), ('audit', 3, 1, 0, 0);
              INSERT INTO quarantine VALUES ('legacy', 4, 'order.placed', 9, x'00', 'unknown version', 0);
-             INSERT INTO dead_letters VALUES (7, 'legacy', 'order.placed', 9, x'00', '[]', 3, 0, 0);",
+             INSERT INTO dead_letters VALUES (7, 'legacy', 'order.placed', 9, x'00', '[]', 3, 0, 0, NULL);",
         )
         .unwrap();
 

@@ -105,7 +105,10 @@ impl<C: Consumer> Consumer for Arc<C> {
 /// whose batcher writes to the subscription's dead letters.
 ///
 /// Every consumer is one, as it is.
-pub trait IntoConsumer: Send + 'static {
+///
+/// It need not be `'static` itself: only the consumer it becomes runs in
+/// the subscription's task.
+pub trait IntoConsumer: Send {
     /// The consumer it becomes.
     type Consumer: Consumer;
 

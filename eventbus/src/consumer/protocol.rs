@@ -58,18 +58,29 @@ pub struct ProtocolConsumer<P: ?Sized + Protocol, S> {
 }
 
 /// A started [`ProtocolConsumer`]: dispatches each event to its protocol
-/// and hands the payload to the batcher.
-pub struct ProtocolBatching<P: ?Sized + Protocol> {
-    batcher: Batcher<P::Output>,
-    _protocol: PhantomData<fn(&P)>,
+/// and hands the payload (of type `T`) to the batcher.
+///
+/// It names the protocol by a function and a name, not by its trait object
+/// type: a type with `dyn YourTrait + '_` in it would not be `'static` for
+/// every lifetime, and a subscription started inside `tokio::spawn` is
+/// checked for every lifetime.
+pub struct ProtocolBatching<T> {
+    batcher: Batcher<T>,
+    dispatch: fn(&AnyEvent) -> Option<T>,
+    protocol: &'static str,
 }
 
-impl<P: ?Sized + Protocol> fmt::Debug for ProtocolBatching<P> {
+impl<T> fmt::Debug for ProtocolBatching<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProtocolBatching")
-            .field("protocol", &P::NAME)
+            .field("protocol", &self.protocol)
             .finish_non_exhaustive()
     }
+}
+
+/// [`dispatch`] for an [`AnyEvent`], as a function pointer.
+fn dispatch_any<P: ?Sized + Protocol>(event: &AnyEvent) -> Option<P::Output> {
+    dispatch::<P>(event)
 }
 
 impl<P: ?Sized + Protocol, S> fmt::Debug for ProtocolConsumer<P, S> {
@@ -108,13 +119,13 @@ struct ZeroBatchSize;
 /// Returned by a [`ProtocolConsumer`] used without a bus.
 impl<P, S> IntoConsumer for ProtocolConsumer<P, S>
 where
-    P: ?Sized + Protocol + 'static,
+    P: ?Sized + Protocol,
     P::Output: Sync,
     S: Sink<P::Output>,
 {
-    type Consumer = ProtocolBatching<P>;
+    type Consumer = ProtocolBatching<P::Output>;
 
-    fn into_consumer(self, context: &Context) -> Result<ProtocolBatching<P>, BoxError> {
+    fn into_consumer(self, context: &Context) -> Result<ProtocolBatching<P::Output>, BoxError> {
         if self.config.size == 0 {
             return Err(ZeroBatchSize.into());
         }
@@ -125,7 +136,8 @@ where
                 context.dead_letters().clone(),
                 Arc::clone(&context.buffered),
             ),
-            _protocol: PhantomData,
+            dispatch: dispatch_any::<P>,
+            protocol: P::NAME,
         })
     }
 
@@ -138,21 +150,13 @@ where
     }
 }
 
-impl<P> Consumer for ProtocolBatching<P>
-where
-    P: ?Sized + Protocol + 'static,
-    P::Output: Sync,
-{
+impl<T: Send + Sync + 'static> Consumer for ProtocolBatching<T> {
     async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
-        let Some(payload) = dispatch::<P>(event) else {
+        let Some(payload) = (self.dispatch)(event) else {
             return Ok(());
         };
         self.batcher.push(event.clone(), payload).await?;
         Ok(())
-    }
-
-    fn interest(&self) -> Filter {
-        Filter::all().protocol::<P>()
     }
 
     fn flush(&self) -> impl Future<Output = ()> + Send {
@@ -161,6 +165,6 @@ where
     }
 
     fn describe(&self) -> Option<String> {
-        Some(format!("ProtocolConsumer<{}>", P::NAME))
+        Some(format!("ProtocolConsumer<{}>", self.protocol))
     }
 }

@@ -1,5 +1,6 @@
 //! The default dead-letter store: in memory, for this process only.
 
+use super::store::{Discarded, ReplayRequest};
 use super::{DeadLetter, DeadLetterPage, DeadLetterQuery, DeadLetterStore};
 use crate::backend::StoreError;
 use async_trait::async_trait;
@@ -31,6 +32,7 @@ impl DeadLetterStore for MemoryDeadLetters {
         let id = inner.last_id;
         let mut letter = letter.clone();
         letter.id = id;
+        letter.replaying = false;
         inner.letters.insert(id, letter);
         Ok(id)
     }
@@ -77,5 +79,47 @@ impl DeadLetterStore for MemoryDeadLetters {
 
     async fn remove(&self, id: u64) -> Result<bool, StoreError> {
         Ok(self.inner().letters.remove(&id).is_some())
+    }
+
+    async fn request_replay(&self, id: u64) -> Result<ReplayRequest, StoreError> {
+        Ok(match self.inner().letters.get_mut(&id) {
+            None => ReplayRequest::NotFound,
+            Some(letter) if letter.replaying => ReplayRequest::AlreadyRequested,
+            Some(letter) => {
+                letter.replaying = true;
+                ReplayRequest::Requested {
+                    subscription: letter.subscription.clone(),
+                }
+            }
+        })
+    }
+
+    async fn requested(
+        &self,
+        subscription: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let from = after.map_or(0, |after| after.saturating_add(1));
+        Ok(self
+            .inner()
+            .letters
+            .range(from..)
+            .filter(|(_, l)| l.replaying && l.subscription == subscription)
+            .map(|(id, _)| *id)
+            .take(limit.max(1))
+            .collect())
+    }
+
+    async fn discard(&self, id: u64) -> Result<Discarded, StoreError> {
+        let mut inner = self.inner();
+        Ok(match inner.letters.get(&id) {
+            None => Discarded::NotFound,
+            Some(letter) if letter.replaying => Discarded::Replaying,
+            Some(_) => {
+                inner.letters.remove(&id);
+                Discarded::Removed
+            }
+        })
     }
 }

@@ -17,7 +17,7 @@ use crate::event::AnyEvent;
 use crate::failure::error_chain;
 use crate::stall::Stall;
 use chrono::{DateTime, Utc};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -30,7 +30,7 @@ mod store;
 
 pub use self::error::{DiscardError, ReplayError};
 pub(crate) use self::memory::MemoryDeadLetters;
-pub use self::store::DeadLetterStore;
+pub use self::store::{DeadLetterStore, Discarded, ReplayRequest};
 
 /// One event a subscription gave up on.
 #[derive(Debug, Clone)]
@@ -50,6 +50,9 @@ pub struct DeadLetter {
     pub first_failed_at: DateTime<Utc>,
     /// When the last attempt failed.
     pub last_failed_at: DateTime<Utc>,
+    /// Whether a replay of it was asked for and has not finished: it stays
+    /// stored (and listed) until then, across a crash or a restart too.
+    pub replaying: bool,
 }
 
 impl fmt::Display for DeadLetter {
@@ -160,59 +163,40 @@ pub struct DeadLetters {
 
 struct Shared {
     store: Arc<dyn DeadLetterStore>,
-    /// Letters whose replay is queued or running, so one letter is not
-    /// replayed twice at once.
-    replaying: Mutex<HashSet<u64>>,
+    /// The subscriptions running in this process, told of each replay
+    /// asked for here.
     routes: Mutex<HashMap<String, Route>>,
 }
 
-/// Where replayed events go: the subscription's replay queue.
+/// How a running subscription is told of a replay: the letter's id, and
+/// its count of replays not yet finished (which `drain` waits for).
 #[derive(Clone)]
 pub(crate) struct Route {
-    pub(crate) tx: mpsc::UnboundedSender<Replay>,
+    pub(crate) tx: mpsc::UnboundedSender<u64>,
     pub(crate) pending: Arc<AtomicU64>,
 }
 
-/// A dead letter on its way back into its subscription. The letter stays
-/// stored until [`finish`](Replay::finish); dropping a replay unfinished (a
-/// stop at a deadline, a subscription that went away) leaves it there to
-/// be replayed again.
+/// A letter marked for replay, taken by its subscription.
 pub(crate) struct Replay {
     pub(crate) id: u64,
     pub(crate) event: AnyEvent,
-    claim: Claim,
-}
-
-/// Marks a letter as being replayed for as long as it lives.
-struct Claim {
     letters: Weak<Shared>,
-    id: u64,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        if let Some(shared) = self.letters.upgrade() {
-            shared
-                .replaying
-                .lock()
-                .expect("replaying lock")
-                .remove(&self.id);
-        }
-    }
 }
 
 impl Replay {
     /// The replayed delivery finished: handled, or dead-lettered again
-    /// under a new id. Either way the old letter goes.
+    /// under a new id. Either way the old letter goes. Dropped before
+    /// this, the letter stays marked, and is replayed when its
+    /// subscription next starts.
     pub(crate) async fn finish(self) {
-        let Some(shared) = self.claim.letters.upgrade() else {
+        let Some(shared) = self.letters.upgrade() else {
             return;
         };
         if let Err(err) = shared.store.remove(self.id).await {
             tracing::error!(
                 id = self.id,
                 error = %error_chain(&err).join(": "),
-                "a replayed dead letter could not be removed; it stays and can be replayed again",
+                "a replayed dead letter could not be removed; it stays and is replayed again",
             );
         }
     }
@@ -232,7 +216,6 @@ impl DeadLetters {
         DeadLetters {
             inner: Arc::new(Shared {
                 store,
-                replaying: Mutex::default(),
                 routes: Mutex::default(),
             }),
         }
@@ -333,29 +316,19 @@ impl DeadLetters {
         self.inner.store.count(Some(subscription)).await
     }
 
-    /// Marks the letter as being replayed (or discarded) until the claim is
-    /// dropped; `None` when another replay or discard has it.
-    fn claim(&self, id: u64) -> Option<Claim> {
-        let fresh = self
+    /// Whether the letter's replay was asked for and has not finished. It
+    /// stays listed until then.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn is_replaying(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self
             .inner
-            .replaying
-            .lock()
-            .expect("replaying lock")
-            .insert(id);
-        fresh.then(|| Claim {
-            letters: Arc::downgrade(&self.inner),
-            id,
-        })
-    }
-
-    /// Whether the letter's replay is queued or running. It stays listed
-    /// until the replay has finished.
-    pub fn is_replaying(&self, id: u64) -> bool {
-        self.inner
-            .replaying
-            .lock()
-            .expect("replaying lock")
-            .contains(&id)
+            .store
+            .get(id)
+            .await?
+            .is_some_and(|letter| letter.replaying))
     }
 
     /// Removes a dead letter without replaying it; returns whether there
@@ -364,71 +337,73 @@ impl DeadLetters {
     ///
     /// # Errors
     ///
-    /// [`DiscardError::InProgress`] while the letter's replay has not
-    /// finished (it would otherwise come back if the replay failed again);
+    /// [`DiscardError::InProgress`] while a replay of it was asked for and
+    /// its subscription runs, until the replay finished (it would
+    /// otherwise come back if the replay failed again);
     /// [`DiscardError::Store`] when the store cannot be written, and the
     /// letter stays.
     pub async fn discard(&self, id: u64) -> Result<bool, DiscardError> {
-        // Claimed like a replay, so no replay can start on it meanwhile.
-        let _claim = self.claim(id).ok_or(DiscardError::InProgress(id))?;
-        self.inner
-            .store
-            .remove(id)
-            .await
-            .map_err(DiscardError::Store)
+        let store = &self.inner.store;
+        if !store.is_shared()
+            && let Some(letter) = store.get(id).await.map_err(DiscardError::Store)?
+            && letter.replaying
+            && !self.is_routed(&letter.subscription)
+        {
+            // Marked, but its subscription runs nowhere (the store is this
+            // process's alone): no replay can be under way, so the mark
+            // does not hold the letter back.
+            return store.remove(id).await.map_err(DiscardError::Store);
+        }
+        match store.discard(id).await {
+            Ok(Discarded::Removed) => Ok(true),
+            Ok(Discarded::NotFound) => Ok(false),
+            Ok(Discarded::Replaying) => Err(DiscardError::InProgress(id)),
+            Err(err) => Err(DiscardError::Store(err)),
+        }
     }
 
     /// Sends the event back to its subscription, which handles it again with
     /// a fresh set of attempts, through the same limits and lanes as a new
     /// event. The letter stays stored (and listed) until that delivery has
     /// finished: then it is removed, and if the event failed again it comes
-    /// back as a new dead letter. A crash or a shutdown before then leaves
-    /// the letter where it was.
+    /// back as a new dead letter.
+    ///
+    /// The request is kept in the store with the letter: a crash, a
+    /// shutdown or a pause before the replay finished leaves the letter
+    /// marked ([`replaying`](DeadLetter::replaying)), and its subscription
+    /// replays it when it next starts. A marked letter whose subscription
+    /// runs nowhere can still be [discarded](DeadLetters::discard).
     ///
     /// # Errors
     ///
     /// [`ReplayError::NotFound`] for an unknown id;
-    /// [`ReplayError::NoSubscription`] when the subscription is not running;
+    /// [`ReplayError::NoSubscription`] when the subscription is not running
+    /// (and the store is this process's alone, so nothing else could run
+    /// it); nothing is marked then;
     /// [`ReplayError::InProgress`] when the letter's replay has not finished
     /// yet; [`ReplayError::Store`] when the store cannot be read.
     pub async fn replay(&self, id: u64) -> Result<(), ReplayError> {
-        self.send(id).await
-    }
-
-    /// Claims the letter, then reads it: a letter can leave the store only
-    /// through its claim (a finished replay) or a discard (refused while
-    /// claimed), so one that is there once claimed stays until sent. Read
-    /// before the claim, a copy could be of a letter another replay has
-    /// just finished and removed, and it would be handled twice.
-    async fn send(&self, id: u64) -> Result<(), ReplayError> {
-        let claim = self.claim(id).ok_or(ReplayError::InProgress(id))?;
-        let letter = self
-            .inner
-            .store
-            .get(id)
-            .await
-            .map_err(ReplayError::Store)?
-            .ok_or(ReplayError::NotFound(id))?;
-        let route = self
-            .inner
-            .routes
-            .lock()
-            .expect("routes lock")
-            .get(&letter.subscription)
-            .cloned()
-            .ok_or_else(|| ReplayError::NoSubscription(letter.subscription.clone()))?;
-        let replay = Replay {
-            id,
-            event: letter.event,
-            claim,
-        };
-        route.pending.fetch_add(1, Ordering::SeqCst);
-        if route.tx.send(replay).is_err() {
-            // The replay (and its claim) is dropped with the error.
-            route.pending.fetch_sub(1, Ordering::SeqCst);
-            return Err(ReplayError::NoSubscription(letter.subscription));
+        let store = &self.inner.store;
+        if !store.is_shared() {
+            // Nothing else could run it: refused rather than marked when
+            // its subscription is not running here.
+            let letter = store
+                .get(id)
+                .await
+                .map_err(ReplayError::Store)?
+                .ok_or(ReplayError::NotFound(id))?;
+            if !self.is_routed(&letter.subscription) {
+                return Err(ReplayError::NoSubscription(letter.subscription));
+            }
         }
-        Ok(())
+        match store.request_replay(id).await.map_err(ReplayError::Store)? {
+            ReplayRequest::Requested { subscription } => {
+                self.tell(&subscription, id);
+                Ok(())
+            }
+            ReplayRequest::AlreadyRequested => Err(ReplayError::InProgress(id)),
+            ReplayRequest::NotFound => Err(ReplayError::NotFound(id)),
+        }
     }
 
     /// Replays every dead letter of `subscription` that is not being
@@ -444,8 +419,8 @@ impl DeadLetters {
         let mut sent = 0;
         loop {
             let page = self.page(&query).await.map_err(ReplayError::Store)?;
-            for letter in page.letters {
-                match self.send(letter.id).await {
+            for letter in page.letters.iter().filter(|l| !l.replaying) {
+                match self.replay(letter.id).await {
                     Ok(()) => sent += 1,
                     // Being replayed, or replayed and gone since the page
                     // was read: another call has it.
@@ -457,6 +432,73 @@ impl DeadLetters {
                 Some(next) => query.after = Some(next),
                 None => return Ok(sent),
             }
+        }
+    }
+
+    fn is_routed(&self, subscription: &str) -> bool {
+        self.inner
+            .routes
+            .lock()
+            .expect("routes lock")
+            .contains_key(subscription)
+    }
+
+    /// Tells the subscription, if it runs here, of a letter to replay.
+    fn tell(&self, subscription: &str, id: u64) {
+        let routes = self.inner.routes.lock().expect("routes lock");
+        if let Some(route) = routes.get(subscription) {
+            route.pending.fetch_add(1, Ordering::SeqCst);
+            if route.tx.send(id).is_err() {
+                // Stopped meanwhile: the mark stays for its next start.
+                route.pending.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Takes letter `id` for its subscription's replay, if it is still
+    /// there and marked; logged and `None` otherwise.
+    pub(crate) async fn take(&self, id: u64) -> Option<Replay> {
+        match self.inner.store.get(id).await {
+            Ok(Some(letter)) if letter.replaying => Some(Replay {
+                id,
+                event: letter.event,
+                letters: Arc::downgrade(&self.inner),
+            }),
+            Ok(_) => None,
+            Err(err) => {
+                tracing::error!(
+                    id,
+                    error = %error_chain(&err).join(": "),
+                    "a dead letter to replay could not be read; it stays marked and is replayed at the next start",
+                );
+                None
+            }
+        }
+    }
+
+    /// Routes replays to a subscription starting here, and tells it of
+    /// every letter of it already marked (asked for before a crash, a
+    /// restart, or by another process).
+    pub(crate) async fn route(&self, subscription: &str, route: Route) -> Result<(), StoreError> {
+        self.inner
+            .routes
+            .lock()
+            .expect("routes lock")
+            .insert(subscription.to_owned(), route);
+        let mut after = None;
+        loop {
+            let ids = self
+                .inner
+                .store
+                .requested(subscription, after, REQUESTED_PAGE)
+                .await?;
+            for &id in &ids {
+                self.tell(subscription, id);
+            }
+            if ids.len() < REQUESTED_PAGE {
+                return Ok(());
+            }
+            after = ids.last().copied();
         }
     }
 
@@ -474,16 +516,6 @@ impl DeadLetters {
         }
     }
 
-    pub(crate) fn route(&self, subscription: &str, route: Route) {
-        self.inner
-            .routes
-            .lock()
-            .expect("routes lock")
-            .insert(subscription.to_owned(), route);
-    }
-
-    /// Removes the route of one particular run of `subscription` (identified
-    /// by its pending counter), leaving a newer run under the same name.
     pub(crate) fn unroute(&self, subscription: &str, pending: &Arc<AtomicU64>) {
         let mut routes = self.inner.routes.lock().expect("routes lock");
         if routes
@@ -494,6 +526,9 @@ impl DeadLetters {
         }
     }
 }
+
+/// Marked letters are read this many at a time when a subscription starts.
+const REQUESTED_PAGE: usize = 500;
 
 /// The longest wait between two attempts to store a dead letter.
 const MAX_STORE_WAIT: Duration = Duration::from_secs(5);
@@ -517,6 +552,11 @@ impl fmt::Debug for DeadLetterWriter {
 }
 
 impl DeadLetterWriter {
+    /// The dead letters it writes to.
+    pub(crate) fn letters(&self) -> &DeadLetters {
+        &self.store
+    }
+
     /// Records that the subscription gave up on `event`, durably when the
     /// bus's log keeps dead letters, and returns the letter's id.
     ///
@@ -539,6 +579,7 @@ impl DeadLetterWriter {
             attempts,
             first_failed_at,
             last_failed_at: Utc::now(),
+            replaying: false,
         };
         let mut wait = Duration::from_millis(100);
         letter.id = loop {

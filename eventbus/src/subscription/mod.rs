@@ -356,26 +356,37 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             Arc::clone(&state.counters.dead_lettered),
             Arc::clone(&state.stall),
         );
+        // The last wait of the start: no consumer is built before it, so
+        // the start's future holds none across an await (a consumer type
+        // there would have to be proven `Send` for every lifetime, which
+        // fails for a `ProtocolConsumer` started inside `tokio::spawn`).
+        // Routed before it runs, with every letter already marked for it
+        // queued and counted, so `drain` waits for those replays too.
+        let route = Route {
+            tx: replay_tx,
+            pending: Arc::clone(&state.replays),
+        };
+        if let Err(err) = inner.dead_letters.route(&name, route).await {
+            inner.dead_letters.unroute(&name, &state.replays);
+            return Err(SubscribeError::Store(err));
+        }
         let filter = filter.or_interest(consumer.interest());
         // Whatever the consumer starts (a batcher's task) runs as part of
         // this subscription's handler.
-        let consumer = state
-            .handling()
-            .sync_scope(|| {
-                consumer.into_consumer(&Context {
-                    subscription: Arc::clone(&name),
-                    dead_letters: dead_letters.clone(),
-                    buffered: Arc::clone(&state.counters.buffered),
-                })
+        let built = state.handling().sync_scope(|| {
+            consumer.into_consumer(&Context {
+                subscription: Arc::clone(&name),
+                dead_letters: dead_letters.clone(),
+                buffered: Arc::clone(&state.counters.buffered),
             })
-            .map_err(SubscribeError::Consumer)?;
-        inner.dead_letters.route(
-            &name,
-            Route {
-                tx: replay_tx,
-                pending: Arc::clone(&state.replays),
-            },
-        );
+        });
+        let consumer = match built {
+            Ok(consumer) => consumer,
+            Err(err) => {
+                inner.dead_letters.unroute(&name, &state.replays);
+                return Err(SubscribeError::Consumer(err));
+            }
+        };
         let runner = runner::Runner {
             deliverer: Arc::new(deliver::Deliverer {
                 retries,

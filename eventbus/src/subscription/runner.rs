@@ -8,7 +8,6 @@ use super::filter::CachedFilter;
 use super::mode::Dispatch;
 use crate::backend::{Batch, Position, ReadError, Reader, Watermark};
 use crate::consumer::Consumer;
-use crate::dead_letter::Replay;
 use crate::failure::error_chain;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -23,7 +22,8 @@ pub(crate) struct Runner<C> {
     pub(crate) durable: bool,
     pub(crate) filter: CachedFilter,
     pub(crate) config: Config,
-    pub(crate) replays: mpsc::UnboundedReceiver<Replay>,
+    /// Ids of letters marked for replay.
+    pub(crate) replays: mpsc::UnboundedReceiver<u64>,
     pub(crate) flushes: mpsc::Receiver<oneshot::Sender<()>>,
     /// Everything before this was read from the cursor.
     pub(crate) read: Position,
@@ -54,8 +54,14 @@ impl<C: Consumer> Runner<C> {
                     self.deliverer.flush().await;
                     let _ = ack.send(());
                 }
-                Some(replay) = self.replays.recv(), if running => {
-                    mode.replay(replay).await;
+                Some(id) = self.replays.recv(), if running => {
+                    match self.deliverer.dead_letters.letters().take(id).await {
+                        Some(replay) => {
+                            mode.replay(replay).await;
+                        }
+                        // Gone or unreadable: not run, no longer counted.
+                        None => drop(InFlight::replay(&state)),
+                    }
                 }
                 () = progressed.progressed(), if mode.watermark().is_some() => {
                     let done = progressed.done(self.read);
@@ -204,9 +210,13 @@ impl<C: Consumer> Runner<C> {
         // Refuse new replays (the letter stays) and finish the queued ones;
         // a paused subscription runs none, and its queued letters stay.
         self.replays.close();
-        while let Some(replay) = self.replays.recv().await {
+        while let Some(id) = self.replays.recv().await {
             let in_flight = InFlight::replay(&state);
-            if !state.is_paused() {
+            // Paused, it is not run: the letter stays marked, for the
+            // subscription's next start.
+            if !state.is_paused()
+                && let Some(replay) = self.deliverer.dead_letters.letters().take(id).await
+            {
                 guarded(&state, self.deliverer.replay(replay)).await;
             }
             drop(in_flight);

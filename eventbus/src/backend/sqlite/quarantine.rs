@@ -104,6 +104,7 @@ impl SqliteLog {
                     attempts: 0,
                     first_failed_at: row.quarantined_at.timestamp_millis(),
                     last_failed_at: now,
+                    replaying: false,
                 };
                 Some((row.position, letter))
             })

@@ -11,7 +11,7 @@ pub(crate) const APPLICATION_ID: i64 = 0x4556_4253;
 /// The layout version this code writes. Version 2 gives dead letters ids
 /// that are never reused (`AUTOINCREMENT`) and an index to page them by
 /// subscription.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 const CREATE: &str = "
 CREATE TABLE events (
@@ -59,7 +59,8 @@ CREATE TABLE dead_letters (
     errors          TEXT    NOT NULL,
     attempts        INTEGER NOT NULL,
     first_failed_at INTEGER NOT NULL,
-    last_failed_at  INTEGER NOT NULL
+    last_failed_at  INTEGER NOT NULL,
+    replay_requested_at INTEGER
 );
 CREATE INDEX dead_letters_by_subscription ON dead_letters (subscription, id);
 ";
@@ -78,6 +79,12 @@ DROP TABLE dead_letters_v1;
 ";
 
 /// What [`check`] found in a file.
+/// Version 3 marks dead letters asked to be replayed, so a replay asked for
+/// survives a crash and can be asked for by any process.
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE dead_letters ADD COLUMN replay_requested_at INTEGER;
+";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Found {
     /// A new or empty database: the layout is still to be created.
@@ -140,9 +147,15 @@ pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), OpenError> {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| OpenError::classify(path, e))?;
     if version < 2 {
+        // Rebuilt straight into the newest layout of the table.
         let migrate = MIGRATE_1_TO_2.replace("{DEAD_LETTERS}", DEAD_LETTERS);
         conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {migrate} PRAGMA user_version = 2; COMMIT;"
+            "BEGIN IMMEDIATE; {migrate} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))
+        .map_err(|e| OpenError::classify(path, e))?;
+    } else if version < 3 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {MIGRATE_2_TO_3} PRAGMA user_version = 3; COMMIT;"
         ))
         .map_err(|e| OpenError::classify(path, e))?;
     }

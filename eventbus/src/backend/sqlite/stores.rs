@@ -5,7 +5,7 @@
 use super::writer::{DeadLetterRow, Request};
 use super::{Shared, SqliteError};
 use crate::backend::{DeadLetterStore, Position, RetryState, RetryStore, StoreError};
-use crate::dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery};
+use crate::dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery, Discarded, ReplayRequest};
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
 use std::fmt;
@@ -94,8 +94,7 @@ pub(crate) fn millis_to_time(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-const LETTER_COLUMNS: &str =
-    "id, subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at";
+const LETTER_COLUMNS: &str = "id, subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at, replay_requested_at";
 
 /// Reads a letter loosely: a column of an unexpected type (text where
 /// bytes were written, a NULL) makes the letter fail to decode, and so be
@@ -127,6 +126,7 @@ fn letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetterRow> {
         attempts: u32::try_from(int(6)?).unwrap_or(0),
         first_failed_at: int(7)?,
         last_failed_at: int(8)?,
+        replaying: !matches!(r.get_ref(9)?, ValueRef::Null),
     })
 }
 
@@ -142,6 +142,7 @@ fn decode_letter(row: DeadLetterRow) -> Option<DeadLetter> {
             attempts: row.attempts,
             first_failed_at: millis_to_time(row.first_failed_at),
             last_failed_at: millis_to_time(row.last_failed_at),
+            replaying: row.replaying,
         }),
         Err(err) => {
             tracing::error!(
@@ -172,6 +173,7 @@ impl DeadLetterStore for Stores {
             attempts: letter.attempts,
             first_failed_at: letter.first_failed_at.timestamp_millis(),
             last_failed_at: letter.last_failed_at.timestamp_millis(),
+            replaying: false,
         };
         Ok(self
             .shared
@@ -238,5 +240,74 @@ impl DeadLetterStore for Stores {
             .request(|reply| Request::RemoveDeadLetter { id, reply })
             .await?;
         Ok(removed > 0)
+    }
+
+    async fn request_replay(&self, id: u64) -> Result<ReplayRequest, StoreError> {
+        let marked = self
+            .shared
+            .request(|reply| Request::MarkReplay { id, reply })
+            .await?;
+        // Read after the commit: the row as the mark left it.
+        let row = self.subscription_of(id).await?;
+        Ok(match (marked, row) {
+            (_, None) => ReplayRequest::NotFound,
+            (0, Some(_)) => ReplayRequest::AlreadyRequested,
+            (_, Some(subscription)) => ReplayRequest::Requested { subscription },
+        })
+    }
+
+    async fn requested(
+        &self,
+        subscription: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let subscription = subscription.to_owned();
+        let after = after.map_or(0, |a| a.min(i64::MAX as u64) as i64);
+        let limit = limit.clamp(1, i64::MAX as usize) as i64;
+        Ok(self
+            .shared
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id FROM dead_letters
+                     WHERE subscription = ?1 AND id > ?2 AND replay_requested_at IS NOT NULL
+                     ORDER BY id LIMIT ?3",
+                )?;
+                stmt.query_map(rusqlite::params![subscription, after, limit], |r| {
+                    Ok(r.get::<_, i64>(0)? as u64)
+                })?
+                .collect()
+            })
+            .await?)
+    }
+
+    async fn discard(&self, id: u64) -> Result<Discarded, StoreError> {
+        let removed = self
+            .shared
+            .request(|reply| Request::DiscardDeadLetter { id, reply })
+            .await?;
+        if removed > 0 {
+            return Ok(Discarded::Removed);
+        }
+        Ok(match self.subscription_of(id).await? {
+            Some(_) => Discarded::Replaying,
+            None => Discarded::NotFound,
+        })
+    }
+}
+
+impl Stores {
+    /// The subscription of letter `id`, if it is stored.
+    async fn subscription_of(&self, id: u64) -> Result<Option<String>, SqliteError> {
+        self.shared
+            .read(move |conn| {
+                conn.query_row(
+                    "SELECT subscription FROM dead_letters WHERE id = ?1",
+                    [id as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await
     }
 }

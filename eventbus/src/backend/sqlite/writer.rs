@@ -67,6 +67,18 @@ pub(crate) enum Request {
         id: u64,
         reply: Reply<Position>,
     },
+    /// Marks a letter for replay unless it is marked; answers how many
+    /// rows changed.
+    MarkReplay {
+        id: u64,
+        reply: Reply<Position>,
+    },
+    /// Deletes a letter unless it is marked for replay; answers how many
+    /// rows went.
+    DiscardDeadLetter {
+        id: u64,
+        reply: Reply<Position>,
+    },
     SaveRetry {
         subscription: String,
         position: Position,
@@ -115,6 +127,8 @@ pub(crate) struct DeadLetterRow {
     pub(crate) attempts: u32,
     pub(crate) first_failed_at: i64,
     pub(crate) last_failed_at: i64,
+    /// Marked for replay.
+    pub(crate) replaying: bool,
 }
 
 pub(crate) struct Writer {
@@ -265,6 +279,15 @@ impl Writer {
                             )?;
                             *position
                         }
+                        Request::MarkReplay { id, .. } => tx.execute(
+                            "UPDATE dead_letters SET replay_requested_at = ?2
+                             WHERE id = ?1 AND replay_requested_at IS NULL",
+                            params![*id as i64, now],
+                        )? as Position,
+                        Request::DiscardDeadLetter { id, .. } => tx.execute(
+                            "DELETE FROM dead_letters WHERE id = ?1 AND replay_requested_at IS NULL",
+                            [*id as i64],
+                        )? as Position,
                         Request::RemoveDeadLetter { id, .. } => tx
                             .execute("DELETE FROM dead_letters WHERE id = ?1", [*id as i64])?
                             as Position,
@@ -350,6 +373,8 @@ impl Writer {
                 | Request::InsertDeadLetter { reply, .. }
                 | Request::Requeue { reply, .. }
                 | Request::RemoveDeadLetter { reply, .. }
+                | Request::MarkReplay { reply, .. }
+                | Request::DiscardDeadLetter { reply, .. }
                 | Request::SaveRetry { reply, .. }
                 | Request::ClearRetry { reply, .. } => {
                     let _ = reply.send(result);
