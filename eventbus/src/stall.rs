@@ -33,15 +33,36 @@ impl Default for Stall {
 }
 
 impl Stall {
+    /// Says why the subscription cannot move on. A reason retrying cannot
+    /// fix (a lost claim, a damaged store, a panic around a delivery)
+    /// stays: a later, lesser one does not replace it.
     pub(crate) fn set(&self, reason: String, fatal: bool) {
-        self.any.store(true, Relaxed);
-        self.current.send_replace(Some(Stalled { reason, fatal }));
+        // `any` changes under the channel's lock, with the value it
+        // summarises.
+        self.current.send_if_modified(|current| {
+            if current.as_ref().is_some_and(|c| c.fatal) && !fatal {
+                return false;
+            }
+            *current = Some(Stalled { reason, fatal });
+            self.any.store(true, Relaxed);
+            true
+        });
     }
 
+    /// The subscription moved on: whatever held it back is over, unless
+    /// retrying could not fix it, which stays until the subscription ends.
     pub(crate) fn clear(&self) {
-        if self.any.swap(false, Relaxed) {
-            self.current.send_replace(None);
+        if !self.any.load(Relaxed) {
+            return;
         }
+        self.current.send_if_modified(|current| {
+            if current.as_ref().is_none_or(|c| c.fatal) {
+                return false;
+            }
+            *current = None;
+            self.any.store(false, Relaxed);
+            true
+        });
     }
 
     pub(crate) fn get(&self) -> Option<Stalled> {

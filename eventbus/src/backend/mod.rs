@@ -51,8 +51,10 @@ pub struct Capabilities {
     /// Keeps accepted events across a restart of the process.
     pub durable: bool,
     /// Schedules redeliveries itself and counts attempts (a broker's nak
-    /// with a delay): the runtime hands a failed event back instead of
-    /// sleeping on it.
+    /// with a delay). The runtime reads the attempt such a backend counts
+    /// from each delivery ([`Batch::from_deliveries`]); it still retries
+    /// in-process on every backend, and handing a failed event back to
+    /// one that declares this comes with the first such backend.
     pub schedules_retries: bool,
     /// Several processes may read one subscription, each event going to
     /// one of them.

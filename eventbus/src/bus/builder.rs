@@ -74,7 +74,8 @@ impl BusBuilder {
 
     /// Keeps retry schedules in `store` instead of the backend's own store
     /// (or nowhere, for a backend without one: a restart starts schedules
-    /// over).
+    /// over). Schedules are kept by position, so this needs a durable
+    /// backend: [`build`](BusBuilder::build) refuses it on another.
     pub fn retry_store(mut self, store: impl RetryStore) -> Self {
         self.retries = Some(Arc::new(store));
         self
@@ -100,6 +101,9 @@ impl BusBuilder {
             (None, capacity) => Writer::memory(Arc::new(MemoryLog::new(capacity.unwrap_or(4096)))),
         };
         let backend = writer.get();
+        if self.retries.is_some() && !backend.capabilities().durable {
+            return Err(BuildError::RetryStoreWithoutDurableBackend);
+        }
         let dead_letters = self
             .dead_letters
             .or_else(|| backend.dead_letter_store())

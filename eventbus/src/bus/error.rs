@@ -16,6 +16,13 @@ pub enum BuildError {
         "`capacity` sets the size of the in-memory log; a bus built with `backend(..)` takes its limits from that backend"
     )]
     CapacityWithCustomBackend,
+    /// `retry_store(..)` on a backend that keeps nothing across a restart:
+    /// its positions start over, so a kept schedule would be applied to a
+    /// different event.
+    #[error(
+        "`retry_store` keeps retry schedules across restarts by position, but this backend is not durable and its positions start over; use a durable backend or leave `retry_store` unset"
+    )]
+    RetryStoreWithoutDurableBackend,
 }
 
 /// Returned by [`Bus::notify`](super::Bus::notify) when the event was not

@@ -492,13 +492,15 @@ impl DeadLetters {
                 .store
                 .requested(subscription, after, REQUESTED_PAGE)
                 .await?;
+            // Only an empty page ends it: a store may answer with fewer
+            // than asked for and still have more.
+            let Some(&last) = ids.last() else {
+                return Ok(());
+            };
             for &id in &ids {
                 self.tell(subscription, id);
             }
-            if ids.len() < REQUESTED_PAGE {
-                return Ok(());
-            }
-            after = ids.last().copied();
+            after = Some(last);
         }
     }
 
@@ -593,7 +595,10 @@ impl DeadLetterWriter {
                         error_chain(&err).join(": "),
                     );
                     tracing::error!(subscription = %self.subscription, "{reason}");
-                    self.stall.set(reason, false);
+                    // Damaged storage will not take it however long the
+                    // subscription waits: `drain` says so instead of
+                    // waiting; the event stays held back all the same.
+                    self.stall.set(reason, err.is_fatal());
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(MAX_STORE_WAIT);
                 }

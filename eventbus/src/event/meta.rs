@@ -134,6 +134,8 @@ struct Ids {
     /// The last wall-clock read, and the cycle counter at that moment; `None`
     /// before the first.
     anchor: Option<(quanta::Instant, Duration)>,
+    /// The last time given out.
+    last: Duration,
 }
 
 /// How long the cycle counter alone dates events before the wall clock is
@@ -153,6 +155,7 @@ impl Ids {
         day: u64::MAX,
         date: NaiveDate::MIN,
         anchor: None,
+        last: Duration::ZERO,
     };
 
     /// The time since the Unix epoch. A wall-clock read costs about twice an
@@ -160,19 +163,33 @@ impl Ids {
     /// in between, the processor's cycle counter (through `quanta`, which
     /// falls back to the monotonic clock where the counter is unreliable)
     /// measures how far the thread is past its last read.
+    ///
+    /// The counter runs a little fast or slow against the wall clock, so a
+    /// fresh read can land a few microseconds before the last time given
+    /// out; the thread's times then hold still until the clock passes it,
+    /// rather than go back. A step back of the wall clock itself (a
+    /// millisecond or more) is followed.
     fn since_epoch(&mut self) -> Duration {
         let now = quanta::Instant::now();
-        if let Some((at, wall)) = self.anchor {
-            let elapsed = now.saturating_duration_since(at);
-            if elapsed < REANCHOR {
-                return wall + elapsed;
+        let time = match self.anchor {
+            Some((at, wall)) if now.saturating_duration_since(at) < REANCHOR => {
+                wall + now.saturating_duration_since(at)
             }
-        }
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        self.anchor = Some((now, wall));
-        wall
+            _ => {
+                let wall = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                self.anchor = Some((now, wall));
+                wall
+            }
+        };
+        let time = if time < self.last && self.last - time < REANCHOR {
+            self.last
+        } else {
+            time
+        };
+        self.last = time;
+        time
     }
 
     fn next(&mut self, since_epoch: Duration) -> Uuid {

@@ -41,12 +41,13 @@ impl RetryBook {
                 .load(subscription, after, RETRY_PAGE)
                 .await
                 .map_err(crate::bus::error::SubscribeError::Store)?;
-            let full = page.len() >= RETRY_PAGE;
-            after = page.last().map(|(position, _)| *position);
-            pending.extend(page);
-            if !full {
+            // A store may answer with fewer than asked for and still have
+            // more: only an empty page ends the load.
+            let Some(&(last, _)) = page.last() else {
                 break;
-            }
+            };
+            after = Some(last);
+            pending.extend(page);
         }
         Ok(RetryBook {
             store,

@@ -106,10 +106,12 @@ impl<C: Consumer> Runner<C> {
             let (pos, event) = batch.get(i);
             if state.is_paused() {
                 // Paused mid-read: what already started goes on, the rest
-                // of the read waits here. Stopped instead of resumed, it is
-                // left unreleased, for a durable log to deliver again.
+                // of the read waits here. Stopped instead of resumed, the
+                // rest is left uncommitted, for a durable log to deliver
+                // again; what was handled before is committed.
                 mode.launch();
                 if !state.resumed().await {
+                    self.read = pos;
                     stopped = true;
                     break;
                 }
@@ -117,8 +119,9 @@ impl<C: Consumer> Runner<C> {
             if !self.filter.matches(event) {
                 filtered += 1;
             } else if !mode.event(pos, event, batch.attempt(i)).await {
-                // A panic around a delivery: nothing from here on is
+                // A panic around a delivery: nothing from its event on is
                 // committed.
+                self.read = pos;
                 stopped = true;
                 break;
             }
@@ -129,6 +132,12 @@ impl<C: Consumer> Runner<C> {
                 self.read = pos + 1;
                 let done = mode.watermark().map_or(pos + 1, |w| w.done(pos + 1));
                 self.release(done).await;
+                if self.claim_lost {
+                    // Another process holds the subscription now: it
+                    // delivers the rest of this read.
+                    stopped = true;
+                    break;
+                }
             }
         }
         mode.launch();

@@ -58,13 +58,25 @@ impl Slot {
 /// Waits for a stopping subscription's task until the deadline, or until
 /// the subscription hits a problem retrying cannot fix (a damaged file),
 /// which no wait would get it past. Returns whether the task ended.
+///
+/// A paused subscription reads no further, not even to the end of a closed
+/// log: paused before or during the wait, it is stopped where it is, and
+/// what it did not take shows as its lag.
 async fn finishes_in_time(state: &State, deadline: tokio::time::Instant) -> bool {
     let mut stall = state.stall.watch();
     let fatal = stall.wait_for(|s| s.as_ref().is_some_and(|s| s.fatal));
+    let mut paused = state.paused.subscribe();
+    let stop_when_paused = async {
+        if paused.wait_for(|p| *p).await.is_ok() {
+            state.request_stop();
+        }
+        std::future::pending::<()>().await;
+    };
     tokio::select! {
         () = state.finished() => true,
         () = tokio::time::sleep_until(deadline) => false,
         _ = fatal => false,
+        () = stop_when_paused => unreachable!("never resolves"),
     }
 }
 
@@ -145,7 +157,9 @@ impl SubscriptionSet {
         match slots.get(name) {
             // A stop whose caller gave up waiting leaves the slot behind;
             // once its runner has ended the name is free.
-            Some(Slot::Stopping(old)) if old.finished.load(SeqCst) => {}
+            // So does a subscription that ended by itself (its claim was
+            // lost, its log ended).
+            Some(Slot::Stopping(old) | Slot::Running(old)) if old.finished.load(SeqCst) => {}
             Some(_) => return Err(SubscribeError::DuplicateName(name.to_owned())),
             None => {}
         }
@@ -178,7 +192,12 @@ impl SubscriptionSet {
             let mut paused = state.paused.subscribe();
             // What this process notified, and what the backend said was
             // left when the subscription last committed.
-            let target = head.max(*state.done.borrow() + state.backlog.load(SeqCst));
+            let target = head.max(
+                state
+                    .done
+                    .borrow()
+                    .saturating_add(state.backlog.load(SeqCst)),
+            );
             loop {
                 if let Some(stalled) = stall.borrow_and_update().clone()
                     && stalled.fatal
@@ -285,12 +304,6 @@ impl SubscriptionSet {
             // What was left is counted before the stop, which drops the
             // replays and deliveries it cuts short.
             let mut left = None;
-            // A paused subscription reads no further, not even to the end
-            // of a closed log: it stops where it is, and what it did not
-            // take shows as its lag.
-            if state.is_paused() {
-                state.request_stop();
-            }
             if !finishes_in_time(&state, deadline).await {
                 left = Some(state.stats(self.writer.appended()));
                 // The flag stops deliveries at once, wherever they were

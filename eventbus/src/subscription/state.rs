@@ -146,13 +146,15 @@ impl State {
 
     /// Pauses or resumes; returns whether that changed anything.
     pub(crate) fn set_paused(&self, paused: bool) -> bool {
+        // The flag changes under the channel's lock, with the value it
+        // mirrors: racing calls leave both saying the same.
         let changed = self.paused.send_if_modified(|now| {
             let changed = *now != paused;
             *now = paused;
+            self.paused_now
+                .store(paused, std::sync::atomic::Ordering::SeqCst);
             changed
         });
-        self.paused_now
-            .store(paused, std::sync::atomic::Ordering::SeqCst);
         if changed {
             self.wake.notify_one();
             tracing::info!(

@@ -453,7 +453,12 @@ impl SqliteLog {
         }
         let head: i64 = conn
             .query_row(
-                "SELECT COALESCE(MAX(position), 0) + 1 FROM events",
+                // The AUTOINCREMENT counter remembers positions whose rows
+                // were pruned: the next event gets the one after it.
+                "SELECT MAX(
+                     COALESCE((SELECT MAX(position) FROM events), 0),
+                     COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)
+                 ) + 1",
                 [],
                 |r| r.get(0),
             )
