@@ -38,7 +38,7 @@ struct Shared {
     head: AtomicU64,
     closed: AtomicBool,
     producer: Mutex<Producer>,
-    cursors: Mutex<Vec<(u64, Arc<AtomicU64>)>>,
+    cursors: Mutex<Vec<(u64, Arc<Released>)>>,
     next_cursor_id: AtomicU64,
     data: Notify,
     data_sleepers: AtomicUsize,
@@ -281,7 +281,7 @@ impl MemoryLog {
         let shared = &self.shared;
         let mut producer = shared.producer.lock().expect("producer lock");
         let head = shared.head.load(SeqCst);
-        let released = Arc::new(AtomicU64::new(head));
+        let released = Arc::new(Released(AtomicU64::new(head)));
         let id = shared.next_cursor_id.fetch_add(1, SeqCst);
         shared
             .cursors
@@ -303,8 +303,24 @@ struct MemoryCursor {
     shared: Arc<Shared>,
     chunk: Arc<Chunk>,
     read: Position,
-    released: Arc<AtomicU64>,
+    released: Arc<Released>,
     id: u64,
+}
+
+/// A cursor's finished position, alone on its cache line: every cursor
+/// moves its own at each commit, and the producer reads them all. Packed
+/// side by side (the allocator puts these small values next to each
+/// other), the cores would fight over shared lines, and how often they did
+/// depended on where the allocator happened to put them.
+#[repr(align(128))]
+struct Released(AtomicU64);
+
+impl std::ops::Deref for Released {
+    type Target = AtomicU64;
+
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
 }
 
 impl fmt::Debug for MemoryCursor {

@@ -51,17 +51,14 @@ impl<C: Consumer> Runner<C> {
                 biased;
                 () = state.wake.notified() => {}
                 Some(ack) = self.flushes.recv() => {
-                    self.deliverer.flush().await;
+                    Box::pin(self.deliverer.flush()).await;
                     let _ = ack.send(());
                 }
                 Some(id) = self.replays.recv(), if running => {
-                    match self.deliverer.dead_letters.letters().take(id).await {
-                        Some(replay) => {
-                            mode.replay(replay).await;
-                        }
-                        // Gone or unreadable: not run, no longer counted.
-                        None => drop(InFlight::replay(&state)),
-                    }
+                    // Boxed, like every rare path here: the loop's own
+                    // future stays small, which the rate of every event
+                    // depends on.
+                    Box::pin(self.replay(&mut mode, id)).await;
                 }
                 () = progressed.progressed(), if mode.watermark().is_some() => {
                     let done = progressed.done(self.read);
@@ -196,6 +193,17 @@ impl<C: Consumer> Runner<C> {
         if let Some(lag) = self.reader.lag() {
             state.backlog.store(lag, Relaxed);
             metrics.lag.set(lag as f64);
+        }
+    }
+
+    /// Takes letter `id` and hands it to the mode.
+    async fn replay(&mut self, mode: &mut Dispatch<C>, id: u64) {
+        match self.deliverer.dead_letters.letters().take(id).await {
+            Some(replay) => {
+                mode.replay(replay).await;
+            }
+            // Gone or unreadable: not run, no longer counted.
+            None => drop(InFlight::replay(&self.deliverer.state)),
         }
     }
 

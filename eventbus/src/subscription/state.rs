@@ -48,7 +48,10 @@ pub struct SubscriptionStats {
     pub paused: bool,
 }
 
+/// Written by the subscription's own tasks at every event; aligned to a
+/// cache line of its own, so no other subscription's writes share it.
 #[derive(Default)]
+#[repr(align(128))]
 pub(crate) struct Counters {
     pub(crate) delivered: AtomicU64,
     pub(crate) failed: AtomicU64,

@@ -1,7 +1,7 @@
 //! Sequential mode: one event at a time, in log order, inside the
 //! subscription's own task.
 
-use super::super::deliver::{Deliverer, InFlight, guarded};
+use super::super::deliver::{Alone, Deliverer, guarded};
 use crate::backend::Position;
 use crate::consumer::Consumer;
 use crate::dead_letter::Replay;
@@ -20,6 +20,7 @@ impl<C: Consumer> Sequential<C> {
     }
 
     /// Delivers `event` here, before the next one.
+    #[inline]
     pub(super) async fn event(
         &mut self,
         position: Position,
@@ -27,7 +28,7 @@ impl<C: Consumer> Sequential<C> {
         attempt: u32,
     ) -> bool {
         let deliverer = &self.deliverer;
-        let _in_flight = InFlight::event(&deliverer.state);
+        let _in_flight = Alone::event(&deliverer.state);
         guarded(
             &deliverer.state,
             deliverer.deliver(Some(position), event, attempt),
@@ -38,7 +39,7 @@ impl<C: Consumer> Sequential<C> {
     /// Replays here, between two events.
     pub(super) async fn replay(&mut self, replay: Replay) -> bool {
         let deliverer = &self.deliverer;
-        let _in_flight = InFlight::replay(&deliverer.state);
+        let _in_flight = Alone::replay(&deliverer.state);
         guarded(&deliverer.state, deliverer.replay(replay)).await
     }
 }
