@@ -165,14 +165,29 @@ impl Retry {
         &self,
         work: &mut W,
         first: u32,
+        first_failed_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Attempted {
+        let number = first.max(1);
+        match work.attempt(number, false).await {
+            Ok(()) => Attempted::Succeeded,
+            Err(errors) => {
+                Box::pin(self.after_failure(work, number, errors, first_failed_at)).await
+            }
+        }
+    }
+
+    /// Goes on after attempt `number` of `work` failed with `errors`: the
+    /// rest of [`run`](Retry::run). Kept apart (and boxed by callers), so
+    /// the future of a first attempt that succeeds, the path of nearly
+    /// every event, stays small.
+    pub(crate) async fn after_failure<W: Attempts + Send>(
+        &self,
+        work: &mut W,
+        mut number: u32,
+        mut errors: Vec<String>,
         mut first_failed_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Attempted {
-        let mut number = first.max(1);
-        let mut retry = false;
         loop {
-            let Err(errors) = work.attempt(number, retry).await else {
-                return Attempted::Succeeded;
-            };
             let first_failed_at = *first_failed_at.get_or_insert_with(chrono::Utc::now);
             if number >= self.attempts() {
                 return Attempted::GaveUp {
@@ -182,12 +197,13 @@ impl Retry {
                 };
             }
             let delay = self.delay(number);
-            // The failure path is boxed, so the future of every first
-            // attempt stays the size of the success path.
-            Box::pin(work.retrying(number, &errors, delay, first_failed_at)).await;
-            Box::pin(tokio::time::sleep(delay)).await;
+            work.retrying(number, &errors, delay, first_failed_at).await;
+            tokio::time::sleep(delay).await;
             number += 1;
-            retry = true;
+            match work.attempt(number, true).await {
+                Ok(()) => return Attempted::Succeeded,
+                Err(next) => errors = next,
+            }
         }
     }
 }

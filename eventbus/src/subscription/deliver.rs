@@ -124,7 +124,19 @@ impl<C: Consumer> Deliverer<C> {
             book,
             stored,
         };
-        let attempted = self.retry.run(&mut delivery, first, first_failed_at).await;
+        // The first attempt here, the rest boxed: the future every event
+        // builds stays the size of one attempt, which the rate of the whole
+        // bus depends on.
+        let attempted = match delivery.attempt(first, false).await {
+            Ok(()) => Attempted::Succeeded,
+            Err(errors) => {
+                Box::pin(
+                    self.retry
+                        .after_failure(&mut delivery, first, errors, first_failed_at),
+                )
+                .await
+            }
+        };
         if let Attempted::GaveUp {
             attempts,
             errors,
@@ -373,7 +385,15 @@ impl Drop for InFlight {
 /// it again after a restart), and its stall says why. `false` when it
 /// panicked.
 pub(super) async fn guarded<F: std::future::Future<Output = ()>>(state: &State, work: F) -> bool {
-    let Err(panic) = AssertUnwindSafe(work).catch_unwind().await else {
+    let caught = AssertUnwindSafe(work).catch_unwind().await;
+    survived(state, caught)
+}
+
+/// [`guarded`]'s verdict on a delivery whose panic was caught by the
+/// caller: sequential mode catches in place, so the delivery's future is
+/// not moved into another one for every event.
+pub(super) fn survived(state: &State, caught: std::thread::Result<()>) -> bool {
+    let Err(panic) = caught else {
         return true;
     };
     let reason = format!(

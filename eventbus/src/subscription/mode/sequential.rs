@@ -1,11 +1,13 @@
 //! Sequential mode: one event at a time, in log order, inside the
 //! subscription's own task.
 
-use super::super::deliver::{Alone, Deliverer, guarded};
+use super::super::deliver::{Alone, Deliverer, guarded, survived};
 use crate::backend::Position;
 use crate::consumer::Consumer;
 use crate::dead_letter::Replay;
 use crate::event::AnyEvent;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 pub(in crate::subscription) struct Sequential<C> {
@@ -29,11 +31,10 @@ impl<C: Consumer> Sequential<C> {
     ) -> bool {
         let deliverer = &self.deliverer;
         let _in_flight = Alone::event(&deliverer.state);
-        guarded(
-            &deliverer.state,
-            deliverer.deliver(Some(position), event, attempt),
-        )
-        .await
+        let caught = AssertUnwindSafe(deliverer.deliver(Some(position), event, attempt))
+            .catch_unwind()
+            .await;
+        survived(&deliverer.state, caught)
     }
 
     /// Replays here, between two events.
