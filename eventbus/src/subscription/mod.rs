@@ -335,7 +335,7 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             stall: Arc::default(),
             counters: Default::default(),
             done: watch::Sender::new(start),
-            backlog: AtomicU64::new(reader.lag().unwrap_or(0)),
+            known_head: AtomicU64::new(start.saturating_add(reader.lag().unwrap_or(0))),
             replays: Arc::new(AtomicU64::new(0)),
             stop: AtomicBool::new(false),
             paused: watch::Sender::new(false),

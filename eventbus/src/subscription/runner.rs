@@ -191,7 +191,9 @@ impl<C: Consumer> Runner<C> {
             .in_flight
             .set(state.counters.in_flight.load(Relaxed) as f64);
         if let Some(lag) = self.reader.lag() {
-            state.backlog.store(lag, Relaxed);
+            state
+                .known_head
+                .fetch_max(done.saturating_add(lag), Relaxed);
             metrics.lag.set(lag as f64);
         }
     }

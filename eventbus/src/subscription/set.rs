@@ -190,14 +190,9 @@ impl SubscriptionSet {
             let mut done = state.done.subscribe();
             let mut stall = state.stall.watch();
             let mut paused = state.paused.subscribe();
-            // What this process notified, and what the backend said was
-            // left when the subscription last committed.
-            let target = head.max(
-                state
-                    .done
-                    .borrow()
-                    .saturating_add(state.backlog.load(SeqCst)),
-            );
+            // What this process notified, and what the backend said it
+            // held when the subscription last committed.
+            let target = head.max(state.known_head.load(SeqCst));
             loop {
                 if let Some(stalled) = stall.borrow_and_update().clone()
                     && stalled.fatal

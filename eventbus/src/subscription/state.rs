@@ -70,9 +70,12 @@ pub(crate) struct State {
     pub(crate) counters: Counters,
     /// Every event before this position is finished.
     pub(crate) done: watch::Sender<Position>,
-    /// What the backend last said the subscription had not finished,
-    /// events of earlier runs and other processes included.
-    pub(crate) backlog: AtomicU64,
+    /// The position after the last event the backend said it held when
+    /// the subscription last committed (events of earlier runs and of
+    /// other processes included). One position, not a count added to
+    /// `done`: read together with a `done` of another moment, a count
+    /// would point past every event and `drain` would wait forever.
+    pub(crate) known_head: AtomicU64,
     /// Replays sent but not yet finished.
     pub(crate) replays: Arc<AtomicU64>,
     pub(crate) stop: AtomicBool,
@@ -109,8 +112,8 @@ impl State {
             filtered: c.filtered.load(Relaxed),
             in_flight: c.in_flight.load(Relaxed),
             lag: head
-                .saturating_sub(*self.done.borrow())
-                .max(self.backlog.load(Relaxed)),
+                .max(self.known_head.load(Relaxed))
+                .saturating_sub(*self.done.borrow()),
             replaying: self.replays.load(Relaxed),
             buffered: c.buffered.load(Relaxed),
             stalled: self.stall.get().map(|s| s.reason),
