@@ -2,13 +2,15 @@
 //! take their permits in log order and finish in any order, which a
 //! watermark turns into the position to commit.
 
-use super::super::deliver::{Deliverer, InFlight, guarded};
+use super::super::deliver::{Deliverer, InFlight, guarded, survived};
 use super::super::state::State;
 use crate::backend::{Position, Watermark};
 use crate::consumer::Consumer;
 use crate::dead_letter::Replay;
 use crate::event::AnyEvent;
+use futures_util::FutureExt;
 use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -242,8 +244,14 @@ async fn deliver_one<C: Consumer>(
         in_flight,
     } = started;
     let state = &deliverer.state;
-    let delivered = guarded(state, deliverer.deliver(Some(position), &event, attempt));
-    let finished = unless_aborted(state, delivered).await == Some(true);
+    // Caught in place, as in sequential mode: one wrapper around the
+    // delivery's future instead of two, on the path of every event.
+    let delivered =
+        AssertUnwindSafe(deliverer.deliver(Some(position), &event, attempt)).catch_unwind();
+    let finished = match unless_aborted(state, delivered).await {
+        Some(caught) => survived(state, caught),
+        None => false,
+    };
     drop(in_flight);
     if finished {
         watermark.finish(position);
