@@ -7,138 +7,18 @@
 //! - a reader hands out the attempt it counts for a redelivered event: the
 //!   retry policy counts from there.
 //!
-//! The backend is the real SQLite log, wrapped so a test can take the
-//! claim away at a moment of its choosing, as a lease expiring would, or
-//! mark deliveries as redeliveries, as a broker does.
+//! The backend is the real SQLite log, wrapped (`common::faulty`) so a test
+//! can take the claim away at a moment of its choosing, as a lease expiring
+//! would, or mark deliveries as redeliveries, as a broker does.
 
 mod common;
 
-use async_trait::async_trait;
+use common::faulty::faulty_bus;
 use common::{Broken, Gate, OrderPlaced, eventually, order_ids, sqlite_bus, within};
-use eventbus::backend::{
-    Backend, Batch, DeadLetterStore, Position, ReadError, Reader, RetryStore, WriteError,
-};
 use eventbus::testing::Recorder;
-use eventbus::{AnyEvent, Bus, Capabilities, DrainError, Retry, SqliteLog, StartFrom};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use eventbus::{DrainError, Retry};
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
-
-/// The SQLite log, with a switch that makes every reader find its claim
-/// gone.
-#[derive(Debug, Clone)]
-struct Leased {
-    log: SqliteLog,
-    lost: Arc<AtomicBool>,
-    /// The attempt every delivery is handed out as, when set.
-    attempt: Option<u32>,
-}
-
-#[async_trait]
-impl Backend for Leased {
-    fn capabilities(&self) -> Capabilities {
-        self.log.capabilities()
-    }
-
-    async fn append(&self, event: AnyEvent) -> Result<Position, WriteError> {
-        self.log.append(event).await
-    }
-
-    async fn reader(
-        &self,
-        subscription: &str,
-        from: StartFrom,
-    ) -> Result<Box<dyn Reader>, ReadError> {
-        Ok(Box::new(LeasedReader {
-            inner: self.log.reader(subscription, from).await?,
-            lost: Arc::clone(&self.lost),
-            attempt: self.attempt,
-        }))
-    }
-
-    fn close(&self) {
-        self.log.close();
-    }
-
-    fn dead_letter_store(&self) -> Option<Arc<dyn DeadLetterStore>> {
-        self.log.dead_letter_store()
-    }
-
-    fn retry_store(&self) -> Option<Arc<dyn RetryStore>> {
-        self.log.retry_store()
-    }
-}
-
-#[derive(Debug)]
-struct LeasedReader {
-    inner: Box<dyn Reader>,
-    lost: Arc<AtomicBool>,
-    attempt: Option<u32>,
-}
-
-impl LeasedReader {
-    fn check(&self) -> Result<(), ReadError> {
-        if self.lost.load(SeqCst) {
-            return Err(ReadError::ClaimLost(
-                "the lease expired and another process holds it".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Reader for LeasedReader {
-    async fn next(&mut self, max: usize) -> Result<Option<Batch>, ReadError> {
-        self.check()?;
-        let batch = self.inner.next(max).await?;
-        // A lease is found lost when the read comes back, too.
-        self.check()?;
-        Ok(match (batch, self.attempt) {
-            (Some(batch), Some(attempt)) => Some(Batch::from_deliveries(
-                (0..batch.len())
-                    .map(|i| {
-                        let (position, event) = batch.get(i);
-                        (position, event.clone(), attempt)
-                    })
-                    .collect(),
-            )),
-            (batch, _) => batch,
-        })
-    }
-
-    async fn commit(&mut self, up_to: Position) -> Result<(), ReadError> {
-        self.check()?;
-        self.inner.commit(up_to).await
-    }
-
-    fn position(&self) -> Position {
-        self.inner.position()
-    }
-
-    fn lag(&self) -> Option<u64> {
-        self.inner.lag()
-    }
-}
-
-async fn leased_bus(path: &std::path::Path) -> (Bus, Arc<AtomicBool>) {
-    wrapped_bus(path, None).await
-}
-
-async fn wrapped_bus(path: &std::path::Path, attempt: Option<u32>) -> (Bus, Arc<AtomicBool>) {
-    let lost = Arc::new(AtomicBool::new(false));
-    let backend = Leased {
-        log: SqliteLog::open(path).await.unwrap(),
-        lost: Arc::clone(&lost),
-        attempt,
-    };
-    let bus = Bus::builder()
-        .backend(backend)
-        .shutdown_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    (bus, lost)
-}
 
 /// The claim goes while an event is being handled: its commit is refused,
 /// the subscription stops with the reason in its stats, `drain` reports it
@@ -148,7 +28,7 @@ async fn a_lost_claim_stops_the_subscription_without_committing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");
     {
-        let (bus, lost) = leased_bus(&path).await;
+        let (bus, faults) = faulty_bus(&path, Duration::from_secs(5)).await;
         let gate = Gate::closed();
         let sub = bus
             .subscribe("billing", gate.clone())
@@ -162,7 +42,7 @@ async fn a_lost_claim_stops_the_subscription_without_committing() {
         bus.notify(OrderPlaced::new(2)).await.unwrap();
         bus.notify(OrderPlaced::new(3)).await.unwrap();
         eventually(5, "order 2 in the handler", || gate.started.len() == 2).await;
-        lost.store(true, SeqCst);
+        faults.lost.store(true, SeqCst);
         gate.permits.add_permits(10);
 
         let stalled = within(5, "the subscription says why it stopped", async {
@@ -204,7 +84,7 @@ async fn a_claim_lost_on_a_read_hands_nothing_to_the_consumer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");
     {
-        let (bus, lost) = leased_bus(&path).await;
+        let (bus, faults) = faulty_bus(&path, Duration::from_secs(5)).await;
         let seen = Recorder::new();
         let sub = bus
             .subscribe("billing", seen.clone())
@@ -213,7 +93,7 @@ async fn a_claim_lost_on_a_read_hands_nothing_to_the_consumer() {
             .unwrap();
         bus.notify(OrderPlaced::new(1)).await.unwrap();
         within(5, "first drain", bus.drain()).await.unwrap();
-        lost.store(true, SeqCst);
+        faults.lost.store(true, SeqCst);
         bus.notify(OrderPlaced::new(2)).await.unwrap();
         eventually(5, "stopped", || sub.stats().stalled.is_some()).await;
         assert_eq!(order_ids(seen.events()), [1]);
@@ -239,7 +119,8 @@ async fn a_claim_lost_on_a_read_hands_nothing_to_the_consumer() {
 async fn the_attempt_a_backend_counts_is_where_retries_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");
-    let (bus, _) = wrapped_bus(&path, Some(3)).await;
+    let (bus, faults) = faulty_bus(&path, Duration::from_secs(5)).await;
+    *faults.attempt.lock().unwrap() = Some(3);
     let sub = bus
         .subscribe("billing", Broken)
         .retry(Retry::exponential(Duration::from_millis(1)).max_attempts(3))
@@ -259,7 +140,8 @@ async fn the_attempt_a_backend_counts_is_where_retries_start() {
     bus.shutdown().await;
 
     // Below the limit, the policy still retries up to it.
-    let (bus, _) = wrapped_bus(&dir.path().join("second.db"), Some(2)).await;
+    let (bus, faults) = faulty_bus(&dir.path().join("second.db"), Duration::from_secs(5)).await;
+    *faults.attempt.lock().unwrap() = Some(2);
     let sub = bus
         .subscribe("billing", Broken)
         .retry(Retry::exponential(Duration::from_millis(1)).max_attempts(3))

@@ -9,144 +9,25 @@
 mod common;
 
 use async_trait::async_trait;
+use common::faulty::faulty_bus;
 use common::{Broken, Gate, OrderPlaced, eventually, order_ids, sqlite_bus, within};
 use eventbus::backend::{
-    Backend, Batch, DeadLetterStore, Position, ReadError, Reader, RetryState, RetryStore,
-    StoreError, WriteError,
+    DeadLetterStore, Position, RetryState, RetryStore, StoreError, WriteError,
 };
 use eventbus::dead_letter::{
     DeadLetter, DeadLetterPage, DeadLetterQuery, Discarded, ReplayRequest,
 };
 use eventbus::testing::Recorder;
 use eventbus::{
-    AnyEvent, BatchConfig, BoxError, Bus, Capabilities, Consumer, DrainError, Event, MemoryLog,
-    NotifyError, ProtocolConsumer, Retry, SqliteLog, StartFrom, SubscribeError, Track, Trackable,
-    TryNotifyError, consumer_fn_with, sink_fn,
+    AnyEvent, BatchConfig, BoxError, Bus, Consumer, DrainError, Event, MemoryLog, NotifyError,
+    ProtocolConsumer, Retry, SqliteLog, SubscribeError, Track, Trackable, TryNotifyError,
+    consumer_fn_with, sink_fn,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-
-// ---------------------------------------------------------------------------
-// A user's backend: the SQLite log wrapped with switches for every failure.
-// ---------------------------------------------------------------------------
-
-#[derive(Debug, Default)]
-struct Faults {
-    /// Every commit finds the claim gone.
-    lost_on_commit: AtomicBool,
-    /// `lag()` returns this instead of the truth.
-    lag: Mutex<Option<u64>>,
-    /// Declares `schedules_retries`.
-    schedules_retries: AtomicBool,
-    /// `reader()` fails.
-    fail_reader: AtomicBool,
-    /// `append()` fails.
-    fail_append: AtomicBool,
-    /// `next()` calls that returned a batch.
-    batches: AtomicU64,
-}
-
-#[derive(Debug, Clone)]
-struct Wrapped {
-    log: SqliteLog,
-    faults: Arc<Faults>,
-}
-
-#[async_trait]
-impl Backend for Wrapped {
-    fn capabilities(&self) -> Capabilities {
-        self.log
-            .capabilities()
-            .schedules_retries(self.faults.schedules_retries.load(SeqCst))
-    }
-
-    async fn append(&self, event: AnyEvent) -> Result<Position, WriteError> {
-        if self.faults.fail_append.load(SeqCst) {
-            return Err(WriteError::Failed("the outbox table is gone".into()));
-        }
-        self.log.append(event).await
-    }
-
-    async fn reader(
-        &self,
-        subscription: &str,
-        from: StartFrom,
-    ) -> Result<Box<dyn Reader>, ReadError> {
-        if self.faults.fail_reader.load(SeqCst) {
-            return Err(ReadError::Failed("cannot reach the broker".into()));
-        }
-        Ok(Box::new(WrappedReader {
-            inner: self.log.reader(subscription, from).await?,
-            faults: Arc::clone(&self.faults),
-        }))
-    }
-
-    fn close(&self) {
-        self.log.close();
-    }
-
-    fn dead_letter_store(&self) -> Option<Arc<dyn DeadLetterStore>> {
-        self.log.dead_letter_store()
-    }
-
-    fn retry_store(&self) -> Option<Arc<dyn RetryStore>> {
-        self.log.retry_store()
-    }
-}
-
-#[derive(Debug)]
-struct WrappedReader {
-    inner: Box<dyn Reader>,
-    faults: Arc<Faults>,
-}
-
-#[async_trait]
-impl Reader for WrappedReader {
-    async fn next(&mut self, max: usize) -> Result<Option<Batch>, ReadError> {
-        let batch = self.inner.next(max).await?;
-        if batch.is_some() {
-            self.faults.batches.fetch_add(1, SeqCst);
-        }
-        Ok(batch)
-    }
-
-    async fn commit(&mut self, up_to: Position) -> Result<(), ReadError> {
-        if self.faults.lost_on_commit.load(SeqCst) {
-            return Err(ReadError::ClaimLost(
-                "the lease expired and another process holds it".into(),
-            ));
-        }
-        self.inner.commit(up_to).await
-    }
-
-    fn position(&self) -> Position {
-        self.inner.position()
-    }
-
-    fn lag(&self) -> Option<u64> {
-        match *self.faults.lag.lock().unwrap() {
-            Some(lag) => Some(lag),
-            None => self.inner.lag(),
-        }
-    }
-}
-
-async fn wrapped_bus(path: &std::path::Path, shutdown: Duration) -> (Bus, Arc<Faults>) {
-    let faults = Arc::new(Faults::default());
-    let backend = Wrapped {
-        log: SqliteLog::open(path).await.unwrap(),
-        faults: Arc::clone(&faults),
-    };
-    let bus = Bus::builder()
-        .backend(backend)
-        .shutdown_timeout(shutdown)
-        .build()
-        .unwrap();
-    (bus, faults)
-}
 
 // ---------------------------------------------------------------------------
 // Stores of a user's own.
@@ -305,7 +186,7 @@ async fn a_pause_during_shutdown_stops_it_where_it_is() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_lost_mid_read_hands_out_nothing_more() {
     let dir = tempfile::tempdir().unwrap();
-    let (bus, faults) = wrapped_bus(&dir.path().join("events.db"), Duration::from_secs(5)).await;
+    let (bus, faults) = faulty_bus(&dir.path().join("events.db"), Duration::from_secs(5)).await;
     let gate = Gate::closed();
     let sub = bus
         .subscribe("billing", gate.clone())
@@ -361,7 +242,7 @@ impl Consumer for SlowFailure {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_after_a_lost_claim_keeps_the_report() {
     let dir = tempfile::tempdir().unwrap();
-    let (bus, faults) = wrapped_bus(&dir.path().join("events.db"), Duration::from_secs(5)).await;
+    let (bus, faults) = faulty_bus(&dir.path().join("events.db"), Duration::from_secs(5)).await;
     let consumer = SlowFailure {
         permits: Arc::new(Semaphore::new(0)),
         seen: Recorder::new(),
@@ -513,7 +394,7 @@ async fn retry_schedules_past_a_short_page_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_with_an_absurd_lag_does_not_break_drain() {
     let dir = tempfile::tempdir().unwrap();
-    let (bus, faults) = wrapped_bus(&dir.path().join("events.db"), Duration::from_secs(5)).await;
+    let (bus, faults) = faulty_bus(&dir.path().join("events.db"), Duration::from_secs(5)).await;
     *faults.lag.lock().unwrap() = Some(u64::MAX);
     let seen = Recorder::new();
     bus.subscribe("audit", seen.clone()).start().await.unwrap();
@@ -808,7 +689,7 @@ async fn an_explicit_memory_log_keeps_try_notify_and_its_capacity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_and_append_errors_of_a_users_backend() {
     let dir = tempfile::tempdir().unwrap();
-    let (bus, faults) = wrapped_bus(&dir.path().join("events.db"), Duration::from_secs(5)).await;
+    let (bus, faults) = faulty_bus(&dir.path().join("events.db"), Duration::from_secs(5)).await;
     faults.fail_reader.store(true, SeqCst);
     let refused = bus.subscribe("audit", Recorder::new()).start().await;
     assert!(

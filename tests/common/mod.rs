@@ -3,6 +3,8 @@
 //! the first layout. Each test binary uses part of it.
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
+pub mod faulty;
+
 use eventbus::testing::Recorder;
 use eventbus::{AnyEvent, BoxError, Bus, Consumer, SqliteLog, Track, Trackable, event, register};
 use std::future::Future;

@@ -134,8 +134,9 @@ impl Bus {
 
     /// Resolves when every running subscription has finished every event
     /// this bus notified before the call (handled, or dead-lettered after
-    /// its last attempt), the backlog its backend reported (a durable log's
-    /// events from before a restart) and every pending replay, and has
+    /// its last attempt), every event its backend said it held when the
+    /// subscription last committed (a durable log's events from before a
+    /// restart) and every pending replay, and has
     /// flushed its consumer, so batching sinks have seen everything too.
     ///
     /// This is what makes tests deterministic without sleeps. A
