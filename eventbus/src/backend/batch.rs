@@ -88,6 +88,7 @@ impl Batch {
     }
 
     /// How many events the batch holds.
+    #[inline]
     pub fn len(&self) -> usize {
         match &self.inner {
             Inner::Ring { len, .. } => *len,
@@ -105,6 +106,7 @@ impl Batch {
     /// # Panics
     ///
     /// When `i >= len()`.
+    #[inline]
     pub fn get(&self, i: usize) -> (Position, &AnyEvent) {
         match &self.inner {
             Inner::Ring {
@@ -129,6 +131,7 @@ impl Batch {
     /// # Panics
     ///
     /// When `i >= len()`.
+    #[inline]
     pub fn attempt(&self, i: usize) -> u32 {
         assert!(i < self.len(), "batch index {i} out of range");
         match &self.inner {

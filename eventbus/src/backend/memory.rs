@@ -67,6 +67,7 @@ impl Chunk {
         })
     }
 
+    #[inline]
     pub(crate) fn get(&self, i: usize) -> &AnyEvent {
         self.slots[i]
             .get()

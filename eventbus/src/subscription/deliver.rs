@@ -118,43 +118,44 @@ impl<C: Consumer> Deliverer<C> {
                 Box::pin(tokio::time::sleep(wait.min(self.retry.cap()))).await;
             }
         }
-        let mut delivery = Delivery {
-            deliverer: self,
-            event,
-            book,
-            stored,
-        };
-        // The first attempt here, the rest boxed: the future every event
-        // builds stays the size of one attempt, which the rate of the whole
-        // bus depends on.
-        let attempted = match delivery.attempt(first, false).await {
-            Ok(()) => Attempted::Succeeded,
-            Err(errors) => {
-                Box::pin(
-                    self.retry
-                        .after_failure(&mut delivery, first, errors, first_failed_at),
-                )
-                .await
-            }
-        };
-        if let Attempted::GaveUp {
-            attempts,
-            errors,
-            first_failed_at,
-        } = attempted
-        {
-            Box::pin(
-                self.dead_letters
-                    .write(event.clone(), errors, attempts, first_failed_at),
-            )
-            .await;
+        // The first attempt is awaited right here, the consumer's future
+        // in this one's, and the rest of the retry loop is boxed: every
+        // level of future between a delivery and the consumer is copied
+        // and polled for every event, which the rate of the whole bus
+        // depends on.
+        let span = self.span(event, first);
+        let handled = AssertUnwindSafe(self.consumer.handle(event)).catch_unwind();
+        // With no subscriber listening at debug level the span is disabled;
+        // entering and leaving it on every poll would still cost each
+        // delivery a wrapper.
+        let outcome = if span.is_disabled() {
+            handled.await
         } else {
-            self.state.counters.delivered.fetch_add(1, Relaxed);
-            self.metrics.delivered.increment(1);
+            handled.instrument(span).await
+        };
+        match self.outcome(outcome) {
+            Ok(()) => {
+                self.delivered();
+                if stored {
+                    Box::pin(self.forget_retry(book)).await;
+                }
+            }
+            Err(errors) => {
+                let delivery = Delivery {
+                    deliverer: self,
+                    event,
+                    book,
+                    stored,
+                };
+                Box::pin(delivery.after_failure(first, errors, first_failed_at)).await;
+            }
         }
-        if delivery.stored {
-            Box::pin(self.forget_retry(book)).await;
-        }
+    }
+
+    #[inline]
+    fn delivered(&self) {
+        self.state.counters.delivered.fetch_add(1, Relaxed);
+        self.metrics.delivered.increment(1);
     }
 }
 
@@ -168,36 +169,51 @@ struct Delivery<'a, C> {
     stored: bool,
 }
 
+impl<C: Consumer> Delivery<'_, C> {
+    /// Goes on after attempt `number` failed: retries, then a dead letter
+    /// if they all fail. Kept out of [`Deliverer::deliver`], whose future
+    /// every event builds.
+    async fn after_failure(
+        mut self,
+        number: u32,
+        errors: Vec<String>,
+        first_failed_at: Option<chrono::DateTime<Utc>>,
+    ) {
+        let deliverer = self.deliverer;
+        let attempted = deliverer
+            .retry
+            .after_failure(&mut self, number, errors, first_failed_at)
+            .await;
+        match attempted {
+            Attempted::Succeeded => deliverer.delivered(),
+            Attempted::GaveUp {
+                attempts,
+                errors,
+                first_failed_at,
+            } => {
+                deliverer
+                    .dead_letters
+                    .write(self.event.clone(), errors, attempts, first_failed_at)
+                    .await;
+            }
+        }
+        if self.stored {
+            deliverer.forget_retry(self.book).await;
+        }
+    }
+}
+
 impl<C: Consumer> Attempts for Delivery<'_, C> {
     async fn attempt(&mut self, number: u32, retry: bool) -> Result<(), Vec<String>> {
         let (deliverer, event) = (self.deliverer, self.event);
-        let counters = &deliverer.state.counters;
         if retry {
-            counters.retried.fetch_add(1, Relaxed);
+            deliverer.state.counters.retried.fetch_add(1, Relaxed);
             deliverer.metrics.retried.increment(1);
         }
-        let span = tracing::debug_span!(
-            "eventbus.deliver",
-            subscription = %deliverer.state.name,
-            event = %event.name(),
-            event_id = %event.meta().id,
-            correlation_id = %event.meta().correlation_id,
-            attempt = number,
-        );
-        let handled = crate::retry::attempt(deliverer.consumer.handle(event));
-        // With no subscriber listening at debug level the span is disabled;
-        // entering and leaving it on every poll would still cost each
-        // delivery a wrapper.
-        let outcome = if span.is_disabled() {
-            handled.await
-        } else {
-            handled.instrument(span).await
-        };
-        if outcome.is_err() {
-            counters.failed.fetch_add(1, Relaxed);
-            deliverer.metrics.failed.increment(1);
-        }
-        outcome
+        let handled = AssertUnwindSafe(deliverer.consumer.handle(event))
+            .catch_unwind()
+            .instrument(deliverer.span(event, number));
+        deliverer.outcome(handled.await)
     }
 
     async fn retrying(
@@ -240,6 +256,36 @@ impl<C: Consumer> Attempts for Delivery<'_, C> {
 }
 
 impl<C> Deliverer<C> {
+    /// The span of attempt `number` at `event`.
+    #[inline]
+    fn span(&self, event: &AnyEvent, number: u32) -> tracing::Span {
+        tracing::debug_span!(
+            "eventbus.deliver",
+            subscription = %self.state.name,
+            event = %event.name(),
+            event_id = %event.meta().id,
+            correlation_id = %event.meta().correlation_id,
+            attempt = number,
+        )
+    }
+
+    /// Counts an attempt's outcome, and turns a failure into its error
+    /// chain or panic message.
+    #[inline]
+    fn outcome(
+        &self,
+        outcome: std::thread::Result<Result<(), crate::BoxError>>,
+    ) -> Result<(), Vec<String>> {
+        let errors = match outcome {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) => error_chain(&*err),
+            Err(panic) => vec![format!("panicked: {}", panic_message(&*panic))],
+        };
+        self.state.counters.failed.fetch_add(1, Relaxed);
+        self.metrics.failed.increment(1);
+        Err(errors)
+    }
+
     /// A partition key that panicked: it would fail every attempt alike, so
     /// it is one failed attempt, then a dead letter.
     pub(super) async fn key_failed(&self, event: &AnyEvent, panic: String) {
@@ -392,16 +438,25 @@ pub(super) async fn guarded<F: std::future::Future<Output = ()>>(state: &State, 
 /// [`guarded`]'s verdict on a delivery whose panic was caught by the
 /// caller: sequential mode catches in place, so the delivery's future is
 /// not moved into another one for every event.
+#[inline]
 pub(super) fn survived(state: &State, caught: std::thread::Result<()>) -> bool {
-    let Err(panic) = caught else {
-        return true;
-    };
+    match caught {
+        Ok(()) => true,
+        Err(panic) => {
+            stop_after_panic(state, &*panic);
+            false
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn stop_after_panic(state: &State, panic: &(dyn std::any::Any + Send)) {
     let reason = format!(
         "a delivery panicked outside its consumer ({}); the subscription stopped without committing past its event, which a durable log delivers again after a restart",
-        panic_message(&*panic),
+        panic_message(panic),
     );
     tracing::error!(subscription = %state.name, "{reason}");
     state.stall.set(reason, true);
     state.request_stop();
-    false
 }

@@ -113,9 +113,15 @@ impl<C: Consumer> Runner<C> {
                     break;
                 }
             }
-            if !self.filter.matches(event) {
+            let taken = if !self.filter.matches(event) {
                 filtered += 1;
-            } else if !mode.event(pos, event, batch.attempt(i)).await {
+                true
+            } else if let Some(sequential) = mode.sequential() {
+                sequential.event(pos, event, batch.attempt(i)).await
+            } else {
+                mode.event(pos, event, batch.attempt(i)).await
+            };
+            if !taken {
                 // A panic around a delivery: nothing from its event on is
                 // committed.
                 self.read = pos;

@@ -146,6 +146,7 @@ impl State {
         self.paused.send_modify(|_| {});
     }
 
+    #[inline]
     pub(crate) fn is_paused(&self) -> bool {
         self.paused_now.load(Relaxed)
     }

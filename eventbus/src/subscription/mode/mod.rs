@@ -54,6 +54,17 @@ impl<C: Consumer> Dispatch<C> {
         }
     }
 
+    /// Sequential mode, to take an event without the future of
+    /// [`event`](Dispatch::event) around its own: the runner's path for
+    /// every event of the most common mode.
+    #[inline]
+    pub(super) fn sequential(&mut self) -> Option<&mut Sequential<C>> {
+        match self {
+            Dispatch::Sequential(mode) => Some(mode),
+            _ => None,
+        }
+    }
+
     /// Takes a replay, as a new event of the mode would be taken. `false`
     /// when the subscription stops instead; the letter stays.
     pub(super) async fn replay(&mut self, replay: Replay) -> bool {

@@ -23,7 +23,7 @@ impl<C: Consumer> Sequential<C> {
 
     /// Delivers `event` here, before the next one.
     #[inline]
-    pub(super) async fn event(
+    pub(in crate::subscription) async fn event(
         &mut self,
         position: Position,
         event: &AnyEvent,
