@@ -3,12 +3,14 @@
 //! positions back to the backend, and finish what it took when it stops.
 
 use super::Config;
-use super::deliver::{Deliverer, InFlight, guarded};
+use super::deliver::{Deliverer, InFlight, guarded, survived};
 use super::filter::CachedFilter;
 use super::mode::Dispatch;
 use crate::backend::{Batch, Position, ReadError, Reader, Watermark};
 use crate::consumer::Consumer;
 use crate::failure::error_chain;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
@@ -117,7 +119,12 @@ impl<C: Consumer> Runner<C> {
                 filtered += 1;
                 true
             } else if let Some(sequential) = mode.sequential() {
-                sequential.event(pos, event, batch.attempt(i)).await
+                // Awaited in this future, not in one of the mode's: see
+                // `Sequential::take`.
+                let (deliverer, _in_flight) = sequential.take();
+                let delivery = deliverer.deliver(Some(pos), event, batch.attempt(i));
+                let caught = AssertUnwindSafe(delivery).catch_unwind().await;
+                survived(&deliverer.state, caught)
             } else {
                 mode.event(pos, event, batch.attempt(i)).await
             };

@@ -13,11 +13,13 @@ use self::concurrent::Concurrent;
 use self::partitioned::Partitioned;
 use self::sequential::Sequential;
 use super::Mode;
-use super::deliver::Deliverer;
+use super::deliver::{Deliverer, survived};
 use crate::backend::{Position, Watermark};
 use crate::consumer::Consumer;
 use crate::dead_letter::Replay;
 use crate::event::AnyEvent;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 /// A subscription's mode, running.
@@ -48,7 +50,14 @@ impl<C: Consumer> Dispatch<C> {
         attempt: u32,
     ) -> bool {
         match self {
-            Dispatch::Sequential(mode) => mode.event(position, event, attempt).await,
+            // The runner takes this path itself (see `Sequential::take`);
+            // here for completeness.
+            Dispatch::Sequential(mode) => {
+                let (deliverer, _in_flight) = mode.take();
+                let delivery = deliverer.deliver(Some(position), event, attempt);
+                let caught = AssertUnwindSafe(delivery).catch_unwind().await;
+                survived(&deliverer.state, caught)
+            }
             Dispatch::Concurrent(mode) => mode.event(position, event, attempt).await,
             Dispatch::Partitioned(mode) => mode.event(position, event, attempt).await,
         }
