@@ -71,6 +71,15 @@ impl<E: Event> Erased for E {
 }
 
 impl AnyEvent {
+    /// Whether this is the event's only handle: dropping it frees the
+    /// event.
+    #[inline]
+    pub(crate) fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+    }
+}
+
+impl AnyEvent {
     /// Erases the event's type.
     pub fn new<E: Event>(event: E) -> Self {
         AnyEvent {
