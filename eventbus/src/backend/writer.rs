@@ -79,6 +79,7 @@ impl Writer {
     }
 
     /// Writes `event` only if that needs no waiting.
+    #[inline]
     pub(crate) fn try_write(&self, event: AnyEvent) -> Result<(), TryWrite> {
         match &self.inner.memory {
             Some(log) => match log.try_append(event) {
