@@ -117,6 +117,8 @@ pub mod testing;
 #[cfg(feature = "sqlite")]
 pub use crate::backend::SqliteLog;
 pub use crate::backend::{Backend, Capabilities, MemoryLog, Reader, StartFrom};
+#[cfg(feature = "postgres")]
+pub use crate::backend::{PostgresError, PostgresLog};
 pub use crate::bus::{
     BuildError, Bus, BusBuilder, DrainError, NotifyError, ShutdownReport, SubscribeError,
     TryNotifyError,

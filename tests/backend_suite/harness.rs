@@ -8,7 +8,7 @@
 //! it: its trials are then ignored with that reason, or fail where
 //! `EVENTBUS_REQUIRE_SERVICES=1` is set.
 
-use eventbus::{Bus, BusBuilder, SqliteLog};
+use eventbus::{Bus, BusBuilder, PostgresLog, SqliteLog};
 use futures_util::future::BoxFuture;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -35,6 +35,10 @@ pub(crate) fn backends() -> Vec<Backend> {
         Backend {
             name: "sqlite",
             fresh: Sqlite::fresh,
+        },
+        Backend {
+            name: "postgres",
+            fresh: Postgres::fresh,
         },
     ]
 }
@@ -185,6 +189,83 @@ impl Tamper for Sqlite {
                     name: q.name,
                     reason: q.reason,
                 })
+                .collect()
+        })
+    }
+}
+
+/// A schema of the trial's own on the PostgreSQL server of
+/// `EVENTBUS_POSTGRES_URL`, dropped after the trial.
+struct Postgres {
+    schema: crate::common::pg::Schema,
+    /// The outbox of the bus opened last, for the tamper hooks.
+    log: Mutex<Option<PostgresLog>>,
+}
+
+impl Postgres {
+    fn fresh() -> Fresh {
+        Box::pin(async {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(&crate::common::pg::url())
+                .await
+                .map_err(|e| format!("PostgreSQL at {}: {e}", crate::common::pg::url()))?;
+            let name = format!("suite_{}_{}", std::process::id(), fastrand::u64(..));
+            Ok(Box::new(Postgres {
+                schema: crate::common::pg::Schema { name, pool },
+                log: Mutex::new(None),
+            }) as Box<dyn Harness>)
+        })
+    }
+}
+
+impl Harness for Postgres {
+    fn open(&self, settings: BusSettings) -> BoxFuture<'_, Bus> {
+        Box::pin(async move {
+            let log = self
+                .schema
+                .builder()
+                .connect()
+                .await
+                .unwrap_or_else(|e| panic!("cannot open the PostgreSQL outbox: {e}"));
+            *self.log.lock().expect("log lock") = Some(log.clone());
+            settings.build(Bus::builder().backend(log))
+        })
+    }
+
+    fn tamper(&self) -> Option<&dyn Tamper> {
+        Some(self)
+    }
+}
+
+impl Tamper for Postgres {
+    fn store_undecodable<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {}.events (event_id, name, version, payload)
+                 VALUES (gen_random_uuid(), $1, 1, '{{}}')",
+                self.schema.name
+            )))
+            .bind(name)
+            .execute(&self.schema.pool)
+            .await
+            .expect("insert an event behind the bus's back");
+        })
+    }
+
+    fn quarantined<'a>(&'a self, subscription: &'a str) -> BoxFuture<'a, Vec<Quarantined>> {
+        Box::pin(async move {
+            let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT name, reason FROM {}.quarantine WHERE subscription = $1 ORDER BY position",
+                self.schema.name
+            )))
+            .bind(subscription)
+            .fetch_all(&self.schema.pool)
+            .await
+            .expect("read the quarantine");
+            rows.into_iter()
+                .map(|(name, reason)| Quarantined { name, reason })
                 .collect()
         })
     }

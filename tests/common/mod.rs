@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 pub mod faulty;
+pub mod pg;
 
 use eventbus::testing::Recorder;
 use eventbus::{AnyEvent, BoxError, Bus, Consumer, SqliteLog, Track, Trackable, event, register};
@@ -178,4 +179,16 @@ pub fn v1_file(path: &Path, letters: &[u64]) {
         )
         .unwrap();
     }
+}
+
+/// An error and its sources, joined: what a log line shows of it.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(next) = source {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        source = next.source();
+    }
+    text
 }

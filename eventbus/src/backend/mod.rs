@@ -16,6 +16,8 @@
 mod batch;
 pub(crate) mod error;
 mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod watermark;
@@ -24,6 +26,8 @@ pub(crate) mod writer;
 pub use self::batch::Batch;
 pub use self::error::{ReadError, StoreError, WriteError};
 pub use self::memory::MemoryLog;
+#[cfg(feature = "postgres")]
+pub use self::postgres::{PostgresError, PostgresLog, PostgresLogBuilder};
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteLog;
 pub use self::watermark::Watermark;
@@ -185,12 +189,30 @@ pub trait Reader: Send + Debug {
     /// returns [`ReadError::ClaimLost`] and commits nothing.
     async fn commit(&mut self, up_to: Position) -> Result<(), ReadError>;
 
+    /// The subscription stopped, after its last commit. A backend whose
+    /// subscriptions several processes share lets another process take
+    /// this one over now, rather than when its claim runs out. Default:
+    /// nothing to do.
+    async fn stop(&mut self) -> Result<(), ReadError> {
+        Ok(())
+    }
+
     /// The position of the next delivery [`next`](Reader::next) returns.
     fn position(&self) -> Position;
 
     /// How many events this subscription has not finished, as far as the
     /// backend knows; `None` when it cannot tell cheaply.
     fn lag(&self) -> Option<u64> {
+        None
+    }
+
+    /// For a reader whose positions are its own rather than those
+    /// [`Backend::append`] returns (a log read in an order of its own):
+    /// the append position before which every event is finished, as of the
+    /// last [`commit`](Reader::commit). [`Bus::drain`](crate::Bus::drain)
+    /// compares it with what this process appended. Default `None`: the
+    /// reader's positions are the append positions.
+    fn appended_done(&self) -> Option<Position> {
         None
     }
 }

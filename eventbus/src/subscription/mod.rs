@@ -335,7 +335,14 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             stall: Arc::default(),
             counters: Default::default(),
             done: watch::Sender::new(start),
-            known_head: AtomicU64::new(start.saturating_add(reader.lag().unwrap_or(0))),
+            known_head: AtomicU64::new(
+                reader
+                    .appended_done()
+                    .unwrap_or(start)
+                    .saturating_add(reader.lag().unwrap_or(0)),
+            ),
+            own_positions: reader.appended_done().is_some(),
+            appended_done: AtomicU64::new(reader.appended_done().unwrap_or(0)),
             replays: Arc::new(AtomicU64::new(0)),
             stop: AtomicBool::new(false),
             paused: watch::Sender::new(false),

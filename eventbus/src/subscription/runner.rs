@@ -164,6 +164,9 @@ impl<C: Consumer> Runner<C> {
     async fn release(&mut self, done: Position) {
         let state = &self.deliverer.state;
         if done <= *state.done.borrow() {
+            // Nothing to commit, but a reader with positions of its own may
+            // have found its place in append order moved.
+            self.publish_appended();
             return;
         }
         if self.durable {
@@ -198,16 +201,33 @@ impl<C: Consumer> Runner<C> {
         if failures.reset() {
             state.stall.clear();
         }
+        if let Some(appended) = self.reader.appended_done() {
+            state.appended_done.fetch_max(appended, SeqCst);
+        }
         state.set_done(done);
         let metrics = &self.deliverer.metrics;
         metrics
             .in_flight
             .set(state.counters.in_flight.load(Relaxed) as f64);
         if let Some(lag) = self.reader.lag() {
+            // In the positions `drain` compares: the reader's own, or
+            // append positions for a reader with positions of its own.
+            let base = self.reader.appended_done().unwrap_or(done);
             state
                 .known_head
-                .fetch_max(done.saturating_add(lag), Relaxed);
+                .fetch_max(base.saturating_add(lag), Relaxed);
             metrics.lag.set(lag as f64);
+        }
+    }
+
+    /// Passes on where a reader with positions of its own stands in append
+    /// order, waking `drain` if that moved.
+    fn publish_appended(&self) {
+        let state = &self.deliverer.state;
+        if let Some(appended) = self.reader.appended_done()
+            && state.appended_done.fetch_max(appended, SeqCst) < appended
+        {
+            state.done.send_modify(|_| {});
         }
     }
 
@@ -263,6 +283,15 @@ impl<C: Consumer> Runner<C> {
             let read = self.read;
             let done = watermark.map_or(read, |w| w.done(read));
             self.release(done).await;
+        }
+        if !self.claim_lost
+            && let Err(err) = self.reader.stop().await
+        {
+            tracing::warn!(
+                subscription = %state.name,
+                error = %error_chain(&err).join(": "),
+                "could not give the subscription up; another process takes it once its claim runs out",
+            );
         }
         self.deliverer.metrics.lag.set(0.0);
         state.mark_finished();

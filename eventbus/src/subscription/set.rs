@@ -204,8 +204,14 @@ impl SubscriptionSet {
                 }
                 // Replays change no position; their runner pings `done`
                 // when one finishes, which re-runs this check.
+                let reached = if state.own_positions {
+                    done.borrow_and_update();
+                    state.appended_done.load(SeqCst)
+                } else {
+                    *done.borrow_and_update()
+                };
                 if state.finished.load(SeqCst)
-                    || (*done.borrow_and_update() >= target && state.replays.load(SeqCst) == 0)
+                    || (reached >= target && state.replays.load(SeqCst) == 0)
                 {
                     break;
                 }

@@ -76,6 +76,14 @@ pub(crate) struct State {
     /// `done`: read together with a `done` of another moment, a count
     /// would point past every event and `drain` would wait forever.
     pub(crate) known_head: AtomicU64,
+    /// Set when the backend's reader hands out positions of its own (see
+    /// [`Reader::appended_done`](crate::backend::Reader::appended_done)):
+    /// `drain` then compares what this process appended with
+    /// `appended_done`, not with `done`.
+    pub(crate) own_positions: bool,
+    /// Every event appended before this position is finished, as the
+    /// reader said at its last commit; with `own_positions` only.
+    pub(crate) appended_done: AtomicU64,
     /// Replays sent but not yet finished.
     pub(crate) replays: Arc<AtomicU64>,
     pub(crate) stop: AtomicBool,
@@ -111,9 +119,12 @@ impl State {
             dead_lettered: c.dead_lettered.load(Relaxed),
             filtered: c.filtered.load(Relaxed),
             in_flight: c.in_flight.load(Relaxed),
-            lag: head
-                .max(self.known_head.load(Relaxed))
-                .saturating_sub(*self.done.borrow()),
+            lag: if self.own_positions {
+                head.saturating_sub(self.appended_done.load(Relaxed))
+            } else {
+                head.max(self.known_head.load(Relaxed))
+                    .saturating_sub(*self.done.borrow())
+            },
             replaying: self.replays.load(Relaxed),
             buffered: c.buffered.load(Relaxed),
             stalled: self.stall.get().map(|s| s.reason),

@@ -1,0 +1,174 @@
+//! Errors of the PostgreSQL outbox.
+
+use crate::backend::{ReadError, StoreError, WriteError};
+
+/// Returned by [`PostgresLog`](super::PostgresLog) when the database cannot
+/// be used, and the source of the read, write and store errors it returns.
+/// A URL in an error never shows its password.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PostgresError {
+    /// No connection could be made.
+    #[error("cannot connect to PostgreSQL at {url}")]
+    Connect {
+        /// The URL, its password replaced by `***`.
+        url: String,
+        /// What the driver reported.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A statement failed; `doing` says what the outbox was doing.
+    #[error("PostgreSQL failed while {doing}")]
+    Query {
+        /// What the outbox was doing.
+        doing: &'static str,
+        /// What the server or the driver reported.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The schema name is not a plain lower-case identifier.
+    #[error(
+        "`{0}` is not a usable schema name: use lower-case letters, digits and `_`, starting with a letter or `_`, at most 48 characters"
+    )]
+    SchemaName(String),
+    /// The database is not the cluster the cursors were written on: it
+    /// was restored from a dump, or the URL points somewhere else.
+    /// Transaction ids start over in a restored cluster, so reading on would
+    /// skip events.
+    #[error(
+        "the outbox in schema `{schema}` was written on PostgreSQL cluster {stored}, but this is cluster {found} (a dump and restore, or another server); reading on would skip events. Re-base it once every event was delivered: `UPDATE {schema}.cursors SET tx_id = '0', start_snapshot = NULL, position = (SELECT coalesce(max(position), 0) FROM {schema}.events); UPDATE {schema}.events SET tx_id = '0'; UPDATE {schema}.cluster SET system_identifier = '{found}';`"
+    )]
+    ClusterChanged {
+        /// The schema of the outbox.
+        schema: String,
+        /// The cluster the outbox was written on.
+        stored: String,
+        /// The cluster connected to now.
+        found: String,
+    },
+    /// The outbox's schema was written by a newer eventbus.
+    #[error(
+        "schema `{schema}` has outbox layout version {found}, newer than the {supported} this eventbus knows; upgrade eventbus"
+    )]
+    NewerLayout {
+        /// The schema of the outbox.
+        schema: String,
+        /// The version found.
+        found: i32,
+        /// The newest version this code knows.
+        supported: i32,
+    },
+    /// A table of the outbox exists with another shape than the outbox
+    /// needs: another application's table, or a bad manual migration.
+    #[error(
+        "table `{schema}.{table}` does not have the shape the outbox needs ({detail}); point the outbox at another schema, or repair the table"
+    )]
+    Shape {
+        /// The schema of the outbox.
+        schema: String,
+        /// The table.
+        table: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A transaction id or a transaction's event count is past what a
+    /// subscription's positions can number (2^40 transactions, 2^24 events
+    /// in one transaction).
+    #[error(
+        "the outbox cannot number {0}: past 2^40 transaction ids or 2^24 events in one transaction"
+    )]
+    OutOfRange(String),
+    /// An event could not be turned into JSON.
+    #[error("the event could not be encoded as JSON")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl PostgresError {
+    pub(crate) fn query(doing: &'static str) -> impl FnOnce(sqlx::Error) -> PostgresError {
+        move |source| PostgresError::Query { doing, source }
+    }
+
+    /// Whether retrying cannot help: the layout or the cluster is wrong.
+    fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            PostgresError::ClusterChanged { .. }
+                | PostgresError::NewerLayout { .. }
+                | PostgresError::Shape { .. }
+                | PostgresError::OutOfRange(_)
+        )
+    }
+}
+
+impl From<PostgresError> for WriteError {
+    fn from(err: PostgresError) -> Self {
+        if err.is_damage() {
+            WriteError::Damaged(Box::new(err))
+        } else {
+            WriteError::Failed(Box::new(err))
+        }
+    }
+}
+
+impl From<PostgresError> for ReadError {
+    fn from(err: PostgresError) -> Self {
+        if err.is_damage() {
+            ReadError::Damaged(Box::new(err))
+        } else {
+            ReadError::Failed(Box::new(err))
+        }
+    }
+}
+
+impl From<PostgresError> for StoreError {
+    fn from(err: PostgresError) -> Self {
+        if err.is_damage() {
+            StoreError::Damaged(Box::new(err))
+        } else {
+            StoreError::Failed(Box::new(err))
+        }
+    }
+}
+
+/// `url` with its password, if any, replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The user info ends at the last `@` before the path.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let hidden = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!("{scheme}://{hidden}{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            redact("postgres://app:s3cr%40t@db.internal:5432/app"),
+            "postgres://app:***@db.internal:5432/app"
+        );
+        assert_eq!(
+            redact("postgres://app:p@ss@db/app"),
+            "postgres://app:***@db/app"
+        );
+        assert_eq!(redact("postgres://app@db/app"), "postgres://app@db/app");
+        assert_eq!(redact("postgres://db/app"), "postgres://db/app");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+}

@@ -1,0 +1,430 @@
+//! A transactional outbox on PostgreSQL, shared by every replica of a
+//! service.
+//!
+//! Events are rows of `{schema}.events`, written in the caller's own
+//! transaction ([`PostgresLog::notify_in`]) or in one of their own
+//! ([`Bus::notify`](crate::Bus::notify)): a rollback emits nothing, and
+//! subscriptions see an event only once it is committed. Each subscription
+//! reads in (transaction id, position) order and only below the oldest
+//! transaction still running, so a transaction that commits after a later
+//! one is never skipped. One process at a time holds a subscription, on a
+//! lease it renews; when it dies, another takes over after the lease time,
+//! and a process that finds its lease taken stops without committing.
+//! Processes wake up through LISTEN/NOTIFY on one connection each, and poll
+//! as the fallback. Dead letters live in `{schema}.dead_letters`, where any
+//! process lists and replays them.
+
+mod error;
+mod reader;
+mod schema;
+mod stores;
+
+pub use self::error::PostgresError;
+
+// Every dynamic statement only puts in the schema name, which is
+// checked to be a plain identifier when the outbox connects.
+use self::reader::PgReader;
+use self::stores::PgStores;
+use super::{
+    Backend, Capabilities, DeadLetterStore, Position, ReadError, Reader, RetryStore, StartFrom,
+    WriteError,
+};
+use crate::event::AnyEvent;
+use async_trait::async_trait;
+use sqlx::AssertSqlSafe;
+use sqlx::Connection;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// A transactional outbox on PostgreSQL, for a [`Bus`](crate::Bus) whose
+/// events commit or roll back with the business rows, and which several
+/// replicas of a service share.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use eventbus::{Bus, PostgresLog};
+///
+/// let log = PostgresLog::builder()
+///     .url("postgres://app@127.0.0.1/app")
+///     .connect()
+///     .await?;
+/// let bus = Bus::builder().backend(log.clone()).build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    schema: String,
+    /// The LISTEN/NOTIFY channel of this schema.
+    channel: String,
+    /// This process's identity on the leases it holds.
+    owner: uuid::Uuid,
+    lease: Duration,
+    poll: Duration,
+    notify_on_commit: bool,
+    closed: AtomicBool,
+    /// Woken by the listener on every notification and after every
+    /// reconnect, and by [`Backend::close`].
+    wake: Notify,
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Configures a [`PostgresLog`]; from [`PostgresLog::builder`].
+#[derive(Debug, Clone)]
+pub struct PostgresLogBuilder {
+    url: Option<String>,
+    pool: Option<PgPool>,
+    schema: String,
+    lease: Duration,
+    poll: Duration,
+    notify_on_commit: bool,
+}
+
+impl PostgresLog {
+    /// Starts configuring an outbox. It needs a [`url`](PostgresLogBuilder::url)
+    /// or a [`pool`](PostgresLogBuilder::pool).
+    pub fn builder() -> PostgresLogBuilder {
+        PostgresLogBuilder {
+            url: None,
+            pool: None,
+            schema: "eventbus".to_owned(),
+            lease: Duration::from_secs(10),
+            poll: Duration::from_millis(500),
+            notify_on_commit: true,
+        }
+    }
+
+    /// Writes `event` in the caller's transaction (or on its connection):
+    /// subscriptions, in this process and others, see it once that
+    /// transaction commits, and never if it rolls back.
+    ///
+    /// # Errors
+    ///
+    /// [`PostgresError::Encode`] when the event does not serialize, and
+    /// [`PostgresError::Query`] when the insert fails; the caller's
+    /// transaction is then aborted, as with any failed statement.
+    ///
+    /// ```no_run
+    /// # use eventbus::{PostgresLog, event};
+    /// # #[event] struct UserCreated { user_id: i64 }
+    /// # async fn run(log: PostgresLog, pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = pool.begin().await?;
+    /// sqlx::query("INSERT INTO users (id) VALUES (42)").execute(&mut *tx).await?;
+    /// log.notify_in(&mut tx, UserCreated::new(42)).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn notify_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        event: impl Into<AnyEvent>,
+    ) -> Result<Position, PostgresError> {
+        self.insert(conn, &event.into()).await
+    }
+
+    async fn insert(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        event: &AnyEvent,
+    ) -> Result<Position, PostgresError> {
+        let inner = &self.inner;
+        let payload = event.to_json_bytes().map_err(PostgresError::Encode)?;
+        let payload = String::from_utf8(payload).expect("serde_json writes UTF-8");
+        let position: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "INSERT INTO {}.events (event_id, name, version, payload) VALUES ($1, $2, $3, $4::jsonb) RETURNING position",
+            inner.schema
+        )))
+        .bind(event.meta().id)
+        .bind(event.name())
+        .bind(event.version() as i32)
+        .bind(payload)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(PostgresError::query("inserting an event"))?;
+        if inner.notify_on_commit {
+            // Delivered at commit, and not at all on a rollback; identical
+            // notifications of one transaction arrive as one.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(&inner.channel)
+                .execute(&mut *conn)
+                .await
+                .map_err(PostgresError::query("notifying the listeners"))?;
+        }
+        Ok(position as Position)
+    }
+
+    /// The connection pool the outbox uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema the outbox's tables are in.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+}
+
+impl PostgresLogBuilder {
+    /// The server to connect to: `postgres://user:password@host:port/db`.
+    #[must_use]
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// A pool the service already has, instead of a URL. The outbox takes
+    /// one more connection for LISTEN.
+    #[must_use]
+    pub fn pool(mut self, pool: PgPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The schema of the outbox's tables. Default `eventbus`. Lower-case
+    /// letters, digits and `_`.
+    #[must_use]
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// How long a process holds a subscription without renewing it: a
+    /// process that dies is taken over after this long. Default 10 s.
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How often a subscription looks for new events when no notification
+    /// wakes it. Default 500 ms.
+    #[must_use]
+    pub fn poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Whether each write sends a NOTIFY, so subscriptions wake at once.
+    /// Default on. A NOTIFY takes a lock at commit shared by the whole
+    /// cluster, and does not pass pgbouncer in transaction mode; turned
+    /// off, subscriptions find events by polling.
+    #[must_use]
+    pub fn notify_on_commit(mut self, on: bool) -> Self {
+        self.notify_on_commit = on;
+        self
+    }
+
+    /// Connects, creates or upgrades the outbox's tables, and starts
+    /// listening for notifications.
+    ///
+    /// # Errors
+    ///
+    /// [`PostgresError::Connect`] when the server cannot be reached (the
+    /// URL's password hidden); [`PostgresError::ClusterChanged`] when the
+    /// database is not the cluster the outbox was written on;
+    /// [`PostgresError::Shape`] when a table exists with another shape;
+    /// [`PostgresError::NewerLayout`], [`PostgresError::SchemaName`], and
+    /// [`PostgresError::Query`] for anything else the server refused
+    /// (missing permissions among them).
+    pub async fn connect(self) -> Result<PostgresLog, PostgresError> {
+        if !schema::valid_schema(&self.schema) {
+            return Err(PostgresError::SchemaName(self.schema));
+        }
+        let pool = match (self.pool, &self.url) {
+            (Some(pool), _) => pool,
+            (None, Some(url)) => {
+                let unreachable = |source| PostgresError::Connect {
+                    url: error::redact(url),
+                    source,
+                };
+                let options: PgConnectOptions = url.parse().map_err(unreachable)?;
+                // One connection first, so an unreachable server or a
+                // refused login fails now, not after the pool's retries.
+                let probe = PgConnection::connect_with(&options)
+                    .await
+                    .map_err(unreachable)?;
+                drop(probe);
+                PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_lazy_with(options)
+            }
+            (None, None) => {
+                return Err(PostgresError::Connect {
+                    url: String::new(),
+                    source: sqlx::Error::Configuration(
+                        "the outbox needs a URL or a pool: PostgresLog::builder().url(..)".into(),
+                    ),
+                });
+            }
+        };
+        schema::prepare(&pool, &self.schema).await?;
+        let log = PostgresLog {
+            inner: Arc::new(Inner {
+                channel: format!("eventbus_{}", self.schema),
+                pool,
+                schema: self.schema,
+                owner: uuid::Uuid::now_v7(),
+                lease: self.lease.max(Duration::from_millis(100)),
+                poll: self.poll.max(Duration::from_millis(1)),
+                notify_on_commit: self.notify_on_commit,
+                closed: AtomicBool::new(false),
+                wake: Notify::new(),
+                listener: std::sync::Mutex::new(None),
+            }),
+        };
+        let listener = tokio::spawn(listen(Arc::downgrade(&log.inner)));
+        *log.inner.listener.lock().expect("listener lock") = Some(listener);
+        Ok(log)
+    }
+}
+
+/// The process's one LISTEN connection, fanned out to every subscription
+/// through `Inner::wake`. Reconnects after a failure, and wakes everyone
+/// after every (re)connect: notifications sent while it was away are lost,
+/// so the subscriptions look for themselves.
+async fn listen(inner: std::sync::Weak<Inner>) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let channel = strong.channel.clone();
+        let connected = async {
+            let mut listener = PgListener::connect_with(&strong.pool).await?;
+            listener.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        let mut listener = match connected {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?wait, "cannot LISTEN for new events; subscriptions poll meanwhile");
+                drop(strong);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        wait = Duration::from_millis(100);
+        strong.wake.notify_waiters();
+        drop(strong);
+        loop {
+            // `try_recv` reports a lost connection as `None` rather than
+            // reconnecting silently, so the wake-up after it is not missed.
+            match listener.try_recv().await {
+                Ok(Some(_)) => match inner.upgrade() {
+                    Some(strong) => strong.wake.notify_waiters(),
+                    None => return,
+                },
+                Ok(None) => {
+                    match inner.upgrade() {
+                        Some(strong) => strong.wake.notify_waiters(),
+                        None => return,
+                    }
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "lost the LISTEN connection; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.get_mut().expect("listener lock").take() {
+            listener.abort();
+        }
+    }
+}
+
+impl fmt::Debug for PostgresLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresLog")
+            .field("schema", &self.inner.schema)
+            .field("owner", &self.inner.owner)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresLog {
+    /// Durable, shared by processes (one holds a subscription at a time),
+    /// and ordered. Retries run in the process holding the subscription; their
+    /// schedules are kept in `{schema}.retries`, so a process that takes a
+    /// subscription over resumes them.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .durable(true)
+            .shared_subscriptions(true)
+            .ordered(true)
+    }
+
+    async fn append(&self, event: AnyEvent) -> Result<Position, WriteError> {
+        if self.inner.closed.load(SeqCst) {
+            return Err(WriteError::Closed(event));
+        }
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(PostgresError::query(
+                "taking a connection to write an event",
+            ))?;
+        // One statement per transaction when notifying is off; with NOTIFY
+        // both go in one.
+        let position = if self.inner.notify_on_commit {
+            let mut tx = sqlx::Connection::begin(&mut *conn)
+                .await
+                .map_err(PostgresError::query("starting a transaction"))?;
+            let position = self.insert(&mut tx, &event).await?;
+            tx.commit()
+                .await
+                .map_err(PostgresError::query("committing an event"))?;
+            position
+        } else {
+            self.insert(&mut conn, &event).await?
+        };
+        Ok(position)
+    }
+
+    async fn reader(
+        &self,
+        subscription: &str,
+        from: StartFrom,
+    ) -> Result<Box<dyn Reader>, ReadError> {
+        Ok(Box::new(
+            PgReader::open(Arc::clone(&self.inner), subscription, from).await?,
+        ))
+    }
+
+    fn close(&self) {
+        self.inner.closed.store(true, SeqCst);
+        self.inner.wake.notify_waiters();
+    }
+
+    fn dead_letter_store(&self) -> Option<Arc<dyn DeadLetterStore>> {
+        Some(Arc::new(PgStores {
+            inner: Arc::clone(&self.inner),
+        }))
+    }
+
+    fn retry_store(&self) -> Option<Arc<dyn RetryStore>> {
+        Some(Arc::new(PgStores {
+            inner: Arc::clone(&self.inner),
+        }))
+    }
+}

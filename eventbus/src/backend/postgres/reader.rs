@@ -1,0 +1,537 @@
+//! One subscription's reader of the outbox: claims the subscription on a
+//! lease, reads committed events in (transaction id, position) order below
+//! the oldest running transaction, and commits the last finished one.
+//!
+//! Positions handed to the subscription are the reader's own: the outbox's
+//! order is a pair (transaction id, position), not one number, so each row
+//! is numbered `transaction id << 24 | its rank in the transaction`. That
+//! number grows in read order and is the same in every process and after
+//! every restart, so retry schedules are kept under it. The reader maps it
+//! back to its row when the subscription commits.
+
+// Every dynamic statement only puts in the schema name, which is
+// checked to be a plain identifier when the outbox connects.
+use super::Inner;
+use super::error::PostgresError;
+use crate::backend::{Batch, Position, ReadError, Reader, StartFrom};
+use crate::event::AnyEvent;
+use async_trait::async_trait;
+use sqlx::AssertSqlSafe;
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+/// A row's place in the outbox's read order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RowKey {
+    /// The writing transaction's id, as PostgreSQL prints an `xid8`.
+    tx_id: String,
+    position: i64,
+    /// How many rows of the same transaction come before it; -1 for a
+    /// place before the transaction's first row.
+    rank: i64,
+}
+
+/// Bits of a reader position that hold the rank within a transaction.
+const RANK_BITS: u32 = 24;
+
+impl RowKey {
+    /// The position the subscription sees for this row.
+    fn key(&self) -> Result<Position, PostgresError> {
+        let tx: u64 = self.tx_id.parse().unwrap_or(u64::MAX);
+        if tx >= 1 << (64 - RANK_BITS) || self.rank >= 1 << RANK_BITS {
+            return Err(PostgresError::OutOfRange(format!(
+                "transaction {} with {} events before this one",
+                self.tx_id, self.rank
+            )));
+        }
+        Ok((tx << RANK_BITS) | self.rank.max(0) as u64)
+    }
+
+    /// The position after this place.
+    fn after(&self) -> Result<Position, PostgresError> {
+        Ok(if self.rank < 0 {
+            self.key()?
+        } else {
+            self.key()? + 1
+        })
+    }
+}
+
+pub(crate) struct PgReader {
+    inner: Arc<Inner>,
+    subscription: String,
+    /// The next position handed out.
+    next: Position,
+    /// Rows handed out and not yet committed, in order, by the position
+    /// they were handed out at.
+    pending: VecDeque<(Position, RowKey)>,
+    /// The last row read: the next read starts after it.
+    read: RowKey,
+    /// The last read filled the batch, so more may be waiting.
+    behind: bool,
+    /// Set when this process holds the subscription.
+    held: Option<Lease>,
+    /// Every event appended before this outbox position is finished.
+    appended_done: Option<Position>,
+    /// Rows were read since `appended_done` was last worked out.
+    place_stale: bool,
+    /// The append position after the newest event, when `appended_done`
+    /// was last worked out.
+    appended_head: Position,
+}
+
+/// The subscription's lease, renewed in the background while held.
+struct Lease {
+    lost: Arc<AtomicBool>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+impl fmt::Debug for PgReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgReader")
+            .field("subscription", &self.subscription)
+            .field("next", &self.next)
+            .field("read", &self.read)
+            .field("held", &self.held.is_some())
+            .finish()
+    }
+}
+
+/// Rows read at once at most, whatever the subscription asks for.
+const MAX_ROWS: usize = 1000;
+
+impl PgReader {
+    pub(crate) async fn open(
+        inner: Arc<Inner>,
+        subscription: &str,
+        from: StartFrom,
+    ) -> Result<PgReader, PostgresError> {
+        let schema = &inner.schema;
+        let recorded = match from {
+            StartFrom::Beginning => sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {schema}.cursors (subscription, tx_id, position)
+                 VALUES ($1, '0', 0) ON CONFLICT (subscription) DO NOTHING"
+            ))),
+            // Everything this snapshot sees counts as before the start;
+            // rows of transactions still running then come after it.
+            StartFrom::Now => sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {schema}.cursors (subscription, tx_id, position, start_snapshot)
+                 SELECT $1, pg_snapshot_xmin(s), -1, s FROM pg_current_snapshot() AS s
+                 ON CONFLICT (subscription) DO NOTHING"
+            ))),
+        };
+        recorded
+            .bind(subscription)
+            .execute(&inner.pool)
+            .await
+            .map_err(PostgresError::query("recording a new subscription"))?;
+        let (tx_id, position): (String, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT tx_id::text, position FROM {schema}.cursors WHERE subscription = $1"
+        )))
+        .bind(subscription)
+        .fetch_one(&inner.pool)
+        .await
+        .map_err(PostgresError::query("reading a subscription's position"))?;
+        let mut reader = PgReader {
+            inner,
+            subscription: subscription.to_owned(),
+            next: 0,
+            pending: VecDeque::new(),
+            read: RowKey {
+                tx_id: String::new(),
+                position: 0,
+                rank: -1,
+            },
+            behind: true,
+            held: None,
+            appended_done: None,
+            place_stale: false,
+            appended_head: 0,
+        };
+        reader.place(tx_id, position).await?;
+        reader.appended_done = Some(reader.appended_done_now().await?);
+        Ok(reader)
+    }
+
+    /// Reads on after the row (`tx_id`, `position`): the subscription's
+    /// committed place.
+    async fn place(&mut self, tx_id: String, position: i64) -> Result<(), PostgresError> {
+        let rank: i64 = if position < 0 {
+            -1
+        } else {
+            sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT count(*) FROM {}.events WHERE tx_id = $1::xid8 AND position < $2",
+                self.inner.schema
+            )))
+            .bind(&tx_id)
+            .bind(position)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(PostgresError::query("finding a subscription's place"))?
+        };
+        self.read = RowKey {
+            tx_id,
+            position,
+            rank,
+        };
+        self.next = self.read.after()?;
+        Ok(())
+    }
+
+    /// Takes the subscription if nobody holds it, or its holder's lease
+    /// ran out; then reads on from its committed row. `false` when another
+    /// process holds it.
+    async fn claim(&mut self) -> Result<bool, PostgresError> {
+        let inner = &self.inner;
+        let claimed: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE {}.cursors
+             SET owner = $2, lease_until = now() + make_interval(secs => $3), updated_at = now()
+             WHERE subscription = $1 AND (owner IS NULL OR owner = $2 OR lease_until < now())
+             RETURNING tx_id::text, position",
+            inner.schema
+        )))
+        .bind(&self.subscription)
+        .bind(inner.owner)
+        .bind(inner.lease.as_secs_f64())
+        .fetch_optional(&inner.pool)
+        .await
+        .map_err(PostgresError::query("claiming a subscription"))?;
+        let Some((tx_id, position)) = claimed else {
+            return Ok(false);
+        };
+        // What another holder committed since, or what this one committed
+        // before a restart: positions handed out start over from here.
+        tracing::debug!(subscription = %self.subscription, %tx_id, position, "claimed the subscription");
+        self.place(tx_id, position).await?;
+        self.pending.clear();
+        self.behind = true;
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewer = tokio::spawn(renew(
+            Arc::clone(&self.inner),
+            self.subscription.clone(),
+            Arc::clone(&lost),
+        ));
+        self.held = Some(Lease { lost, renewer });
+        Ok(true)
+    }
+
+    fn lost(&self) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|lease| lease.lost.load(SeqCst))
+    }
+
+    fn claim_lost(&self) -> ReadError {
+        ReadError::ClaimLost(format!(
+            "the lease on `{}` ran out and another process took the subscription over",
+            self.subscription
+        ))
+    }
+
+    async fn read_rows(&mut self, max: usize) -> Result<Option<Batch>, PostgresError> {
+        let inner = Arc::clone(&self.inner);
+        let schema = &inner.schema;
+        let limit = max.clamp(1, MAX_ROWS);
+        let rows: Vec<(i64, String, String, i32, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT e.position, e.tx_id::text AS tx_text, e.name, e.version, e.payload::text
+             FROM {schema}.events e, {schema}.cursors c
+             WHERE c.subscription = $4
+               AND (e.tx_id, e.position) > ($1::xid8, $2)
+               AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+               AND (c.start_snapshot IS NULL OR NOT pg_visible_in_snapshot(e.tx_id, c.start_snapshot))
+             ORDER BY e.tx_id, e.position LIMIT $3"
+        )))
+        .bind(&self.read.tx_id)
+        .bind(self.read.position)
+        .bind(limit as i64)
+        .bind(&self.subscription)
+        .fetch_all(&inner.pool)
+        .await
+        .map_err(PostgresError::query("reading events"))?;
+        if rows.is_empty() {
+            self.behind = false;
+            return Ok(None);
+        }
+        let full = rows.len() >= limit;
+        tracing::trace!(
+            subscription = %self.subscription,
+            after = ?self.read,
+            rows = rows.len(),
+            first = ?(&rows[0].1, rows[0].0),
+            "read events",
+        );
+        let mut events = Vec::with_capacity(rows.len());
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut last = self.read.clone();
+        for (position, tx_id, name, version, payload) in rows {
+            let rank = if tx_id == last.tx_id {
+                last.rank + 1
+            } else {
+                0
+            };
+            let row = RowKey {
+                tx_id,
+                position,
+                rank,
+            };
+            let at = row.key()?;
+            match decode(&name, version, &payload) {
+                Ok(event) => events.push((at, event)),
+                Err(reason) => {
+                    tracing::error!(
+                        subscription = %self.subscription,
+                        position,
+                        event = %name,
+                        %reason,
+                        "an event in the outbox does not decode; it is quarantined and the subscription goes on",
+                    );
+                    sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO {schema}.quarantine (subscription, position, name, version, payload, reason)
+                         VALUES ($1, $2, $3, $4, $5::jsonb, $6) ON CONFLICT DO NOTHING"
+                    )))
+                    .bind(&self.subscription)
+                    .bind(position)
+                    .bind(&name)
+                    .bind(version)
+                    .bind(&payload)
+                    .bind(&reason)
+                    .execute(&inner.pool)
+                    .await
+                    .map_err(PostgresError::query("quarantining an event that does not decode"))?;
+                }
+            }
+            keys.push((at, row.clone()));
+            last = row;
+        }
+        // Only now, with nothing left to await: a read cut short changes
+        // nothing, and is read again.
+        let end = last.after()?;
+        self.pending.extend(keys);
+        self.next = end;
+        self.read = last;
+        self.behind = full;
+        Ok(Some(Batch::from_events_until(events, end)))
+    }
+
+    /// Where the subscription stands in the order of appended positions:
+    /// the first event not finished, or past the last event when all are.
+    async fn appended_done_now(&mut self) -> Result<Position, PostgresError> {
+        let schema = &self.inner.schema;
+        let (unfinished, last): (Option<i64>, Option<i64>) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT (SELECT min(e.position) FROM {schema}.events e, {schema}.cursors c
+                     WHERE c.subscription = $3 AND (e.tx_id, e.position) > ($1::xid8, $2)
+                       AND (c.start_snapshot IS NULL OR NOT pg_visible_in_snapshot(e.tx_id, c.start_snapshot))),
+                    (SELECT max(position) FROM {schema}.events)"
+        )))
+        .bind(&self.read.tx_id)
+        .bind(self.read.position)
+        .bind(&self.subscription)
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query("finding the subscription's place"))?;
+        let head = last.map_or(0, |l| l as Position + 1);
+        self.appended_head = head;
+        Ok(unfinished.map_or(head, |p| p as Position))
+    }
+}
+
+/// Decodes a row, or says why it is not an event of this binary.
+fn decode(name: &str, version: i32, payload: &str) -> Result<AnyEvent, String> {
+    let version = u32::try_from(version)
+        .map_err(|_| format!("the stored version {version} is not a version"))?;
+    crate::registry::registry()
+        .decode(name, version, payload.as_bytes())
+        .map_err(|err| crate::failure::error_chain(&err).join(": "))
+}
+
+/// Renews the lease of `subscription` a few times per lease; sets `lost`
+/// and wakes the reader when it finds another process holds it.
+async fn renew(inner: Arc<Inner>, subscription: String, lost: Arc<AtomicBool>) {
+    let every = inner.lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let renewed = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {}.cursors SET lease_until = now() + make_interval(secs => $3)
+             WHERE subscription = $1 AND owner = $2",
+            inner.schema
+        )))
+        .bind(&subscription)
+        .bind(inner.owner)
+        .bind(inner.lease.as_secs_f64())
+        .execute(&inner.pool)
+        .await;
+        match renewed {
+            Ok(done) if done.rows_affected() == 0 => {
+                lost.store(true, SeqCst);
+                inner.wake.notify_waiters();
+                return;
+            }
+            Ok(_) => {}
+            // The server may be back before the lease runs out; if it is
+            // not, the next commit finds the lease gone.
+            Err(err) => tracing::warn!(
+                subscription = %subscription,
+                error = %err,
+                "could not renew the subscription's lease",
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl Reader for PgReader {
+    async fn next(&mut self, max: usize) -> Result<Option<Batch>, ReadError> {
+        loop {
+            if self.lost() {
+                return Err(self.claim_lost());
+            }
+            let inner = Arc::clone(&self.inner);
+            // Armed before looking, so a notification in between is kept.
+            let mut woken = pin!(inner.wake.notified());
+            woken.as_mut().enable();
+            let closed = inner.closed.load(SeqCst);
+            if self.held.is_none() && !self.claim().await? {
+                if closed {
+                    return Ok(None);
+                }
+                // Another process holds it: try again when its lease may
+                // have run out.
+                tokio::select! {
+                    () = woken => {}
+                    () = tokio::time::sleep(inner.lease / 2) => {}
+                }
+                continue;
+            }
+            if let Some(batch) = self.read_rows(max).await? {
+                self.place_stale = true;
+                return Ok(Some(batch));
+            }
+            // Caught up with nothing unfinished: where that leaves the
+            // subscription in append order, for `drain`, if it moved.
+            if self.place_stale && self.pending.is_empty() {
+                let place = self.appended_done_now().await?;
+                self.place_stale = false;
+                if self.appended_done != Some(place) {
+                    self.appended_done = Some(place);
+                    return Ok(Some(Batch::from_events_until(Vec::new(), self.next)));
+                }
+            }
+            if closed {
+                return Ok(None);
+            }
+            tokio::select! {
+                () = woken => {}
+                () = tokio::time::sleep(inner.poll) => {}
+            }
+        }
+    }
+
+    async fn commit(&mut self, up_to: Position) -> Result<(), ReadError> {
+        if self.lost() {
+            return Err(self.claim_lost());
+        }
+        let Some(split) = self.pending.iter().rposition(|(at, _)| *at < up_to) else {
+            return Ok(());
+        };
+        let key = self.pending[split].1.clone();
+        let inner = &self.inner;
+        let updated = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {}.cursors
+             SET tx_id = $3::xid8, position = $4, lease_until = now() + make_interval(secs => $5), updated_at = now()
+             WHERE subscription = $1 AND owner = $2",
+            inner.schema
+        )))
+        .bind(&self.subscription)
+        .bind(inner.owner)
+        .bind(&key.tx_id)
+        .bind(key.position)
+        .bind(inner.lease.as_secs_f64())
+        .execute(&inner.pool)
+        .await
+        .map_err(PostgresError::query("committing a subscription's position"))?;
+        if updated.rows_affected() == 0 {
+            if let Some(lease) = &self.held {
+                lease.lost.store(true, SeqCst);
+            }
+            return Err(self.claim_lost());
+        }
+        self.pending.drain(..=split);
+        if self.pending.is_empty() && !self.behind {
+            self.appended_done = Some(self.appended_done_now().await?);
+            self.place_stale = false;
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self) -> Result<(), ReadError> {
+        let lost = self.lost();
+        if self.held.take().is_none() || lost {
+            return Ok(());
+        }
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {}.cursors SET owner = NULL, lease_until = NULL
+             WHERE subscription = $1 AND owner = $2",
+            self.inner.schema
+        )))
+        .bind(&self.subscription)
+        .bind(self.inner.owner)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query("giving a subscription up"))?;
+        Ok(())
+    }
+
+    fn position(&self) -> Position {
+        self.next
+    }
+
+    fn appended_done(&self) -> Option<Position> {
+        self.appended_done
+    }
+
+    /// In append positions: from the first unfinished event to the newest,
+    /// as of the last time the reader worked its place out.
+    fn lag(&self) -> Option<u64> {
+        self.appended_done
+            .map(|done| self.appended_head.saturating_sub(done))
+    }
+}
+
+impl Drop for PgReader {
+    /// Gives the subscription up at once, so another process need not wait
+    /// for the lease to run out.
+    fn drop(&mut self) {
+        let lost = self.lost();
+        if self.held.take().is_none() || lost {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        let subscription = std::mem::take(&mut self.subscription);
+        runtime.spawn(async move {
+            let released = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {}.cursors SET owner = NULL, lease_until = NULL
+                 WHERE subscription = $1 AND owner = $2",
+                inner.schema
+            )))
+            .bind(&subscription)
+            .bind(inner.owner)
+            .execute(&inner.pool)
+            .await;
+            if let Err(err) = released {
+                tracing::warn!(subscription = %subscription, error = %err, "could not give up the subscription's lease; another process takes it once it runs out");
+            }
+        });
+    }
+}
