@@ -139,26 +139,38 @@ impl PostgresLog {
         let inner = &self.inner;
         let payload = event.to_json_bytes().map_err(PostgresError::Encode)?;
         let payload = String::from_utf8(payload).expect("serde_json writes UTF-8");
-        let position: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "INSERT INTO {}.events (event_id, name, version, payload) VALUES ($1, $2, $3, $4::jsonb) RETURNING position",
-            inner.schema
-        )))
-        .bind(event.meta().id)
-        .bind(event.name())
-        .bind(event.version() as i32)
-        .bind(payload)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(PostgresError::query("inserting an event"))?;
+        // One statement, so a write of its own is one round trip and
+        // atomic without BEGIN and COMMIT. The NOTIFY is delivered at
+        // commit, and not at all on a rollback; identical notifications of
+        // one transaction arrive as one.
+        let sql = if inner.notify_on_commit {
+            format!(
+                "WITH written AS (
+                     INSERT INTO {}.events (event_id, name, version, payload)
+                     VALUES ($1, $2, $3, $4::jsonb) RETURNING position
+                 )
+                 SELECT position FROM written, pg_notify($5, '')",
+                inner.schema
+            )
+        } else {
+            format!(
+                "INSERT INTO {}.events (event_id, name, version, payload)
+                 VALUES ($1, $2, $3, $4::jsonb) RETURNING position",
+                inner.schema
+            )
+        };
+        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+            .bind(event.meta().id)
+            .bind(event.name())
+            .bind(event.version() as i32)
+            .bind(payload);
         if inner.notify_on_commit {
-            // Delivered at commit, and not at all on a rollback; identical
-            // notifications of one transaction arrive as one.
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(&inner.channel)
-                .execute(&mut *conn)
-                .await
-                .map_err(PostgresError::query("notifying the listeners"))?;
+            query = query.bind(&inner.channel);
         }
+        let position = query
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(PostgresError::query("inserting an event"))?;
         Ok(position as Position)
     }
 
@@ -384,20 +396,8 @@ impl Backend for PostgresLog {
             .map_err(PostgresError::query(
                 "taking a connection to write an event",
             ))?;
-        // One statement per transaction when notifying is off; with NOTIFY
-        // both go in one.
-        let position = if self.inner.notify_on_commit {
-            let mut tx = sqlx::Connection::begin(&mut *conn)
-                .await
-                .map_err(PostgresError::query("starting a transaction"))?;
-            let position = self.insert(&mut tx, &event).await?;
-            tx.commit()
-                .await
-                .map_err(PostgresError::query("committing an event"))?;
-            position
-        } else {
-            self.insert(&mut conn, &event).await?
-        };
+        // One statement: a transaction of its own.
+        let position = self.insert(&mut conn, &event).await?;
         Ok(position)
     }
 
