@@ -591,3 +591,63 @@ async fn a_replica_killed_mid_stream_is_taken_over_and_nothing_is_lost() {
     assert!(duplicates < 300, "{duplicates} duplicates");
     bus.shutdown().await;
 }
+
+/// A replica standing by can notify and drain: drain returns once the
+/// replica holding the subscription has delivered what it notified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_drains_what_it_notified_once_the_holder_delivered_it() {
+    let schema = schema!();
+    let (holder, _) = bus_on(&schema).await;
+    let (standby, _) = bus_on(&schema).await;
+    let held = Recorder::new();
+    holder
+        .subscribe("audit", held.clone())
+        .start()
+        .await
+        .unwrap();
+    holder.notify(OrderPlaced::new(0)).await.unwrap();
+    within(10, "the holder's drain", holder.drain())
+        .await
+        .unwrap();
+    let stood = Recorder::new();
+    standby
+        .subscribe("audit", stood.clone())
+        .start()
+        .await
+        .unwrap();
+    for id in 1..=5 {
+        standby.notify(OrderPlaced::new(id)).await.unwrap();
+    }
+    within(10, "the standby's drain", standby.drain())
+        .await
+        .unwrap();
+    assert_eq!(order_ids(held.events()), [0, 1, 2, 3, 4, 5]);
+    assert!(stood.is_empty(), "the standby delivered too");
+    standby.shutdown().await;
+    holder.shutdown().await;
+}
+
+/// Two buses on one outbox value (clones) are two claimants: one of them
+/// delivers the subscription, not both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_buses_on_one_outbox_do_not_share_a_claim() {
+    let schema = schema!();
+    let log = schema.log().await;
+    let one = Bus::builder().backend(log.clone()).build().unwrap();
+    let two = Bus::builder().backend(log.clone()).build().unwrap();
+    let (a, b) = (Recorder::new(), Recorder::new());
+    one.subscribe("crm", a.clone()).start().await.unwrap();
+    two.subscribe("crm", b.clone()).start().await.unwrap();
+    for id in 0..10 {
+        one.notify(OrderPlaced::new(id)).await.unwrap();
+    }
+    eventually(10, "delivery", || a.len() + b.len() >= 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        a.len() + b.len(),
+        10,
+        "both buses delivered the subscription"
+    );
+    one.shutdown().await;
+    two.shutdown().await;
+}

@@ -206,13 +206,13 @@ pub trait Reader: Send + Debug {
         None
     }
 
-    /// For a reader whose positions are its own rather than those
-    /// [`Backend::append`] returns (a log read in an order of its own):
-    /// the append position before which every event is finished, as of the
-    /// last [`commit`](Reader::commit). [`Bus::drain`](crate::Bus::drain)
-    /// compares it with what this process appended. Default `None`: the
-    /// reader's positions are the append positions.
-    fn appended_done(&self) -> Option<Position> {
+    /// The position after the newest event this reader knows its backend
+    /// holds, in the reader's positions, for a reader whose positions are
+    /// not numbered one per event (so [`lag`](Reader::lag), a count,
+    /// cannot be added to one). [`Bus::drain`](crate::Bus::drain) waits
+    /// for it. Default `None`: the position after the last commit plus
+    /// the lag.
+    fn head(&self) -> Option<Position> {
         None
     }
 }

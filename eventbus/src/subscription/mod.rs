@@ -337,12 +337,12 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             done: watch::Sender::new(start),
             known_head: AtomicU64::new(
                 reader
-                    .appended_done()
-                    .unwrap_or(start)
-                    .saturating_add(reader.lag().unwrap_or(0)),
+                    .head()
+                    .unwrap_or_else(|| start.saturating_add(reader.lag().unwrap_or(0))),
             ),
-            own_positions: reader.appended_done().is_some(),
-            appended_done: AtomicU64::new(reader.appended_done().unwrap_or(0)),
+            sparse: reader.head().is_some(),
+            reader_lag: AtomicU64::new(reader.lag().unwrap_or(0)),
+            accepted_at_lag: AtomicU64::new(inner.writer.accepted()),
             replays: Arc::new(AtomicU64::new(0)),
             stop: AtomicBool::new(false),
             paused: watch::Sender::new(false),
@@ -405,6 +405,7 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             }),
             reader,
             durable: inner.writer.get().capabilities().durable,
+            writer: inner.writer.clone(),
             filter: filter::CachedFilter::new(filter),
             config: Config {
                 max_demand,
@@ -472,7 +473,8 @@ impl Subscription {
 
     /// The subscription's counters now.
     pub fn stats(&self) -> SubscriptionStats {
-        self.state.stats(self.set.writer.appended())
+        let writer = &self.set.writer;
+        self.state.stats(writer.appended(), writer.accepted())
     }
 
     /// Stops the subscription: it reads no further, finishes the events it

@@ -22,6 +22,8 @@ pub(crate) struct Runner<C> {
     /// Whether the backend keeps events across a restart: then the
     /// consumer is flushed before every commit.
     pub(crate) durable: bool,
+    /// The bus's writer, for how many events this process accepted.
+    pub(crate) writer: crate::backend::writer::Writer,
     pub(crate) filter: CachedFilter,
     pub(crate) config: Config,
     /// Ids of letters marked for replay.
@@ -164,9 +166,6 @@ impl<C: Consumer> Runner<C> {
     async fn release(&mut self, done: Position) {
         let state = &self.deliverer.state;
         if done <= *state.done.borrow() {
-            // Nothing to commit, but a reader with positions of its own may
-            // have found its place in append order moved.
-            self.publish_appended();
             return;
         }
         if self.durable {
@@ -201,33 +200,17 @@ impl<C: Consumer> Runner<C> {
         if failures.reset() {
             state.stall.clear();
         }
-        if let Some(appended) = self.reader.appended_done() {
-            state.appended_done.fetch_max(appended, SeqCst);
-        }
         state.set_done(done);
         let metrics = &self.deliverer.metrics;
         metrics
             .in_flight
             .set(state.counters.in_flight.load(Relaxed) as f64);
         if let Some(lag) = self.reader.lag() {
-            // In the positions `drain` compares: the reader's own, or
-            // append positions for a reader with positions of its own.
-            let base = self.reader.appended_done().unwrap_or(done);
-            state
-                .known_head
-                .fetch_max(base.saturating_add(lag), Relaxed);
+            let head = self.reader.head().unwrap_or(done.saturating_add(lag));
+            state.known_head.fetch_max(head, Relaxed);
+            state.accepted_at_lag.store(self.writer.accepted(), Relaxed);
+            state.reader_lag.store(lag, Relaxed);
             metrics.lag.set(lag as f64);
-        }
-    }
-
-    /// Passes on where a reader with positions of its own stands in append
-    /// order, waking `drain` if that moved.
-    fn publish_appended(&self) {
-        let state = &self.deliverer.state;
-        if let Some(appended) = self.reader.appended_done()
-            && state.appended_done.fetch_max(appended, SeqCst) < appended
-        {
-            state.done.send_modify(|_| {});
         }
     }
 

@@ -204,12 +204,7 @@ impl SubscriptionSet {
                 }
                 // Replays change no position; their runner pings `done`
                 // when one finishes, which re-runs this check.
-                let reached = if state.own_positions {
-                    done.borrow_and_update();
-                    state.appended_done.load(SeqCst)
-                } else {
-                    *done.borrow_and_update()
-                };
+                let reached = *done.borrow_and_update();
                 if state.finished.load(SeqCst)
                     || (reached >= target && state.replays.load(SeqCst) == 0)
                 {
@@ -306,14 +301,14 @@ impl SubscriptionSet {
             // replays and deliveries it cuts short.
             let mut left = None;
             if !finishes_in_time(&state, deadline).await {
-                left = Some(state.stats(self.writer.appended()));
+                left = Some(state.stats(self.writer.appended(), self.writer.accepted()));
                 // The flag stops deliveries at once, wherever they were
                 // spawned; the abort drops the runner and its tasks, and is
                 // waited for, so nothing of the subscription runs once this
                 // returns.
                 state.abort().await;
             }
-            let stats = state.stats(self.writer.appended());
+            let stats = state.stats(self.writer.appended(), self.writer.accepted());
             // Reported by every call that waited for it, including one whose
             // own deadline had not passed when another's did.
             let left = left.unwrap_or_else(|| stats.clone());
@@ -350,8 +345,11 @@ impl SubscriptionSet {
 
     /// [`Bus::stats`](crate::Bus::stats).
     pub(crate) fn stats(&self) -> Vec<SubscriptionStats> {
-        let head = self.writer.appended();
-        self.stopping().iter().map(|s| s.stats(head)).collect()
+        let (head, accepted) = (self.writer.appended(), self.writer.accepted());
+        self.stopping()
+            .iter()
+            .map(|s| s.stats(head, accepted))
+            .collect()
     }
 
     /// [`Bus::pause`](crate::Bus::pause).

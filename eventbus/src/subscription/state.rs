@@ -76,14 +76,14 @@ pub(crate) struct State {
     /// `done`: read together with a `done` of another moment, a count
     /// would point past every event and `drain` would wait forever.
     pub(crate) known_head: AtomicU64,
-    /// Set when the backend's reader hands out positions of its own (see
-    /// [`Reader::appended_done`](crate::backend::Reader::appended_done)):
-    /// `drain` then compares what this process appended with
-    /// `appended_done`, not with `done`.
-    pub(crate) own_positions: bool,
-    /// Every event appended before this position is finished, as the
-    /// reader said at its last commit; with `own_positions` only.
-    pub(crate) appended_done: AtomicU64,
+    /// Set when the reader's positions are not one per event (see
+    /// [`Reader::head`](crate::backend::Reader::head)): the lag in stats
+    /// is then the count the reader reported last, in `reader_lag`.
+    pub(crate) sparse: bool,
+    pub(crate) reader_lag: AtomicU64,
+    /// How many events this process had accepted when `reader_lag` was
+    /// reported: those accepted since are added to it.
+    pub(crate) accepted_at_lag: AtomicU64,
     /// Replays sent but not yet finished.
     pub(crate) replays: Arc<AtomicU64>,
     pub(crate) stop: AtomicBool,
@@ -108,8 +108,8 @@ pub(crate) struct State {
 
 impl State {
     /// The counters now, given the position after the last event this
-    /// process notified.
-    pub(crate) fn stats(&self, head: Position) -> SubscriptionStats {
+    /// process notified and how many it notified.
+    pub(crate) fn stats(&self, head: Position, accepted: u64) -> SubscriptionStats {
         let c = &self.counters;
         SubscriptionStats {
             name: self.name.to_string(),
@@ -119,8 +119,9 @@ impl State {
             dead_lettered: c.dead_lettered.load(Relaxed),
             filtered: c.filtered.load(Relaxed),
             in_flight: c.in_flight.load(Relaxed),
-            lag: if self.own_positions {
-                head.saturating_sub(self.appended_done.load(Relaxed))
+            lag: if self.sparse {
+                self.reader_lag.load(Relaxed)
+                    + accepted.saturating_sub(self.accepted_at_lag.load(Relaxed))
             } else {
                 head.max(self.known_head.load(Relaxed))
                     .saturating_sub(*self.done.borrow())

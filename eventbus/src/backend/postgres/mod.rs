@@ -66,8 +66,6 @@ struct Inner {
     schema: String,
     /// The LISTEN/NOTIFY channel of this schema.
     channel: String,
-    /// This process's identity on the leases it holds.
-    owner: uuid::Uuid,
     lease: Duration,
     poll: Duration,
     notify_on_commit: bool,
@@ -128,14 +126,15 @@ impl PostgresLog {
         conn: &mut sqlx::PgConnection,
         event: impl Into<AnyEvent>,
     ) -> Result<Position, PostgresError> {
-        self.insert(conn, &event.into()).await
+        Ok(self.insert(conn, &event.into()).await?.0)
     }
 
+    /// Writes the row; its position in the table and its transaction id.
     async fn insert(
         &self,
         conn: &mut sqlx::PgConnection,
         event: &AnyEvent,
-    ) -> Result<Position, PostgresError> {
+    ) -> Result<(Position, String), PostgresError> {
         let inner = &self.inner;
         let payload = event.to_json_bytes().map_err(PostgresError::Encode)?;
         let payload = String::from_utf8(payload).expect("serde_json writes UTF-8");
@@ -149,17 +148,17 @@ impl PostgresLog {
                      INSERT INTO {}.events (event_id, name, version, payload)
                      VALUES ($1, $2, $3, $4::jsonb) RETURNING position
                  )
-                 SELECT position FROM written, pg_notify($5, '')",
+                 SELECT position, pg_current_xact_id()::text FROM written, pg_notify($5, '')",
                 inner.schema
             )
         } else {
             format!(
                 "INSERT INTO {}.events (event_id, name, version, payload)
-                 VALUES ($1, $2, $3, $4::jsonb) RETURNING position",
+                 VALUES ($1, $2, $3, $4::jsonb) RETURNING position, tx_id::text",
                 inner.schema
             )
         };
-        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+        let mut query = sqlx::query_as::<_, (i64, String)>(AssertSqlSafe(sql))
             .bind(event.meta().id)
             .bind(event.name())
             .bind(event.version() as i32)
@@ -167,11 +166,11 @@ impl PostgresLog {
         if inner.notify_on_commit {
             query = query.bind(&inner.channel);
         }
-        let position = query
+        let (position, tx_id) = query
             .fetch_one(&mut *conn)
             .await
             .map_err(PostgresError::query("inserting an event"))?;
-        Ok(position as Position)
+        Ok((position as Position, tx_id))
     }
 
     /// The connection pool the outbox uses.
@@ -285,7 +284,6 @@ impl PostgresLogBuilder {
                 channel: format!("eventbus_{}", self.schema),
                 pool,
                 schema: self.schema,
-                owner: uuid::Uuid::now_v7(),
                 lease: self.lease.max(Duration::from_millis(100)),
                 poll: self.poll.max(Duration::from_millis(1)),
                 notify_on_commit: self.notify_on_commit,
@@ -366,7 +364,6 @@ impl fmt::Debug for PostgresLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresLog")
             .field("schema", &self.inner.schema)
-            .field("owner", &self.inner.owner)
             .finish()
     }
 }
@@ -396,8 +393,11 @@ impl Backend for PostgresLog {
             .map_err(PostgresError::query(
                 "taking a connection to write an event",
             ))?;
-        // One statement: a transaction of its own.
-        let position = self.insert(&mut conn, &event).await?;
+        // One statement: a transaction of its own, whose only row is
+        // first in it. The position returned is the one subscriptions see
+        // it at, which `drain` compares with.
+        let (_, tx_id) = self.insert(&mut conn, &event).await?;
+        let position = reader::first_in(&tx_id)?;
         Ok(position)
     }
 

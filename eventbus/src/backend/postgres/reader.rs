@@ -34,6 +34,16 @@ struct RowKey {
     rank: i64,
 }
 
+/// The position subscriptions see the first row of transaction `tx_id` at.
+pub(super) fn first_in(tx_id: &str) -> Result<Position, PostgresError> {
+    RowKey {
+        tx_id: tx_id.to_owned(),
+        position: 0,
+        rank: 0,
+    }
+    .key()
+}
+
 /// Bits of a reader position that hold the rank within a transaction.
 const RANK_BITS: u32 = 24;
 
@@ -74,13 +84,16 @@ pub(crate) struct PgReader {
     behind: bool,
     /// Set when this process holds the subscription.
     held: Option<Lease>,
-    /// Every event appended before this outbox position is finished.
-    appended_done: Option<Position>,
-    /// Rows were read since `appended_done` was last worked out.
-    place_stale: bool,
-    /// The append position after the newest event, when `appended_done`
-    /// was last worked out.
-    appended_head: Position,
+    /// This reader's identity on the subscription's lease: one per
+    /// reader, so two readers of one process never share a claim.
+    owner: uuid::Uuid,
+    /// The position after the newest event, and how many events after the
+    /// committed place are visible, as of the last look.
+    head: Position,
+    lag: u64,
+    /// The newest row when the outbox was closed: reading stops there, and
+    /// what other processes write after it is theirs to deliver.
+    close_bound: Option<RowKey>,
 }
 
 /// The subscription's lease, renewed in the background while held.
@@ -105,6 +118,9 @@ impl fmt::Debug for PgReader {
             .finish()
     }
 }
+
+/// The most events the lag counts: past it, it says this many.
+const LAG_COUNTED: u64 = 10_000;
 
 /// Rows read at once at most, whatever the subscription asks for.
 const MAX_ROWS: usize = 1000;
@@ -153,12 +169,13 @@ impl PgReader {
             },
             behind: true,
             held: None,
-            appended_done: None,
-            place_stale: false,
-            appended_head: 0,
+            owner: uuid::Uuid::now_v7(),
+            head: 0,
+            lag: 0,
+            close_bound: None,
         };
         reader.place(tx_id, position).await?;
-        reader.appended_done = Some(reader.appended_done_now().await?);
+        reader.look().await?;
         Ok(reader)
     }
 
@@ -200,7 +217,7 @@ impl PgReader {
             inner.schema
         )))
         .bind(&self.subscription)
-        .bind(inner.owner)
+        .bind(self.owner)
         .bind(inner.lease.as_secs_f64())
         .fetch_optional(&inner.pool)
         .await
@@ -218,6 +235,7 @@ impl PgReader {
         let renewer = tokio::spawn(renew(
             Arc::clone(&self.inner),
             self.subscription.clone(),
+            self.owner,
             Arc::clone(&lost),
         ));
         self.held = Some(Lease { lost, renewer });
@@ -248,12 +266,15 @@ impl PgReader {
                AND (e.tx_id, e.position) > ($1::xid8, $2)
                AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
                AND (c.start_snapshot IS NULL OR NOT pg_visible_in_snapshot(e.tx_id, c.start_snapshot))
+               AND (e.tx_id, e.position) <= ($5::xid8, $6)
              ORDER BY e.tx_id, e.position LIMIT $3"
         )))
         .bind(&self.read.tx_id)
         .bind(self.read.position)
         .bind(limit as i64)
         .bind(&self.subscription)
+        .bind(self.close_bound.as_ref().map_or("18446744073709551615", |b| b.tx_id.as_str()))
+        .bind(self.close_bound.as_ref().map_or(i64::MAX, |b| b.position))
         .fetch_all(&inner.pool)
         .await
         .map_err(PostgresError::query("reading events"))?;
@@ -322,25 +343,67 @@ impl PgReader {
         Ok(Some(Batch::from_events_until(events, end)))
     }
 
-    /// Where the subscription stands in the order of appended positions:
-    /// the first event not finished, or past the last event when all are.
-    async fn appended_done_now(&mut self) -> Result<Position, PostgresError> {
+    /// The newest row of the outbox, and where it leaves the subscription:
+    /// `head` and `lag`, as of now.
+    async fn look(&mut self) -> Result<(), PostgresError> {
         let schema = &self.inner.schema;
-        let (unfinished, last): (Option<i64>, Option<i64>) = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT (SELECT min(e.position) FROM {schema}.events e, {schema}.cursors c
-                     WHERE c.subscription = $3 AND (e.tx_id, e.position) > ($1::xid8, $2)
-                       AND (c.start_snapshot IS NULL OR NOT pg_visible_in_snapshot(e.tx_id, c.start_snapshot))),
-                    (SELECT max(position) FROM {schema}.events)"
+        let newest = self.newest().await?;
+        self.head = if newest.rank < 0 {
+            self.next
+        } else {
+            newest.after()?.max(self.next)
+        };
+        // Counted up to a bound, so a subscription far behind does not
+        // scan its whole backlog at every commit.
+        let lag: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {schema}.events e, {schema}.cursors c
+             WHERE c.subscription = $3 AND (e.tx_id, e.position) > ($1::xid8, $2)
+               AND (c.start_snapshot IS NULL OR NOT pg_visible_in_snapshot(e.tx_id, c.start_snapshot))
+             LIMIT {LAG_COUNTED}) AS behind"
         )))
         .bind(&self.read.tx_id)
         .bind(self.read.position)
         .bind(&self.subscription)
         .fetch_one(&self.inner.pool)
         .await
-        .map_err(PostgresError::query("finding the subscription's place"))?;
-        let head = last.map_or(0, |l| l as Position + 1);
-        self.appended_head = head;
-        Ok(unfinished.map_or(head, |p| p as Position))
+        .map_err(PostgresError::query("counting a subscription's events to go"))?;
+        self.lag = lag.max(0) as u64 + self.pending.len() as u64;
+        Ok(())
+    }
+}
+
+impl PgReader {
+    /// The newest row of the outbox, ranked; a place before everything
+    /// (rank -1) when it is empty.
+    async fn newest(&self) -> Result<RowKey, PostgresError> {
+        let schema = &self.inner.schema;
+        let newest: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT e.tx_id::text AS tx_text, e.position FROM {schema}.events e
+             ORDER BY e.tx_id DESC, e.position DESC LIMIT 1"
+        )))
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query("finding the newest event"))?;
+        let Some((tx_id, position)) = newest else {
+            return Ok(RowKey {
+                tx_id: "0".to_owned(),
+                position: 0,
+                rank: -1,
+            });
+        };
+        let rank: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {schema}.events WHERE tx_id = $1::xid8 AND position < $2"
+        )))
+        .bind(&tx_id)
+        .bind(position)
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query("finding the newest event"))?;
+        Ok(RowKey {
+            tx_id,
+            position,
+            rank,
+        })
     }
 }
 
@@ -355,7 +418,7 @@ fn decode(name: &str, version: i32, payload: &str) -> Result<AnyEvent, String> {
 
 /// Renews the lease of `subscription` a few times per lease; sets `lost`
 /// and wakes the reader when it finds another process holds it.
-async fn renew(inner: Arc<Inner>, subscription: String, lost: Arc<AtomicBool>) {
+async fn renew(inner: Arc<Inner>, subscription: String, owner: uuid::Uuid, lost: Arc<AtomicBool>) {
     let every = inner.lease / 3;
     loop {
         tokio::time::sleep(every).await;
@@ -365,7 +428,7 @@ async fn renew(inner: Arc<Inner>, subscription: String, lost: Arc<AtomicBool>) {
             inner.schema
         )))
         .bind(&subscription)
-        .bind(inner.owner)
+        .bind(owner)
         .bind(inner.lease.as_secs_f64())
         .execute(&inner.pool)
         .await;
@@ -403,27 +466,33 @@ impl Reader for PgReader {
                 if closed {
                     return Ok(None);
                 }
-                // Another process holds it: try again when its lease may
-                // have run out.
+                // Another process holds it. Follow what it commits, so
+                // this process's drain and stats see the subscription move.
+                let (tx_id, position): (String, i64) = sqlx::query_as(AssertSqlSafe(format!(
+                    "SELECT tx_id::text AS tx_text, position FROM {}.cursors WHERE subscription = $1",
+                    inner.schema
+                )))
+                .bind(&self.subscription)
+                .fetch_one(&inner.pool)
+                .await
+                .map_err(PostgresError::query("following a subscription another process holds"))?;
+                if (tx_id.as_str(), position) != (self.read.tx_id.as_str(), self.read.position) {
+                    self.place(tx_id, position).await?;
+                    self.look().await?;
+                    return Ok(Some(Batch::from_events_until(Vec::new(), self.next)));
+                }
+                // Try again when its lease may have run out.
                 tokio::select! {
                     () = woken => {}
                     () = tokio::time::sleep(inner.lease / 2) => {}
                 }
                 continue;
             }
-            if let Some(batch) = self.read_rows(max).await? {
-                self.place_stale = true;
-                return Ok(Some(batch));
+            if closed && self.close_bound.is_none() {
+                self.close_bound = Some(self.newest().await?);
             }
-            // Caught up with nothing unfinished: where that leaves the
-            // subscription in append order, for `drain`, if it moved.
-            if self.place_stale && self.pending.is_empty() {
-                let place = self.appended_done_now().await?;
-                self.place_stale = false;
-                if self.appended_done != Some(place) {
-                    self.appended_done = Some(place);
-                    return Ok(Some(Batch::from_events_until(Vec::new(), self.next)));
-                }
+            if let Some(batch) = self.read_rows(max).await? {
+                return Ok(Some(batch));
             }
             if closed {
                 return Ok(None);
@@ -451,7 +520,7 @@ impl Reader for PgReader {
             inner.schema
         )))
         .bind(&self.subscription)
-        .bind(inner.owner)
+        .bind(self.owner)
         .bind(&key.tx_id)
         .bind(key.position)
         .bind(inner.lease.as_secs_f64())
@@ -465,10 +534,7 @@ impl Reader for PgReader {
             return Err(self.claim_lost());
         }
         self.pending.drain(..=split);
-        if self.pending.is_empty() && !self.behind {
-            self.appended_done = Some(self.appended_done_now().await?);
-            self.place_stale = false;
-        }
+        self.look().await?;
         Ok(())
     }
 
@@ -483,7 +549,7 @@ impl Reader for PgReader {
             self.inner.schema
         )))
         .bind(&self.subscription)
-        .bind(self.inner.owner)
+        .bind(self.owner)
         .execute(&self.inner.pool)
         .await
         .map_err(PostgresError::query("giving a subscription up"))?;
@@ -494,15 +560,16 @@ impl Reader for PgReader {
         self.next
     }
 
-    fn appended_done(&self) -> Option<Position> {
-        self.appended_done
+    /// Positions number transactions in steps of 2^24, so the head is
+    /// said here rather than added up from the lag.
+    fn head(&self) -> Option<Position> {
+        Some(self.head)
     }
 
-    /// In append positions: from the first unfinished event to the newest,
-    /// as of the last time the reader worked its place out.
+    /// Events after the committed place, visible when the reader last
+    /// looked (after a commit that left nothing unfinished).
     fn lag(&self) -> Option<u64> {
-        self.appended_done
-            .map(|done| self.appended_head.saturating_sub(done))
+        Some(self.lag)
     }
 }
 
@@ -519,6 +586,7 @@ impl Drop for PgReader {
         };
         let inner = Arc::clone(&self.inner);
         let subscription = std::mem::take(&mut self.subscription);
+        let owner = self.owner;
         runtime.spawn(async move {
             let released = sqlx::query(AssertSqlSafe(format!(
                 "UPDATE {}.cursors SET owner = NULL, lease_until = NULL
@@ -526,7 +594,7 @@ impl Drop for PgReader {
                 inner.schema
             )))
             .bind(&subscription)
-            .bind(inner.owner)
+            .bind(owner)
             .execute(&inner.pool)
             .await;
             if let Err(err) = released {
