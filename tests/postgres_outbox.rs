@@ -651,3 +651,11 @@ async fn two_buses_on_one_outbox_do_not_share_a_claim() {
     one.shutdown().await;
     two.shutdown().await;
 }
+
+#[test]
+fn the_builder_and_errors_do_not_show_a_password() {
+    let builder = eventbus::PostgresLog::builder().url("postgres://app:hunter2@db.internal/app");
+    let shown = format!("{builder:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("app:***@db.internal"), "{shown}");
+}

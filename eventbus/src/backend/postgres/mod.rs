@@ -77,7 +77,7 @@ struct Inner {
 }
 
 /// Configures a [`PostgresLog`]; from [`PostgresLog::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresLogBuilder {
     url: Option<String>,
     pool: Option<PgPool>,
@@ -181,6 +181,20 @@ impl PostgresLog {
     /// The schema the outbox's tables are in.
     pub fn schema(&self) -> &str {
         &self.inner.schema
+    }
+}
+
+/// Shows the URL with its password hidden.
+impl fmt::Debug for PostgresLogBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresLogBuilder")
+            .field("url", &self.url.as_deref().map(error::redact))
+            .field("pool", &self.pool.is_some())
+            .field("schema", &self.schema)
+            .field("lease", &self.lease)
+            .field("poll", &self.poll)
+            .field("notify_on_commit", &self.notify_on_commit)
+            .finish()
     }
 }
 
