@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 mod error;
 mod memory;
-mod store;
+pub(crate) mod store;
 
 pub use self::error::{DiscardError, ReplayError};
 pub(crate) use self::memory::MemoryDeadLetters;

@@ -90,3 +90,57 @@ pub enum Discarded {
     /// No letter has that id.
     NotFound,
 }
+
+/// A dead letter as a store keeps it: the event as its name, version and
+/// JSON, and the errors as a JSON list.
+pub(crate) struct StoredLetter<'a> {
+    pub(crate) id: u64,
+    pub(crate) subscription: String,
+    pub(crate) name: &'a str,
+    /// As stored: a version no event has (such as a negative one) does not
+    /// decode.
+    pub(crate) version: i64,
+    pub(crate) payload: &'a [u8],
+    pub(crate) errors: String,
+    pub(crate) attempts: u32,
+    pub(crate) first_failed_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) last_failed_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) replaying: bool,
+}
+
+impl StoredLetter<'_> {
+    /// The letter as the bus sees it, or `None` (logged) when its event no
+    /// longer decodes, such as one written by a newer version. It stays
+    /// stored.
+    pub(crate) fn decode(self) -> Option<DeadLetter> {
+        let decoded = u32::try_from(self.version)
+            .map_err(|_| format!("the stored version {} is not a version", self.version))
+            .and_then(|version| {
+                crate::registry::registry()
+                    .decode(self.name, version, self.payload)
+                    .map_err(|err| err.to_string())
+            });
+        let event = match decoded {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::error!(
+                    id = self.id,
+                    event = %self.name,
+                    %error,
+                    "a stored dead letter no longer decodes; it stays in the dead_letters table",
+                );
+                return None;
+            }
+        };
+        Some(DeadLetter {
+            id: self.id,
+            subscription: self.subscription,
+            event,
+            errors: serde_json::from_str(&self.errors).unwrap_or_else(|_| vec![self.errors]),
+            attempts: self.attempts,
+            first_failed_at: self.first_failed_at,
+            last_failed_at: self.last_failed_at,
+            replaying: self.replaying,
+        })
+    }
+}

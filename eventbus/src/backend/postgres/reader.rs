@@ -80,8 +80,6 @@ pub(crate) struct PgReader {
     pending: VecDeque<(Position, RowKey)>,
     /// The last row read: the next read starts after it.
     read: RowKey,
-    /// The last read filled the batch, so more may be waiting.
-    behind: bool,
     /// Set when this process holds the subscription.
     held: Option<Lease>,
     /// This reader's identity on the subscription's lease: one per
@@ -167,7 +165,6 @@ impl PgReader {
                 position: 0,
                 rank: -1,
             },
-            behind: true,
             held: None,
             owner: uuid::Uuid::now_v7(),
             head: 0,
@@ -230,7 +227,6 @@ impl PgReader {
         tracing::debug!(subscription = %self.subscription, %tx_id, position, "claimed the subscription");
         self.place(tx_id, position).await?;
         self.pending.clear();
-        self.behind = true;
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = tokio::spawn(renew(
             Arc::clone(&self.inner),
@@ -279,10 +275,8 @@ impl PgReader {
         .await
         .map_err(PostgresError::query("reading events"))?;
         if rows.is_empty() {
-            self.behind = false;
             return Ok(None);
         }
-        let full = rows.len() >= limit;
         tracing::trace!(
             subscription = %self.subscription,
             after = ?self.read,
@@ -339,7 +333,6 @@ impl PgReader {
         self.pending.extend(keys);
         self.next = end;
         self.read = last;
-        self.behind = full;
         Ok(Some(Batch::from_events_until(events, end)))
     }
 

@@ -8,6 +8,7 @@
 use super::Inner;
 use super::error::PostgresError;
 use crate::backend::{DeadLetterStore, Position, RetryState, RetryStore, StoreError};
+use crate::dead_letter::store::StoredLetter;
 use crate::dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery, Discarded, ReplayRequest};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -44,33 +45,22 @@ type LetterRow = (
 const LETTER_COLUMNS: &str = "id, subscription, name, version, payload::text, errors::text, attempts, first_failed_at, last_failed_at, replay_requested_at IS NOT NULL";
 
 /// A stored letter as the bus sees it, or `None` (logged) when its event no
-/// longer decodes, such as one written by a newer version. It stays stored.
+/// longer decodes. It stays stored.
 fn decode_letter(row: LetterRow) -> Option<DeadLetter> {
     let (id, subscription, name, version, payload, errors, attempts, first, last, replaying) = row;
-    let decoded = u32::try_from(version).ok().and_then(|v| {
-        crate::registry::registry()
-            .decode(&name, v, payload.as_bytes())
-            .ok()
-    });
-    let Some(event) = decoded else {
-        tracing::error!(
-            id,
-            event = %name,
-            version,
-            "a stored dead letter no longer decodes; it stays in the dead_letters table",
-        );
-        return None;
-    };
-    Some(DeadLetter {
+    StoredLetter {
         id: id as u64,
         subscription,
-        event,
-        errors: serde_json::from_str(&errors).unwrap_or_else(|_| vec![errors]),
+        name: &name,
+        version: i64::from(version),
+        payload: payload.as_bytes(),
+        errors,
         attempts: attempts.max(0) as u32,
         first_failed_at: first,
         last_failed_at: last,
         replaying,
-    })
+    }
+    .decode()
 }
 
 fn to_i64(id: u64) -> i64 {

@@ -5,6 +5,7 @@
 use super::writer::{DeadLetterRow, Request};
 use super::{Shared, SqliteError};
 use crate::backend::{DeadLetterStore, Position, RetryState, RetryStore, StoreError};
+use crate::dead_letter::store::StoredLetter;
 use crate::dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery, Discarded, ReplayRequest};
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
@@ -131,29 +132,21 @@ fn letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetterRow> {
 }
 
 /// A stored letter as the bus sees it, or `None` (logged) when its event no
-/// longer decodes, such as one written by a newer version. It stays stored.
+/// longer decodes. It stays stored.
 fn decode_letter(row: DeadLetterRow) -> Option<DeadLetter> {
-    match crate::registry::registry().decode(&row.name, row.version, &row.payload) {
-        Ok(event) => Some(DeadLetter {
-            id: row.id,
-            subscription: row.subscription,
-            event,
-            errors: serde_json::from_str(&row.errors).unwrap_or_else(|_| vec![row.errors]),
-            attempts: row.attempts,
-            first_failed_at: millis_to_time(row.first_failed_at),
-            last_failed_at: millis_to_time(row.last_failed_at),
-            replaying: row.replaying,
-        }),
-        Err(err) => {
-            tracing::error!(
-                id = row.id,
-                event = %row.name,
-                error = %err,
-                "a stored dead letter no longer decodes; it stays in the dead_letters table",
-            );
-            None
-        }
+    StoredLetter {
+        id: row.id,
+        subscription: row.subscription,
+        name: &row.name,
+        version: i64::from(row.version),
+        payload: &row.payload,
+        errors: row.errors,
+        attempts: row.attempts,
+        first_failed_at: millis_to_time(row.first_failed_at),
+        last_failed_at: millis_to_time(row.last_failed_at),
+        replaying: row.replaying,
     }
+    .decode()
 }
 
 #[async_trait]
