@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example throughput            # the full run
 //! cargo run --release --example throughput -- --quick # 100,000 events, 1 run each
+//! cargo run --release --example throughput -- --latency # the latency table alone
 //! ```
 //!
 //! - Throughput: 1 producer, K no-op subscriptions, lossless. Baselines: one
@@ -48,16 +49,20 @@ struct Args {
     runs: usize,
     offered: usize,
     latency_events: usize,
+    /// Only the latency table (`--latency`).
+    latency_only: bool,
 }
 
 fn args() -> Args {
     let quick = std::env::args().any(|a| a == "--quick");
+    let latency_only = std::env::args().any(|a| a == "--latency");
     if quick {
         Args {
             events: 100_000,
             runs: 1,
             offered: 1_000_000,
             latency_events: 10_000,
+            latency_only,
         }
     } else {
         Args {
@@ -65,6 +70,7 @@ fn args() -> Args {
             runs: 3,
             offered: 10_000_000,
             latency_events: 100_000,
+            latency_only,
         }
     }
 }
@@ -77,10 +83,16 @@ fn main() {
         .build()
         .expect("runtime");
 
-    // Memory first: the peak RSS is a high-water mark, and the throughput
-    // runs below hold a million events at once.
-    rt.block_on(memory(args.offered));
+    if !args.latency_only {
+        // Memory first: the peak RSS is a high-water mark, and the
+        // throughput runs below hold a million events at once.
+        rt.block_on(memory(args.offered));
+        throughput(&rt, &args);
+    }
+    latency(&rt, &args);
+}
 
+fn throughput(rt: &tokio::runtime::Runtime, args: &Args) {
     println!();
     println!(
         "Throughput: 1 producer, {} events, no-op subscribers, median of {} run(s), million deliveries/s",
@@ -116,7 +128,9 @@ fn main() {
         );
     }
     drop(events);
+}
 
+fn latency(rt: &tokio::runtime::Runtime, args: &Args) {
     println!();
     println!(
         "Latency: K = 4, {} events at a steady 50,000 events/s, event made to handler, median of {} run(s) each",

@@ -110,6 +110,7 @@ mod handling;
 pub mod protocol;
 pub mod registry;
 mod retry;
+mod signal;
 mod stall;
 pub mod subscription;
 pub mod testing;

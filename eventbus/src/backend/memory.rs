@@ -12,10 +12,13 @@ use super::error::TryAppendError;
 use super::{Backend, Batch, Capabilities, Position, ReadError, Reader, StartFrom, WriteError};
 use crate::event::AnyEvent;
 use async_trait::async_trait;
+use futures_util::task::AtomicWaker;
 use std::fmt;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 use tokio::sync::Notify;
 
 /// Slots per chunk: one allocation per this many events, and the longest run
@@ -39,10 +42,12 @@ struct Shared {
     head: AtomicU64,
     closed: AtomicBool,
     producer: Mutex<Producer>,
-    cursors: Mutex<Vec<(u64, Arc<Released>)>>,
+    cursors: Mutex<Vec<CursorEntry>>,
     next_cursor_id: AtomicU64,
-    data: Notify,
-    data_sleepers: AtomicUsize,
+    /// Set when a cursor may have armed its doorbell since the producer
+    /// last looked: the producer looks at the cursors only then. A flag,
+    /// not a count, so a cursor that finds it set writes nothing shared.
+    any_armed: AtomicBool,
     space: Notify,
     space_sleepers: AtomicUsize,
     spares: Arc<Spares>,
@@ -198,8 +203,7 @@ impl MemoryLog {
                 }),
                 cursors: Mutex::new(Vec::new()),
                 next_cursor_id: AtomicU64::new(0),
-                data: Notify::new(),
-                data_sleepers: AtomicUsize::new(0),
+                any_armed: AtomicBool::new(false),
                 space: Notify::new(),
                 space_sleepers: AtomicUsize::new(0),
                 spares,
@@ -254,10 +258,21 @@ impl Shared {
             // Once a chunk, so the next one finds clean slots.
             self.spares.clean_one();
         }
-        if self.data_sleepers.load(SeqCst) > 0 {
-            self.data.notify_waiters();
+        if self.any_armed.load(SeqCst) && self.any_armed.swap(false, SeqCst) {
+            self.ring(false);
         }
         Ok(head)
+    }
+
+    /// Wakes the cursors waiting for an event, or all of them (`all`),
+    /// when the log closes.
+    fn ring(&self, all: bool) {
+        let cursors = self.cursors.lock().expect("cursor lock");
+        for cursor in cursors.iter() {
+            if cursor.doorbell.disarm() || all {
+                cursor.doorbell.waker.wake();
+            }
+        }
     }
 
     /// How far `head` may go: the slowest cursor plus the capacity.
@@ -265,7 +280,7 @@ impl Shared {
         let cursors = self.cursors.lock().expect("cursor lock");
         cursors
             .iter()
-            .map(|(_, released)| released.load(SeqCst))
+            .map(|cursor| cursor.released.load(SeqCst))
             .min()
             .map_or(Position::MAX, |slowest| {
                 slowest.saturating_add(self.capacity)
@@ -362,7 +377,7 @@ impl Backend for MemoryLog {
         let producer = self.shared.producer.lock().expect("producer lock");
         self.shared.closed.store(true, SeqCst);
         drop(producer);
-        self.shared.data.notify_waiters();
+        self.shared.ring(true);
         self.shared.space.notify_waiters();
     }
 }
@@ -374,17 +389,23 @@ impl MemoryLog {
         let head = shared.head.load(SeqCst);
         let released = Arc::new(Released(AtomicU64::new(head)));
         let id = shared.next_cursor_id.fetch_add(1, SeqCst);
+        let doorbell = Arc::new(Doorbell::default());
         shared
             .cursors
             .lock()
             .expect("cursor lock")
-            .push((id, Arc::clone(&released)));
+            .push(CursorEntry {
+                id,
+                released: Arc::clone(&released),
+                doorbell: Arc::clone(&doorbell),
+            });
         producer.limit = producer.limit.min(head.saturating_add(shared.capacity));
         MemoryCursor {
             shared: Arc::clone(shared),
             chunk: Arc::clone(&producer.tail),
             read: head,
             released,
+            doorbell,
             id,
         }
     }
@@ -395,7 +416,58 @@ struct MemoryCursor {
     chunk: Arc<Chunk>,
     read: Position,
     released: Arc<Released>,
+    doorbell: Arc<Doorbell>,
     id: u64,
+}
+
+/// What the producer knows of a cursor.
+struct CursorEntry {
+    id: u64,
+    released: Arc<Released>,
+    doorbell: Arc<Doorbell>,
+}
+
+/// How the producer wakes one cursor that found nothing to read: the
+/// cursor's own waker, and whether it waits.
+///
+/// One per cursor rather than one `Notify` for all: a `Notify` takes a lock
+/// shared by every cursor and the producer each time a cursor starts or
+/// stops waiting, once per event per subscription when events come one at
+/// a time, and that lock's traffic between the cores was most of the bus's
+/// latency over a channel's.
+#[derive(Default)]
+struct Doorbell {
+    armed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Doorbell {
+    /// Marks the cursor as waiting, and `any_armed` as worth a look. The
+    /// cursor reads the head again after this: an append that came before
+    /// the producer could see the mark is found then.
+    fn arm(&self, any_armed: &AtomicBool) {
+        self.armed.store(true, SeqCst);
+        // Every operation here and in `Shared::try_append` is SeqCst, and
+        // the mark is set before `any_armed` is read: a producer that
+        // clears `any_armed` after this read sees the mark.
+        if !any_armed.load(SeqCst) {
+            any_armed.store(true, SeqCst);
+        }
+    }
+
+    /// Unmarks it; returns whether it was waiting.
+    fn disarm(&self) -> bool {
+        self.armed.load(SeqCst) && self.armed.swap(false, SeqCst)
+    }
+}
+
+/// Disarms a cursor's doorbell when its wait ends, however it ends.
+struct Disarm<'a>(&'a Doorbell);
+
+impl Drop for Disarm<'_> {
+    fn drop(&mut self) {
+        self.0.disarm();
+    }
 }
 
 /// A cursor's finished position, alone on its cache line: every cursor
@@ -448,25 +520,31 @@ impl MemoryCursor {
     }
 
     async fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, ReadError> {
-        loop {
-            // Read `closed` before the head: once closed, no event is
-            // appended, so a cursor that then finds nothing has read all.
-            let closed = self.shared.closed.load(SeqCst);
-            if let Some(batch) = self.take(max) {
-                return Ok(Some(batch));
+        let shared = Arc::clone(&self.shared);
+        let doorbell = Arc::clone(&self.doorbell);
+        let _disarm = Disarm(&doorbell);
+        std::future::poll_fn(|cx| {
+            loop {
+                // Read `closed` before the head: once closed, no event is
+                // appended, so a cursor that then finds nothing has read all.
+                let closed = shared.closed.load(SeqCst);
+                if let Some(batch) = self.take(max) {
+                    return Poll::Ready(Ok(Some(batch)));
+                }
+                if closed {
+                    return Poll::Ready(Ok(None));
+                }
+                doorbell.waker.register(cx.waker());
+                doorbell.arm(&shared.any_armed);
+                // Looked at again after arming: an event appended before
+                // the producer could see the doorbell armed is read now.
+                if shared.head.load(SeqCst) > self.read || shared.closed.load(SeqCst) {
+                    continue;
+                }
+                return Poll::Pending;
             }
-            if closed {
-                return Ok(None);
-            }
-            let shared = Arc::clone(&self.shared);
-            let mut notified = pin!(shared.data.notified());
-            notified.as_mut().enable();
-            let _sleeping = Sleeper::new(&shared.data_sleepers);
-            if self.shared.head.load(SeqCst) > self.read || self.shared.closed.load(SeqCst) {
-                continue;
-            }
-            notified.await;
-        }
+        })
+        .await
     }
 }
 
@@ -509,7 +587,7 @@ impl Drop for MemoryCursor {
             .cursors
             .lock()
             .expect("cursor lock")
-            .retain(|(id, _)| *id != self.id);
+            .retain(|cursor| cursor.id != self.id);
         self.shared.wake_producers();
     }
 }

@@ -174,6 +174,8 @@ struct Shared {
 pub(crate) struct Route {
     pub(crate) tx: mpsc::UnboundedSender<u64>,
     pub(crate) pending: Arc<AtomicU64>,
+    /// The runner's wake-up, raised after each id sent.
+    pub(crate) wake: Arc<crate::signal::Signal>,
 }
 
 /// A letter marked for replay, taken by its subscription.
@@ -451,6 +453,8 @@ impl DeadLetters {
             if route.tx.send(id).is_err() {
                 // Stopped meanwhile: the mark stays for its next start.
                 route.pending.fetch_sub(1, Ordering::SeqCst);
+            } else {
+                route.wake.raise();
             }
         }
     }

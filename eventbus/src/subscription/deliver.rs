@@ -256,9 +256,14 @@ impl<C: Consumer> Attempts for Delivery<'_, C> {
 }
 
 impl<C> Deliverer<C> {
-    /// The span of attempt `number` at `event`.
-    #[inline]
+    /// The span of attempt `number` at `event`. Not even built below debug level: with
+    /// tracing's `log` feature on (another crate may turn it on), building
+    /// a disabled span still formats its fields for `log`, a cost on every
+    /// event.
     fn span(&self, event: &AnyEvent, number: u32) -> tracing::Span {
+        if !tracing::level_enabled!(tracing::Level::DEBUG) {
+            return tracing::Span::none();
+        }
         tracing::debug_span!(
             "eventbus.deliver",
             subscription = %self.state.name,
@@ -400,7 +405,7 @@ impl Drop for Alone<'_> {
         state.counters.in_flight.store(0, Relaxed);
         if self.replay {
             state.replays.fetch_sub(1, SeqCst);
-            state.done.send_modify(|_| {});
+            state.done.ping();
         }
     }
 }
@@ -418,7 +423,7 @@ impl Drop for InFlight {
             // Leaves in flight first, so whoever `drain` wakes sees both
             // counts settled.
             state.replays.fetch_sub(1, SeqCst);
-            state.done.send_modify(|_| {});
+            state.done.ping();
         }
     }
 }

@@ -56,7 +56,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 /// The most events a concurrent subscription may have in flight.
 pub const MAX_CONCURRENCY: usize = 1 << 24;
@@ -334,7 +334,7 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             bus: inner.id(),
             stall: Arc::default(),
             counters: Default::default(),
-            done: watch::Sender::new(start),
+            done: state::Progress::new(start),
             known_head: AtomicU64::new(
                 reader
                     .head()
@@ -349,7 +349,7 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             paused_now: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
             finished: AtomicBool::new(false),
-            wake: Notify::new(),
+            wake: Arc::default(),
             flush: flush_tx,
             abort: Mutex::new(None),
             wiring: (filter.clone().or_interest(consumer.interest())).wiring(
@@ -372,6 +372,7 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
         let route = Route {
             tx: replay_tx,
             pending: Arc::clone(&state.replays),
+            wake: Arc::clone(&state.wake),
         };
         if let Err(err) = inner.dead_letters.route(&name, route).await {
             inner.dead_letters.unroute(&name, &state.replays);

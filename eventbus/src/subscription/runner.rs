@@ -53,16 +53,14 @@ impl<C: Consumer> Runner<C> {
             let running = !state.is_paused();
             tokio::select! {
                 biased;
-                () = state.wake.notified() => {}
-                Some(ack) = self.flushes.recv() => {
-                    Box::pin(self.deliverer.flush()).await;
-                    let _ = ack.send(());
-                }
-                Some(id) = self.replays.recv(), if running => {
+                // One wake-up for every request, the channels looked at
+                // only when it fires: each channel polled here would cost
+                // every event a waker registration of its own.
+                () = state.wake.taken() => {
                     // Boxed, like every rare path here: the loop's own
                     // future stays small, which the rate of every event
                     // depends on.
-                    Box::pin(self.replay(&mut mode, id)).await;
+                    Box::pin(self.requests(&mut mode)).await;
                 }
                 () = progressed.progressed(), if mode.watermark().is_some() => {
                     let done = progressed.done(self.read);
@@ -165,7 +163,7 @@ impl<C: Consumer> Runner<C> {
 
     async fn release(&mut self, done: Position) {
         let state = &self.deliverer.state;
-        if done <= *state.done.borrow() {
+        if done <= state.done.get() {
             return;
         }
         if self.durable {
@@ -211,6 +209,23 @@ impl<C: Consumer> Runner<C> {
             state.accepted_at_lag.store(self.writer.accepted(), Relaxed);
             state.reader_lag.store(lag, Relaxed);
             metrics.lag.set(lag as f64);
+        }
+    }
+
+    /// Runs the flushes and, unless paused or stopping, the replays asked
+    /// for. Paused, the ids stay queued, and the resume raises the wake-up
+    /// again; stopping, `finish` runs them.
+    async fn requests(&mut self, mode: &mut Dispatch<C>) {
+        while let Ok(ack) = self.flushes.try_recv() {
+            self.deliverer.flush().await;
+            let _ = ack.send(());
+        }
+        let state = Arc::clone(&self.deliverer.state);
+        while !state.is_paused()
+            && !state.stop.load(SeqCst)
+            && let Ok(id) = self.replays.try_recv()
+        {
+            self.replay(mode, id).await;
         }
     }
 

@@ -187,13 +187,16 @@ impl SubscriptionSet {
         }
         let head = self.writer.appended();
         for state in self.running() {
-            let mut done = state.done.subscribe();
+            let _watching = state.done.watch();
             let mut stall = state.stall.watch();
             let mut paused = state.paused.subscribe();
             // What this process notified, and what the backend said it
             // held when the subscription last committed.
             let target = head.max(state.known_head.load(SeqCst));
             loop {
+                // Made before the checks below, so a change between them
+                // and the wait is not missed.
+                let changed = state.done.changed();
                 if let Some(stalled) = stall.borrow_and_update().clone()
                     && stalled.fatal
                 {
@@ -204,7 +207,7 @@ impl SubscriptionSet {
                 }
                 // Replays change no position; their runner pings `done`
                 // when one finishes, which re-runs this check.
-                let reached = *done.borrow_and_update();
+                let reached = state.done.get();
                 if state.finished.load(SeqCst)
                     || (reached >= target && state.replays.load(SeqCst) == 0)
                 {
@@ -216,13 +219,14 @@ impl SubscriptionSet {
                     return Err(DrainError::Paused(state.name.to_string()));
                 }
                 tokio::select! {
-                    _ = done.changed() => {}
+                    () = changed => {}
                     _ = stall.changed() => {}
                     _ = paused.changed() => {}
                 }
             }
             let (ack, acked) = tokio::sync::oneshot::channel();
             if state.flush.send(ack).await.is_ok() {
+                state.wake.raise();
                 let _ = acked.await;
             }
         }

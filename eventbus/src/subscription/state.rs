@@ -4,7 +4,8 @@
 use crate::backend::Position;
 use crate::handling::Handling;
 use crate::stall::Stall;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
@@ -68,8 +69,9 @@ pub(crate) struct State {
     pub(crate) bus: usize,
     pub(crate) stall: Arc<Stall>,
     pub(crate) counters: Counters,
-    /// Every event before this position is finished.
-    pub(crate) done: watch::Sender<Position>,
+    /// Every event before this position is finished. Also pinged when a
+    /// replay ends and when the runner finishes, for whoever waits.
+    pub(crate) done: Progress,
     /// The position after the last event the backend said it held when
     /// the subscription last committed (events of earlier runs and of
     /// other processes included). One position, not a count added to
@@ -98,7 +100,9 @@ pub(crate) struct State {
     /// Set when the runner has ended, however it ended, so nobody waits on
     /// a subscription that will never move again.
     pub(crate) finished: AtomicBool,
-    pub(crate) wake: Notify,
+    /// Wakes the runner: a stop, a pause or resume, a flush or a replay
+    /// asked for.
+    pub(crate) wake: Arc<crate::signal::Signal>,
     pub(crate) flush: mpsc::Sender<oneshot::Sender<()>>,
     /// Aborts the subscription's task, at a shutdown deadline.
     pub(crate) abort: Mutex<Option<AbortHandle>>,
@@ -124,7 +128,7 @@ impl State {
                     + accepted.saturating_sub(self.accepted_at_lag.load(Relaxed))
             } else {
                 head.max(self.known_head.load(Relaxed))
-                    .saturating_sub(*self.done.borrow())
+                    .saturating_sub(self.done.get())
             },
             replaying: self.replays.load(Relaxed),
             buffered: c.buffered.load(Relaxed),
@@ -144,16 +148,20 @@ impl State {
 
     /// Resolves once the subscription's task has ended, however it ended.
     pub(crate) async fn finished(&self) {
-        let mut done = self.done.subscribe();
-        let _ = done
-            .wait_for(|_| self.finished.load(std::sync::atomic::Ordering::SeqCst))
-            .await;
+        let _watching = self.done.watch();
+        loop {
+            let changed = self.done.changed();
+            if self.finished.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Asks the runner to read no further and finish.
     pub(crate) fn request_stop(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.wake.notify_one();
+        self.wake.raise();
         // A runner waiting for a resume checks the stop flag again.
         self.paused.send_modify(|_| {});
     }
@@ -175,7 +183,7 @@ impl State {
             changed
         });
         if changed {
-            self.wake.notify_one();
+            self.wake.raise();
             tracing::info!(
                 subscription = %self.name,
                 "{}",
@@ -214,18 +222,75 @@ impl State {
     pub(crate) fn mark_finished(&self) {
         self.finished
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.done.send_modify(|_| {});
+        self.done.ping();
     }
 
+    #[inline]
     pub(crate) fn set_done(&self, position: Position) {
-        self.done.send_if_modified(|done| {
-            if position > *done {
-                *done = position;
-                true
-            } else {
-                false
-            }
-        });
+        self.done.advance(position);
+    }
+}
+
+/// A position that only grows, with wake-ups for whoever waits on it.
+///
+/// Not a `watch` channel: that takes eight locks at every change, and the
+/// position changes once per event when events come one at a time. This
+/// costs one atomic operation, and a wake-up only while somebody watches.
+pub(crate) struct Progress {
+    value: AtomicU64,
+    changed: Notify,
+    watchers: AtomicUsize,
+}
+
+impl Progress {
+    pub(crate) fn new(start: Position) -> Self {
+        Progress {
+            value: AtomicU64::new(start),
+            changed: Notify::new(),
+            watchers: AtomicUsize::new(0),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self) -> Position {
+        self.value.load(SeqCst)
+    }
+
+    /// Moves the position up to `to`; never back.
+    #[inline]
+    pub(crate) fn advance(&self, to: Position) {
+        if self.value.fetch_max(to, SeqCst) < to {
+            self.ping();
+        }
+    }
+
+    /// Wakes the watchers, for a change they look at besides the position.
+    pub(crate) fn ping(&self) {
+        if self.watchers.load(SeqCst) > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Counts the caller as a watcher while the guard lives: pings reach
+    /// only [`changed`](Self::changed) futures made while one is held.
+    pub(crate) fn watch(&self) -> Watching<'_> {
+        self.watchers.fetch_add(1, SeqCst);
+        Watching(&self.watchers)
+    }
+
+    /// Resolves at the first ping after this call. Make it, then look at
+    /// what it guards, then await it: a change in between is not missed.
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+}
+
+/// A watcher of a [`Progress`], counted while it lives.
+pub(crate) struct Watching<'a>(&'a AtomicUsize);
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
     }
 }
 
