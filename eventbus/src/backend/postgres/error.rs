@@ -78,6 +78,19 @@ pub enum PostgresError {
         "the outbox cannot number {0}: past 2^40 transaction ids or 2^24 events in one transaction"
     )]
     OutOfRange(String),
+    /// A process holds the subscription (its lease has not run out), so it
+    /// cannot be forgotten now. Nothing was deleted.
+    #[error(
+        "subscription `{0}` is held by a running process; stop it (or wait for its lease to run out) before forgetting it"
+    )]
+    Held(String),
+    /// The subscription's position was deleted
+    /// ([`forget_subscription`](super::PostgresLog::forget_subscription))
+    /// while this process had it open.
+    #[error(
+        "the position of subscription `{0}` was deleted (forget_subscription) while this process had it open; start the subscription again to begin afresh"
+    )]
+    Forgotten(String),
     /// An event could not be turned into JSON.
     #[error("the event could not be encoded as JSON")]
     Encode(#[source] serde_json::Error),
@@ -96,6 +109,7 @@ impl PostgresError {
                 | PostgresError::NewerLayout { .. }
                 | PostgresError::Shape { .. }
                 | PostgresError::OutOfRange(_)
+                | PostgresError::Forgotten(_)
         )
     }
 }

@@ -16,10 +16,12 @@
 
 mod error;
 mod reader;
+mod retention;
 mod schema;
 mod stores;
 
 pub use self::error::PostgresError;
+pub use self::retention::{Forgotten, Pruned, Retention};
 
 // Every dynamic statement only puts in the schema name, which is
 // checked to be a plain identifier when the outbox connects.
@@ -69,11 +71,13 @@ struct Inner {
     lease: Duration,
     poll: Duration,
     notify_on_commit: bool,
+    retention: Retention,
     closed: AtomicBool,
     /// Woken by the listener on every notification and after every
     /// reconnect, and by [`Backend::close`].
     wake: Notify,
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pruner: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Configures a [`PostgresLog`]; from [`PostgresLog::builder`].
@@ -85,6 +89,7 @@ pub struct PostgresLogBuilder {
     lease: Duration,
     poll: Duration,
     notify_on_commit: bool,
+    retention: Retention,
 }
 
 impl PostgresLog {
@@ -98,6 +103,7 @@ impl PostgresLog {
             lease: Duration::from_secs(10),
             poll: Duration::from_millis(500),
             notify_on_commit: true,
+            retention: Retention::default(),
         }
     }
 
@@ -194,6 +200,7 @@ impl fmt::Debug for PostgresLogBuilder {
             .field("lease", &self.lease)
             .field("poll", &self.poll)
             .field("notify_on_commit", &self.notify_on_commit)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -245,6 +252,14 @@ impl PostgresLogBuilder {
     #[must_use]
     pub fn notify_on_commit(mut self, on: bool) -> Self {
         self.notify_on_commit = on;
+        self
+    }
+
+    /// Which finished events, dead letters and quarantined events are
+    /// deleted, and how often. Default [`Retention::default`].
+    #[must_use]
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
         self
     }
 
@@ -304,10 +319,17 @@ impl PostgresLogBuilder {
                 closed: AtomicBool::new(false),
                 wake: Notify::new(),
                 listener: std::sync::Mutex::new(None),
+                pruner: std::sync::Mutex::new(None),
+                retention: self.retention.clone(),
             }),
         };
         let listener = tokio::spawn(listen(Arc::downgrade(&log.inner)));
         *log.inner.listener.lock().expect("listener lock") = Some(listener);
+        let pruner = tokio::spawn(retention::run(
+            Arc::downgrade(&log.inner),
+            self.retention.every,
+        ));
+        *log.inner.pruner.lock().expect("pruner lock") = Some(pruner);
         Ok(log)
     }
 }
@@ -370,6 +392,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(listener) = self.listener.get_mut().expect("listener lock").take() {
             listener.abort();
+        }
+        if let Some(pruner) = self.pruner.get_mut().expect("pruner lock").take() {
+            pruner.abort();
         }
     }
 }

@@ -461,14 +461,17 @@ impl Reader for PgReader {
                 }
                 // Another process holds it. Follow what it commits, so
                 // this process's drain and stats see the subscription move.
-                let (tx_id, position): (String, i64) = sqlx::query_as(AssertSqlSafe(format!(
+                let followed: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
                     "SELECT tx_id::text AS tx_text, position FROM {}.cursors WHERE subscription = $1",
                     inner.schema
                 )))
                 .bind(&self.subscription)
-                .fetch_one(&inner.pool)
+                .fetch_optional(&inner.pool)
                 .await
                 .map_err(PostgresError::query("following a subscription another process holds"))?;
+                let Some((tx_id, position)) = followed else {
+                    return Err(PostgresError::Forgotten(self.subscription.clone()).into());
+                };
                 if (tx_id.as_str(), position) != (self.read.tx_id.as_str(), self.read.position) {
                     self.place(tx_id, position).await?;
                     self.look().await?;
