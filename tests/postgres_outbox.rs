@@ -659,3 +659,68 @@ fn the_builder_and_errors_do_not_show_a_password() {
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("app:***@db.internal"), "{shown}");
 }
+
+/// A replay asked for in a process that does not run the subscription
+/// reaches the process that holds it, which runs it once; a standby told
+/// of a replay in its own process leaves it to the holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_asked_for_anywhere_run_once_in_the_holder() {
+    let schema = schema!();
+    let (holder, _) = bus_on(&schema).await;
+    let flaky = common::Flaky::default();
+    flaky
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    holder
+        .subscribe("crm", flaky.clone())
+        .retry(Retry::never())
+        .start()
+        .await
+        .unwrap();
+    for id in [1, 2] {
+        holder.notify(OrderPlaced::new(id)).await.unwrap();
+    }
+    within(10, "both dead-lettered", holder.drain())
+        .await
+        .unwrap();
+    // A standby for the same subscription, whose consumer would record a
+    // replay it ran.
+    let (standby, _) = bus_on(&schema).await;
+    let stood = Recorder::new();
+    standby
+        .subscribe("crm", stood.clone())
+        .retry(Retry::never())
+        .start()
+        .await
+        .unwrap();
+    // An operator's process that runs no subscription at all.
+    let (operator, _) = bus_on(&schema).await;
+    flaky
+        .broken
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let letters = operator.dead_letters().list().await.unwrap();
+    assert_eq!(letters.len(), 2);
+    operator.dead_letters().replay(letters[0].id).await.unwrap();
+    standby.dead_letters().replay(letters[1].id).await.unwrap();
+    eventually(10, "both replays in the holder", || flaky.seen.len() == 2).await;
+    // Several more looks at the store: nothing runs twice.
+    for _ in 0..50 {
+        if operator.dead_letters().count().await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(operator.dead_letters().count().await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut replayed = order_ids(flaky.seen.events());
+    replayed.sort_unstable();
+    assert_eq!(replayed, [1, 2], "each letter replayed once");
+    assert!(stood.is_empty(), "the standby ran a replay");
+    assert_eq!(standby.stats()[0].replaying, 0);
+    within(10, "the standby's drain", standby.drain())
+        .await
+        .unwrap();
+    operator.shutdown().await;
+    standby.shutdown().await;
+    holder.shutdown().await;
+}

@@ -197,6 +197,14 @@ pub trait Reader: Send + Debug {
         Ok(())
     }
 
+    /// Whether this process holds the subscription now, for a backend
+    /// whose subscriptions several processes share: only the holder runs
+    /// replays of dead letters, so one letter is not replayed by two
+    /// processes. Default `true`: nothing else could hold it.
+    fn holds_claim(&self) -> bool {
+        true
+    }
+
     /// The position of the next delivery [`next`](Reader::next) returns.
     fn position(&self) -> Position;
 

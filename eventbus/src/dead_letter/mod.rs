@@ -17,7 +17,7 @@ use crate::event::AnyEvent;
 use crate::failure::error_chain;
 use crate::stall::Stall;
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -176,12 +176,16 @@ pub(crate) struct Route {
     pub(crate) pending: Arc<AtomicU64>,
     /// The runner's wake-up, raised after each id sent.
     pub(crate) wake: Arc<crate::signal::Signal>,
+    /// Ids sent and not yet finished, so a letter found marked again by
+    /// a later look at the store is not sent twice.
+    pub(crate) told: Arc<Mutex<HashSet<u64>>>,
 }
 
 /// A letter marked for replay, taken by its subscription.
 pub(crate) struct Replay {
     pub(crate) id: u64,
     pub(crate) event: AnyEvent,
+    subscription: String,
     letters: Weak<Shared>,
 }
 
@@ -201,6 +205,7 @@ impl Replay {
                 "a replayed dead letter could not be removed; it stays and is replayed again",
             );
         }
+        DeadLetters { inner: shared }.untell(&self.subscription, self.id);
     }
 }
 
@@ -376,6 +381,11 @@ impl DeadLetters {
     /// replays it when it next starts. A marked letter whose subscription
     /// runs nowhere can still be [discarded](DeadLetters::discard).
     ///
+    /// On a store that several processes share (the PostgreSQL outbox),
+    /// any process may ask: the process holding the subscription finds the
+    /// mark within about a second and runs the replay; a process standing
+    /// by leaves it to the holder.
+    ///
     /// # Errors
     ///
     /// [`ReplayError::NotFound`] for an unknown id;
@@ -445,27 +455,79 @@ impl DeadLetters {
             .contains_key(subscription)
     }
 
-    /// Tells the subscription, if it runs here, of a letter to replay.
+    /// Tells the subscription, if it runs here, of a letter to replay,
+    /// unless it was told already and has not finished it.
     fn tell(&self, subscription: &str, id: u64) {
         let routes = self.inner.routes.lock().expect("routes lock");
         if let Some(route) = routes.get(subscription) {
+            if !route.told.lock().expect("told lock").insert(id) {
+                return;
+            }
             route.pending.fetch_add(1, Ordering::SeqCst);
             if route.tx.send(id).is_err() {
                 // Stopped meanwhile: the mark stays for its next start.
                 route.pending.fetch_sub(1, Ordering::SeqCst);
+                route.told.lock().expect("told lock").remove(&id);
             } else {
                 route.wake.raise();
             }
         }
     }
 
-    /// Takes letter `id` for its subscription's replay, if it is still
-    /// there and marked; logged and `None` otherwise.
-    pub(crate) async fn take(&self, id: u64) -> Option<Replay> {
+    /// Forgets that the subscription was told of `id`: its replay ended,
+    /// or was left to another process. A later look at the store tells it
+    /// again if the letter is still marked.
+    pub(crate) fn untell(&self, subscription: &str, id: u64) {
+        let routes = self.inner.routes.lock().expect("routes lock");
+        if let Some(route) = routes.get(subscription) {
+            route.told.lock().expect("told lock").remove(&id);
+        }
+    }
+
+    /// Whether the store is shared by processes, so letters may be marked
+    /// for replay in another one.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.inner.store.is_shared()
+    }
+
+    /// Tells a subscription running here of every letter of it marked for
+    /// replay and not yet told: marks made by other processes reach it so.
+    pub(crate) async fn look_for_marks(&self, subscription: &str) -> Result<(), StoreError> {
+        let mut after = None;
+        loop {
+            let ids = self
+                .inner
+                .store
+                .requested(subscription, after, REQUESTED_PAGE)
+                .await?;
+            // Only an empty page ends it: a store may answer with fewer
+            // than asked for and still have more.
+            let Some(&last) = ids.last() else {
+                return Ok(());
+            };
+            for &id in &ids {
+                self.tell(subscription, id);
+            }
+            after = Some(last);
+        }
+    }
+
+    /// Takes letter `id` for `subscription`'s replay, if it is still there
+    /// and marked; logged and `None` otherwise.
+    pub(crate) async fn take(&self, subscription: &str, id: u64) -> Option<Replay> {
+        let taken = self.take_marked(id).await;
+        if taken.is_none() {
+            self.untell(subscription, id);
+        }
+        taken
+    }
+
+    async fn take_marked(&self, id: u64) -> Option<Replay> {
         match self.inner.store.get(id).await {
             Ok(Some(letter)) if letter.replaying => Some(Replay {
                 id,
                 event: letter.event,
+                subscription: letter.subscription,
                 letters: Arc::downgrade(&self.inner),
             }),
             Ok(_) => None,
@@ -489,23 +551,7 @@ impl DeadLetters {
             .lock()
             .expect("routes lock")
             .insert(subscription.to_owned(), route);
-        let mut after = None;
-        loop {
-            let ids = self
-                .inner
-                .store
-                .requested(subscription, after, REQUESTED_PAGE)
-                .await?;
-            // Only an empty page ends it: a store may answer with fewer
-            // than asked for and still have more.
-            let Some(&last) = ids.last() else {
-                return Ok(());
-            };
-            for &id in &ids {
-                self.tell(subscription, id);
-            }
-            after = Some(last);
-        }
+        self.look_for_marks(subscription).await
     }
 
     pub(crate) fn writer(

@@ -373,6 +373,7 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             tx: replay_tx,
             pending: Arc::clone(&state.replays),
             wake: Arc::clone(&state.wake),
+            told: Arc::default(),
         };
         if let Err(err) = inner.dead_letters.route(&name, route).await {
             inner.dead_letters.unroute(&name, &state.replays);

@@ -42,6 +42,13 @@ impl<C: Consumer> Runner<C> {
         let state = Arc::clone(&self.deliverer.state);
         let never = Arc::new(Watermark::default());
         let mut read_failures = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        // On a store that processes share, letters are marked for replay
+        // in other processes too: the holder looks for them now and then.
+        let mut marks = self.deliverer.dead_letters.letters().is_shared().then(|| {
+            let mut every = tokio::time::interval(LOOK_FOR_MARKS);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every
+        });
         loop {
             if state.stop.load(SeqCst) || self.claim_lost {
                 break;
@@ -61,6 +68,9 @@ impl<C: Consumer> Runner<C> {
                     // future stays small, which the rate of every event
                     // depends on.
                     Box::pin(self.requests(&mut mode)).await;
+                }
+                _ = async { marks.as_mut().expect("checked").tick().await }, if running && marks.is_some() => {
+                    Box::pin(self.look_for_marks()).await;
                 }
                 () = progressed.progressed(), if mode.watermark().is_some() => {
                     let done = progressed.done(self.read);
@@ -225,13 +235,43 @@ impl<C: Consumer> Runner<C> {
             && !state.stop.load(SeqCst)
             && let Ok(id) = self.replays.try_recv()
         {
-            self.replay(mode, id).await;
+            if self.reader.holds_claim() {
+                self.replay(mode, id).await;
+            } else {
+                self.leave_replay(id);
+            }
+        }
+    }
+
+    /// Leaves letter `id` to the process that holds the subscription: it
+    /// finds the mark when it next looks at the store.
+    fn leave_replay(&self, id: u64) {
+        let letters = self.deliverer.dead_letters.letters();
+        letters.untell(&self.deliverer.state.name, id);
+        drop(InFlight::replay(&self.deliverer.state));
+    }
+
+    /// Looks for letters marked for replay in other processes, while this
+    /// one holds the subscription.
+    async fn look_for_marks(&mut self) {
+        if !self.reader.holds_claim() {
+            return;
+        }
+        let state = &self.deliverer.state;
+        let letters = self.deliverer.dead_letters.letters();
+        if let Err(err) = letters.look_for_marks(&state.name).await {
+            tracing::warn!(
+                subscription = %state.name,
+                error = %error_chain(&err).join(": "),
+                "cannot look for dead letters marked for replay; trying again later",
+            );
         }
     }
 
     /// Takes letter `id` and hands it to the mode.
     async fn replay(&mut self, mode: &mut Dispatch<C>, id: u64) {
-        match self.deliverer.dead_letters.letters().take(id).await {
+        let letters = self.deliverer.dead_letters.letters();
+        match letters.take(&self.deliverer.state.name, id).await {
             Some(replay) => {
                 mode.replay(replay).await;
             }
@@ -265,7 +305,13 @@ impl<C: Consumer> Runner<C> {
             // Paused, it is not run: the letter stays marked, for the
             // subscription's next start.
             if !state.is_paused()
-                && let Some(replay) = self.deliverer.dead_letters.letters().take(id).await
+                && self.reader.holds_claim()
+                && let Some(replay) = self
+                    .deliverer
+                    .dead_letters
+                    .letters()
+                    .take(&state.name, id)
+                    .await
             {
                 guarded(&state, self.deliverer.replay(replay)).await;
             }
@@ -295,6 +341,10 @@ impl<C: Consumer> Runner<C> {
         state.mark_finished();
     }
 }
+
+/// How often the holder of a subscription on a shared store looks for
+/// letters marked for replay in other processes.
+const LOOK_FOR_MARKS: Duration = Duration::from_secs(1);
 
 /// Waits that double from `first` up to `max` while failures repeat.
 struct Backoff {

@@ -172,6 +172,10 @@ impl PgReader {
             close_bound: None,
         };
         reader.place(tx_id, position).await?;
+        // Claimed at once, not at the first read: a subscription started
+        // paused holds it too, and whether this process holds it is known
+        // from the start (replays run only in the holder).
+        reader.claim().await?;
         reader.look().await?;
         Ok(reader)
     }
@@ -564,6 +568,10 @@ impl Reader for PgReader {
 
     /// Events after the committed place, visible when the reader last
     /// looked (after a commit that left nothing unfinished).
+    fn holds_claim(&self) -> bool {
+        self.held.is_some() && !self.lost()
+    }
+
     fn lag(&self) -> Option<u64> {
         Some(self.lag)
     }
