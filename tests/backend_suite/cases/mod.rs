@@ -2,25 +2,26 @@
 //! of a backend. A case runs on every backend whose declared capabilities
 //! cover its needs; on the others its trial is ignored with the reason.
 //!
-//! Not here yet: two consumers in two processes sharing one subscription,
-//! each event handled once unless one of them dies. No backend declares
-//! `shared_subscriptions` so far; the case comes with the first that does.
+//! Processes sharing one subscription are buses of their own on one
+//! harness (`shared.rs`); a process killed mid-stream needs a real child
+//! process, and is in the backend's own tests (`tests/postgres_outbox.rs`).
 
 mod delivery;
 mod failure;
 mod lifecycle;
+mod shared;
 
 use crate::harness::Harness;
 use eventbus::Capabilities;
 use futures_util::future::LocalBoxFuture;
 
 /// A capability a case can need, as [`Capabilities`] declares it. The
-/// others (`schedules_retries`, `shared_subscriptions`) join when a case
-/// needs them.
+/// other (`schedules_retries`) joins when a case needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Capability {
     Durable,
     Ordered,
+    Shared,
 }
 
 impl Capability {
@@ -28,6 +29,7 @@ impl Capability {
         match self {
             Capability::Durable => capabilities.durable,
             Capability::Ordered => capabilities.ordered,
+            Capability::Shared => capabilities.shared_subscriptions,
         }
     }
 
@@ -36,6 +38,7 @@ impl Capability {
         match self {
             Capability::Durable => "durable",
             Capability::Ordered => "ordered",
+            Capability::Shared => "shared_subscriptions",
         }
     }
 }
@@ -77,6 +80,7 @@ pub(crate) fn all() -> Vec<Case> {
     use self::delivery::*;
     use self::failure::*;
     use self::lifecycle::*;
+    use self::shared::*;
     vec![
         case!(publish_and_subscribe),
         case!(broadcast_to_every_subscription),
@@ -95,5 +99,8 @@ pub(crate) fn all() -> Vec<Case> {
         case!(undecodable_event_is_quarantined_and_the_stream_goes_on, needs Durable),
         case!(pause_and_resume),
         case!(shutdown_while_paused_keeps_its_events, needs Durable),
+        case!(a_shared_subscription_handles_each_event_once, needs Shared),
+        case!(a_shared_subscription_moves_on_when_its_holder_stops, needs Shared),
+        case!(a_replay_of_a_shared_subscription_runs_once, needs Shared),
     ]
 }
