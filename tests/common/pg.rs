@@ -106,3 +106,150 @@ impl Drop for Schema {
         .join();
     }
 }
+
+/// A PostgreSQL server of the test's own, in a temporary directory on a
+/// free loopback port, for tests that stop and restart the server: the
+/// shared one serves every other test running at the same time.
+///
+/// Built with the `initdb`, `pg_ctl` and `postgres` of the machine's
+/// PostgreSQL; as root, they run as the `postgres` user. Stopped (fast)
+/// when dropped, even after a failed assertion.
+pub struct PrivateServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+}
+
+impl PrivateServer {
+    /// Initializes and starts one; `None` (said on stderr) when the
+    /// machine has no PostgreSQL binaries and services are not required.
+    pub fn start(test: &str) -> Option<PrivateServer> {
+        let Some(bin) = Self::binaries() else {
+            let why = "no PostgreSQL binaries (initdb, pg_ctl) under /usr/lib/postgresql";
+            if std::env::var_os("EVENTBUS_REQUIRE_SERVICES").is_some_and(|v| v == "1") {
+                panic!("{why} (EVENTBUS_REQUIRE_SERVICES=1)");
+            }
+            eprintln!("SKIPPED {test}: {why}");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let server = PrivateServer { port, dir, bin };
+        if Self::as_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(server.dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the server's directory");
+        }
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &server.data(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ],
+        );
+        server.pg_ctl_start();
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops it (fast shutdown: sessions are cut) and waits until it is
+    /// down.
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts it again and waits until it accepts connections.
+    pub fn pg_ctl_start(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = format!("{}/server.log", self.dir.path().display());
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn data(&self) -> String {
+        format!("{}/data", self.dir.path().display())
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self
+            .command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// `program` of the server's binaries, as `postgres` when run as root
+    /// (the server refuses to run as root).
+    fn command(&self, program: &str) -> std::process::Command {
+        let program = self.bin.join(program);
+        if Self::as_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            std::process::Command::new(program)
+        }
+    }
+
+    fn as_root() -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    }
+
+    /// The newest `/usr/lib/postgresql/<version>/bin` with `initdb`.
+    fn binaries() -> Option<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|bin| bin.join("initdb").exists() && bin.join("pg_ctl").exists())
+            .collect();
+        found.sort();
+        found.pop()
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
