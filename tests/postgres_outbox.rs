@@ -724,3 +724,46 @@ async fn replays_asked_for_anywhere_run_once_in_the_holder() {
     standby.shutdown().await;
     holder.shutdown().await;
 }
+
+/// A transaction left open elsewhere holds delivery back (the outbox reads
+/// only below the oldest running transaction): the subscription names the
+/// session in its stats, and delivers once the transaction ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_transaction_holding_events_back_is_named_in_the_stats() {
+    let schema = schema!();
+    let (bus, _log) = bus_on(&schema).await;
+    let seen = Recorder::new();
+    let sub = bus.subscribe("audit", seen.clone()).start().await.unwrap();
+    // A session that took a transaction id and then went idle.
+    let mut blocker = schema.pool.begin().await.unwrap();
+    let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    bus.notify(OrderPlaced::new(1)).await.unwrap();
+    let named = |s: &eventbus::SubscriptionStats| {
+        s.stalled
+            .as_deref()
+            .is_some_and(|r| r.contains(&format!("session {pid}")))
+    };
+    eventually(30, "the stats to name the idle session", || {
+        named(&sub.stats())
+    })
+    .await;
+    let reason = sub.stats().stalled.unwrap();
+    assert!(reason.contains("idle in transaction"), "{reason}");
+    assert!(reason.contains("1 committed events wait"), "{reason}");
+    assert!(seen.is_empty(), "delivered past the horizon");
+
+    blocker.commit().await.unwrap();
+    within(10, "delivery once the transaction ended", bus.drain())
+        .await
+        .unwrap();
+    assert_eq!(order_ids(seen.events()), [1]);
+    eventually(10, "the stall to clear", || sub.stats().stalled.is_none()).await;
+    bus.shutdown().await;
+}

@@ -197,6 +197,16 @@ pub trait Reader: Send + Debug {
         Ok(())
     }
 
+    /// Why events the backend holds cannot be read yet, when something
+    /// outside the subscription holds them back (on PostgreSQL, an old
+    /// transaction). The subscription shows it in its stats until it
+    /// clears; a reader whose answer changes returns from
+    /// [`next`](Reader::next), with an empty batch if need be, so it is
+    /// seen. Default `None`.
+    fn held_back(&self) -> Option<String> {
+        None
+    }
+
     /// Whether this process holds the subscription now, for a backend
     /// whose subscriptions several processes share: only the holder runs
     /// replays of dead letters, so one letter is not replayed by two

@@ -418,6 +418,7 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             flushes: flush_rx,
             read: start,
             claim_lost: false,
+            held_back: false,
         };
         let watched = Arc::clone(&state);
         let run = async move {

@@ -34,6 +34,8 @@ pub(crate) struct Runner<C> {
     /// Set when the backend said this process lost the subscription: the
     /// runner then stops, and commits nothing more.
     pub(crate) claim_lost: bool,
+    /// Whether the stats show the backend holding events back.
+    pub(crate) held_back: bool,
 }
 
 impl<C: Consumer> Runner<C> {
@@ -82,6 +84,7 @@ impl<C: Consumer> Runner<C> {
                             state.stall.clear();
                         }
                         self.process(&batch, &mut mode).await;
+                        self.report_held_back();
                     }
                     Ok(None) => break,
                     Err(ReadError::ClaimLost(reason)) => {
@@ -187,6 +190,10 @@ impl<C: Consumer> Runner<C> {
         // stopping subscription on a damaged log gives up, leaving the
         // events to be delivered again after a restart.
         let mut failures = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        // Read before the commit, which counts the reader's lag: every
+        // event accepted by then was stored before the count, so is in it,
+        // and every one accepted after is added to it in the stats.
+        let accepted = self.writer.accepted();
         while let Err(err) = self.reader.commit(done).await {
             if let ReadError::ClaimLost(reason) = &err {
                 self.lose_claim(reason);
@@ -216,9 +223,34 @@ impl<C: Consumer> Runner<C> {
         if let Some(lag) = self.reader.lag() {
             let head = self.reader.head().unwrap_or(done.saturating_add(lag));
             state.known_head.fetch_max(head, Relaxed);
-            state.accepted_at_lag.store(self.writer.accepted(), Relaxed);
+            state.accepted_at_lag.store(accepted, Relaxed);
             state.reader_lag.store(lag, Relaxed);
             metrics.lag.set(lag as f64);
+        }
+    }
+
+    /// Shows in the stats why the backend holds events back, or that it no
+    /// longer does.
+    #[inline]
+    fn report_held_back(&mut self) {
+        let held_back = self.reader.held_back();
+        if held_back.is_none() && !self.held_back {
+            return;
+        }
+        let state = &self.deliverer.state;
+        match held_back {
+            Some(reason) => {
+                if !self.held_back {
+                    tracing::warn!(subscription = %state.name, "{reason}");
+                }
+                state.stall.set(reason, false);
+                self.held_back = true;
+            }
+            None if self.held_back => {
+                state.stall.clear();
+                self.held_back = false;
+            }
+            None => {}
         }
     }
 

@@ -22,6 +22,7 @@ use std::fmt;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::Duration;
 
 /// A row's place in the outbox's read order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +93,10 @@ pub(crate) struct PgReader {
     /// The newest row when the outbox was closed: reading stops there, and
     /// what other processes write after it is theirs to deliver.
     close_bound: Option<RowKey>,
+    /// Why committed events wait, when an old transaction holds the
+    /// horizon back; and when that was last looked at.
+    held_back: Option<String>,
+    horizon_checked: Option<tokio::time::Instant>,
 }
 
 /// The subscription's lease, renewed in the background while held.
@@ -170,6 +175,8 @@ impl PgReader {
             head: 0,
             lag: 0,
             close_bound: None,
+            held_back: None,
+            horizon_checked: None,
         };
         reader.place(tx_id, position).await?;
         // Claimed at once, not at the first read: a subscription started
@@ -369,7 +376,78 @@ impl PgReader {
     }
 }
 
+/// Committed events waiting behind the horizon, and the session whose
+/// transaction holds it, if one does: its pid, state and age in seconds.
+type HeldBack = (i64, Option<i32>, Option<String>, Option<f64>);
+
+/// How often a subscription with nothing to read looks whether committed
+/// events wait behind an old transaction.
+const HORIZON_CHECK: Duration = Duration::from_secs(2);
+
+/// How long a transaction may hold committed events back before a
+/// subscription reports it.
+const HORIZON_PATIENCE: Duration = Duration::from_secs(5);
+
 impl PgReader {
+    /// Looks, at most every [`HORIZON_CHECK`], whether committed events wait
+    /// behind a transaction open for longer than [`HORIZON_PATIENCE`], and
+    /// names it. Returns whether what [`Reader::held_back`] says changed.
+    async fn horizon_changed(&mut self) -> Result<bool, PostgresError> {
+        let now = tokio::time::Instant::now();
+        if self
+            .horizon_checked
+            .is_some_and(|at| now.duration_since(at) < HORIZON_CHECK)
+        {
+            return Ok(false);
+        }
+        self.horizon_checked = Some(now);
+        let schema = &self.inner.schema;
+        // Committed events at or past the horizon wait for it; the session
+        // whose transaction id is the horizon holds it (compared as a
+        // 32-bit `xid`, as pg_stat_activity shows it). A horizon held by
+        // something without a session (a prepared transaction, a
+        // replication slot) is reported without one.
+        let found: Option<HeldBack> = sqlx::query_as(AssertSqlSafe(format!(
+            "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+                      waiting AS (
+                          SELECT count(*) AS n FROM (
+                              SELECT 1 FROM {schema}.events e, h
+                              WHERE e.tx_id >= h.xmin AND (e.tx_id, e.position) > ($1::xid8, $2)
+                              LIMIT 10000) AS w)
+                 SELECT waiting.n, a.pid, a.state,
+                        extract(epoch FROM now() - a.xact_start)::float8
+                 FROM waiting, h
+                 LEFT JOIN pg_stat_activity a
+                   ON a.backend_xid = ((h.xmin::text::numeric % 4294967296)::text)::xid
+                 WHERE waiting.n > 0
+                 LIMIT 1"
+        )))
+        .bind(&self.read.tx_id)
+        .bind(self.read.position)
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query(
+            "looking for a transaction holding events back",
+        ))?;
+        let held_back = found.and_then(|(waiting, pid, state, open_for)| {
+            let open_for = Duration::from_secs_f64(open_for.unwrap_or(0.0).max(0.0));
+            match pid {
+                Some(pid) if open_for >= HORIZON_PATIENCE => Some(format!(
+                    "{waiting} committed events wait behind transaction of PostgreSQL session {pid} ({}, open for {}s); the outbox delivers only below the oldest running transaction, so they go out once it ends",
+                    state.as_deref().unwrap_or("unknown state"),
+                    open_for.as_secs(),
+                )),
+                Some(_) => None,
+                None => Some(format!(
+                    "{waiting} committed events wait behind the oldest running transaction, which no session shows (a prepared transaction or a replication slot?); the outbox delivers only below it"
+                )),
+            }
+        });
+        let changed = held_back != self.held_back;
+        self.held_back = held_back;
+        Ok(changed)
+    }
+
     /// The newest row of the outbox, ranked; a place before everything
     /// (rank -1) when it is empty.
     async fn newest(&self) -> Result<RowKey, PostgresError> {
@@ -492,10 +570,18 @@ impl Reader for PgReader {
                 self.close_bound = Some(self.newest().await?);
             }
             if let Some(batch) = self.read_rows(max).await? {
+                if self.held_back.is_some() {
+                    // Reading again: look whether the hold has ended.
+                    self.horizon_changed().await?;
+                }
                 return Ok(Some(batch));
             }
             if closed {
                 return Ok(None);
+            }
+            if self.horizon_changed().await? {
+                // Nothing to deliver, but news for the stats.
+                return Ok(Some(Batch::from_events_until(Vec::new(), self.next)));
             }
             tokio::select! {
                 () = woken => {}
@@ -509,6 +595,9 @@ impl Reader for PgReader {
             return Err(self.claim_lost());
         }
         let Some(split) = self.pending.iter().rposition(|(at, _)| *at < up_to) else {
+            // Nothing to commit, but the lag is asked for after every
+            // commit, with what the process accepted before it.
+            self.look().await?;
             return Ok(());
         };
         let key = self.pending[split].1.clone();
@@ -568,6 +657,10 @@ impl Reader for PgReader {
 
     /// Events after the committed place, visible when the reader last
     /// looked (after a commit that left nothing unfinished).
+    fn held_back(&self) -> Option<String> {
+        self.held_back.clone()
+    }
+
     fn holds_claim(&self) -> bool {
         self.held.is_some() && !self.lost()
     }
