@@ -767,3 +767,81 @@ async fn an_old_transaction_holding_events_back_is_named_in_the_stats() {
     eventually(10, "the stall to clear", || sub.stats().stalled.is_none()).await;
     bus.shutdown().await;
 }
+
+/// Sixteen producers notify at once: their events share transactions
+/// (group commit), and each producer's events still arrive in the order it
+/// notified them, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_notifies_share_commits_and_keep_each_producers_order() {
+    let schema = schema!();
+    let (bus, _log) = bus_on(&schema).await;
+    let seen = Recorder::new();
+    bus.subscribe("audit", seen.clone()).start().await.unwrap();
+    let producers: Vec<_> = (0..16u64)
+        .map(|p| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                for n in 0..100u64 {
+                    bus.notify(OrderPlaced::new(p * 1000 + n)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    within(30, "delivery", bus.drain()).await.unwrap();
+    let ids = order_ids(seen.events());
+    assert_eq!(ids.len(), 1600, "each once");
+    for p in 0..16u64 {
+        let mine: Vec<u64> = ids.iter().copied().filter(|id| id / 1000 == p).collect();
+        assert_eq!(mine, (0..100).map(|n| p * 1000 + n).collect::<Vec<_>>());
+    }
+    let transactions = schema
+        .count("SELECT count(DISTINCT tx_id::text) FROM {schema}.events")
+        .await;
+    eprintln!("1600 events in {transactions} transactions");
+    assert!(transactions <= 1600);
+    bus.shutdown().await;
+}
+
+/// A batch the database refuses refuses every event in it, and stores none
+/// of them; the events of other batches go on. The refusal says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_refuses_each_of_its_events_and_stores_none() {
+    let schema = schema!();
+    let (bus, log) = bus_on(&schema).await;
+    let seen = Recorder::new();
+    bus.subscribe("audit", seen.clone()).start().await.unwrap();
+    schema
+        .exec(
+            "ALTER TABLE {schema}.events ADD CONSTRAINT no_13
+             CHECK ((payload->>'order_id')::bigint <> 13)",
+        )
+        .await;
+    let results: Vec<_> = futures_util::future::join_all((1..=40u64).map(|id| {
+        let bus = bus.clone();
+        async move { (id, bus.notify(OrderPlaced::new(id)).await) }
+    }))
+    .await;
+    within(30, "delivery", bus.drain()).await.unwrap();
+    let delivered = order_ids(seen.events());
+    let mut refused = Vec::new();
+    for (id, result) in &results {
+        match result {
+            Ok(()) => assert!(delivered.contains(id), "{id} accepted, never delivered"),
+            Err(err) => {
+                assert!(!delivered.contains(id), "{id} refused, yet delivered");
+                let text = common::chain(err);
+                assert!(text.contains("no_13"), "{id}: {text}");
+                refused.push(*id);
+            }
+        }
+    }
+    assert!(refused.contains(&13), "{refused:?}");
+    assert_eq!(delivered.len() + refused.len(), 40);
+    let stored = schema.count("SELECT count(*) FROM {schema}.events").await;
+    assert_eq!(stored as usize, delivered.len());
+    drop(log);
+    bus.shutdown().await;
+}

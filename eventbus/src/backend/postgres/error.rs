@@ -26,6 +26,17 @@ pub enum PostgresError {
         #[source]
         source: sqlx::Error,
     },
+    /// A statement writing several events at once failed: each of them
+    /// gets this error, and none of them was stored.
+    #[error("PostgreSQL failed while {doing}")]
+    Batch {
+        /// What the outbox was doing.
+        doing: &'static str,
+        /// What the server or the driver reported, shared by the events
+        /// of the batch.
+        #[source]
+        source: std::sync::Arc<sqlx::Error>,
+    },
     /// The schema name is not a plain lower-case identifier.
     #[error(
         "`{0}` is not a usable schema name: use lower-case letters, digits and `_`, starting with a letter or `_`, at most 48 characters"

@@ -15,6 +15,7 @@
 //! process lists and replays them.
 
 mod error;
+mod group;
 mod reader;
 mod retention;
 mod schema;
@@ -78,6 +79,9 @@ struct Inner {
     wake: Notify,
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pruner: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where `notify` puts events for the writer tasks, which end once this
+    /// is dropped.
+    queue: group::Queue,
 }
 
 /// Configures a [`PostgresLog`]; from [`PostgresLog::builder`].
@@ -308,6 +312,7 @@ impl PostgresLogBuilder {
             }
         };
         schema::prepare(&pool, &self.schema).await?;
+        let (queue, receiver) = group::queue();
         let log = PostgresLog {
             inner: Arc::new(Inner {
                 channel: format!("eventbus_{}", self.schema),
@@ -321,8 +326,15 @@ impl PostgresLogBuilder {
                 listener: std::sync::Mutex::new(None),
                 pruner: std::sync::Mutex::new(None),
                 retention: self.retention.clone(),
+                queue,
             }),
         };
+        for _ in 0..group::WRITERS {
+            tokio::spawn(group::write_batches(
+                Arc::downgrade(&log.inner),
+                Arc::clone(&receiver),
+            ));
+        }
         let listener = tokio::spawn(listen(Arc::downgrade(&log.inner)));
         *log.inner.listener.lock().expect("listener lock") = Some(listener);
         let pruner = tokio::spawn(retention::run(
@@ -424,20 +436,27 @@ impl Backend for PostgresLog {
         if self.inner.closed.load(SeqCst) {
             return Err(WriteError::Closed(event));
         }
-        let mut conn = self
-            .inner
-            .pool
-            .acquire()
-            .await
-            .map_err(PostgresError::query(
-                "taking a connection to write an event",
-            ))?;
-        // One statement: a transaction of its own, whose only row is
-        // first in it. The position returned is the one subscriptions see
-        // it at, which `drain` compares with.
-        let (_, tx_id) = self.insert(&mut conn, &event).await?;
-        let position = reader::first_in(&tx_id)?;
-        Ok(position)
+        let payload = event.to_json_bytes().map_err(PostgresError::Encode)?;
+        let payload = String::from_utf8(payload).expect("serde_json writes UTF-8");
+        // Written with whatever other tasks notify meanwhile, in one
+        // transaction (see `group`). The position returned is the one
+        // subscriptions see it at, which `drain` compares with.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = group::Pending {
+            id: event.meta().id,
+            name: event.name().to_owned(),
+            version: event.version() as i32,
+            payload,
+            reply,
+        };
+        if self.inner.queue.send(pending).await.is_err() {
+            return Err(WriteError::Closed(event));
+        }
+        match answer.await {
+            Ok(written) => Ok(written?),
+            // The writer tasks end only with the outbox.
+            Err(_) => Err(WriteError::Closed(event)),
+        }
     }
 
     async fn reader(

@@ -1,0 +1,139 @@
+//! Group commit for `notify`: events written concurrently by many tasks go
+//! to the database together, one statement and one transaction for up to
+//! [`MAX_BATCH`] of them.
+//!
+//! A transaction per event caps the rate at what the server commits per
+//! second (a few thousand on a small machine), however many producers
+//! there are. Here each writer task takes whatever has queued up while the
+//! previous statement ran, so a lone producer still pays one round trip,
+//! and many producers share each commit.
+
+use super::{Inner, PostgresError, reader};
+use crate::backend::Position;
+use sqlx::AssertSqlSafe;
+use std::sync::{Arc, Weak};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// The most events one statement writes.
+const MAX_BATCH: usize = 512;
+
+/// Statements in flight at once. One: while it commits, the next batch
+/// forms, and the fewer commits the more events each carries. On our
+/// 2-core machine, with the server on the same cores, 16 producers got
+/// 13,400 to 13,800 events/s with one writer, 10,700 to 12,900 with two
+/// and 7,800 to 8,700 with four.
+pub(super) const WRITERS: usize = 1;
+
+/// Events waiting for a writer; past this, `notify` waits for room.
+const QUEUE: usize = 4 * MAX_BATCH;
+
+/// An event encoded and waiting to be written, and who waits for it.
+pub(super) struct Pending {
+    pub(super) id: uuid::Uuid,
+    pub(super) name: String,
+    pub(super) version: i32,
+    pub(super) payload: String,
+    pub(super) reply: oneshot::Sender<Result<Position, PostgresError>>,
+}
+
+/// The queue `append` puts events on.
+pub(super) type Queue = mpsc::Sender<Pending>;
+
+/// A queue and its receiving end, shared by the writer tasks.
+pub(super) fn queue() -> (Queue, Arc<Mutex<mpsc::Receiver<Pending>>>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (tx, Arc::new(Mutex::new(rx)))
+}
+
+/// One writer task: takes a batch off the queue, writes it, answers each
+/// event of it. Ends when the outbox is gone.
+pub(super) async fn write_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+    loop {
+        let batch = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            let mut batch = Vec::with_capacity(8);
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let written = write(&strong, &batch).await;
+        drop(strong);
+        match written {
+            Ok(tx_id) => {
+                let first = match reader::first_in(&tx_id) {
+                    Ok(first) => first,
+                    Err(err) => {
+                        for pending in batch {
+                            let _ = pending
+                                .reply
+                                .send(Err(PostgresError::OutOfRange(err.to_string())));
+                        }
+                        continue;
+                    }
+                };
+                // The batch is one transaction and only its rows are in
+                // it, inserted in this order: the k-th is k-th in it.
+                for (k, pending) in batch.into_iter().enumerate() {
+                    let _ = pending.reply.send(Ok(first + k as Position));
+                }
+            }
+            Err(source) => {
+                let source = Arc::new(source);
+                for pending in batch {
+                    let _ = pending.reply.send(Err(PostgresError::Batch {
+                        doing: "inserting events",
+                        source: Arc::clone(&source),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Writes `batch` in one statement; the id of its transaction.
+async fn write(inner: &Inner, batch: &[Pending]) -> Result<String, sqlx::Error> {
+    let schema = &inner.schema;
+    // In the order given (WITH ORDINALITY, ORDER BY): rows get their
+    // positions, and their ranks in the transaction, in that order.
+    let insert = format!(
+        "INSERT INTO {schema}.events (event_id, name, version, payload)
+         SELECT id, name, version, payload::jsonb
+         FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[])
+              WITH ORDINALITY AS u(id, name, version, payload, ord)
+         ORDER BY ord
+         RETURNING 1"
+    );
+    // One statement, so it is atomic without BEGIN and COMMIT. The NOTIFY
+    // is delivered at commit, and not at all on a rollback.
+    let sql = if inner.notify_on_commit {
+        format!(
+            "WITH written AS ({insert})
+             SELECT pg_current_xact_id()::text FROM (SELECT count(*) FROM written) AS w, pg_notify($5, '')"
+        )
+    } else {
+        format!(
+            "WITH written AS ({insert})
+             SELECT pg_current_xact_id()::text FROM (SELECT count(*) FROM written) AS w"
+        )
+    };
+    let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
+        .bind(batch.iter().map(|p| p.id).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.name.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.version).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.payload.as_str()).collect::<Vec<_>>());
+    if inner.notify_on_commit {
+        query = query.bind(&inner.channel);
+    }
+    query.fetch_one(&inner.pool).await
+}
