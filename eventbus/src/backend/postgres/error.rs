@@ -26,8 +26,11 @@ pub enum PostgresError {
         #[source]
         source: sqlx::Error,
     },
-    /// A statement writing several events at once failed: each of them
-    /// gets this error, and none of them was stored.
+    /// A statement writing several events at once failed, and so did the
+    /// statement writing this event alone afterwards. When the server
+    /// refused it, the event was not stored; when the connection was lost
+    /// while it committed, whether it was stored is unknown, as with any
+    /// database write.
     #[error("PostgreSQL failed while {doing}")]
     Batch {
         /// What the outbox was doing.

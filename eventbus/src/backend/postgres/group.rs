@@ -62,40 +62,64 @@ pub(super) async fn write_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Rec
                     Err(_) => break,
                 }
             }
+            // A `notify` given up on (its future dropped) before its event
+            // went out is not written.
+            batch.retain(|pending| !pending.reply.is_closed());
             batch
         };
+        if batch.is_empty() {
+            continue;
+        }
         let Some(strong) = inner.upgrade() else {
             return;
         };
         let written = write(&strong, &batch).await;
-        drop(strong);
-        match written {
-            Ok(tx_id) => {
-                let first = match reader::first_in(&tx_id) {
-                    Ok(first) => first,
-                    Err(err) => {
-                        for pending in batch {
-                            let _ = pending
-                                .reply
-                                .send(Err(PostgresError::OutOfRange(err.to_string())));
-                        }
-                        continue;
-                    }
-                };
-                // The batch is one transaction and only its rows are in
-                // it, inserted in this order: the k-th is k-th in it.
-                for (k, pending) in batch.into_iter().enumerate() {
-                    let _ = pending.reply.send(Ok(first + k as Position));
-                }
+        if matches!(written, Err(sqlx::Error::Database(_))) && batch.len() > 1 {
+            // One event the database refuses (a string with a NUL, which
+            // jsonb rejects) must not fail the others: each is written on
+            // its own, and only what fails alone is refused. Only when the
+            // server refused the statement, so nothing of it was stored: a
+            // lost connection fails the whole batch at once.
+            for pending in batch {
+                let alone = write(&strong, std::slice::from_ref(&pending)).await;
+                answer(vec![pending], alone);
             }
-            Err(source) => {
-                let source = Arc::new(source);
-                for pending in batch {
-                    let _ = pending.reply.send(Err(PostgresError::Batch {
-                        doing: "inserting events",
-                        source: Arc::clone(&source),
-                    }));
+            continue;
+        }
+        drop(strong);
+        answer(batch, written);
+    }
+}
+
+/// Answers each event of `batch`, written in one transaction (`written`
+/// is its id) or refused.
+fn answer(batch: Vec<Pending>, written: Result<String, sqlx::Error>) {
+    match written {
+        Ok(tx_id) => {
+            let first = match reader::first_in(&tx_id) {
+                Ok(first) => first,
+                Err(err) => {
+                    for pending in batch {
+                        let _ = pending
+                            .reply
+                            .send(Err(PostgresError::OutOfRange(err.to_string())));
+                    }
+                    return;
                 }
+            };
+            // The batch is one transaction and only its rows are in
+            // it, inserted in this order: the k-th is k-th in it.
+            for (k, pending) in batch.into_iter().enumerate() {
+                let _ = pending.reply.send(Ok(first + k as Position));
+            }
+        }
+        Err(source) => {
+            let source = Arc::new(source);
+            for pending in batch {
+                let _ = pending.reply.send(Err(PostgresError::Batch {
+                    doing: "inserting events",
+                    source: Arc::clone(&source),
+                }));
             }
         }
     }

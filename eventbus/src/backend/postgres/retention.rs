@@ -9,8 +9,11 @@ use std::time::Duration;
 /// Which rows of the outbox are deleted, and how often.
 ///
 /// An event is finished once every subscription recorded in the outbox
-/// has moved past it; an unfinished event is never deleted, whatever its
-/// age. Each event limit prunes on its own: a finished event goes once it
+/// has moved past its transaction; an unfinished event is never deleted,
+/// whatever its age. With no subscription recorded at all, every event is
+/// finished: a subscription created later with
+/// [`StartFrom::Beginning`](crate::StartFrom::Beginning) does not see what
+/// was pruned before it. Each event limit prunes on its own: a finished event goes once it
 /// is past either. Dead letters keep their own copy of the event, so they
 /// outlive the event rows, under a limit of their own; a letter marked for
 /// replay is kept until the replay takes it.
@@ -107,7 +110,20 @@ impl PostgresLog {
     /// [`PostgresError::Query`] when a statement fails; what was deleted
     /// before stays deleted, and nothing unfinished ever is.
     pub async fn prune(&self) -> Result<Pruned, PostgresError> {
-        prune(&self.inner).await
+        // On a task of its own: a caller that gives up waiting (a timeout)
+        // must not cut it between taking the session lock and giving it
+        // back, or the lock would stay with a pooled connection and stop
+        // every process pruning.
+        let inner = Arc::clone(&self.inner);
+        match tokio::spawn(async move { prune(&inner).await }).await {
+            Ok(pruned) => pruned,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // The runtime is shutting down: nothing was pruned.
+            Err(_) => Ok(Pruned {
+                skipped: true,
+                ..Pruned::default()
+            }),
+        }
     }
 
     /// Deletes everything the outbox keeps for `subscription`: its
@@ -258,14 +274,16 @@ async fn prune_locked(
     let age = |d: Duration| i64::try_from(d.min(NO_LIMIT_AGE).as_millis()).unwrap_or(i64::MAX);
     let max_events = i64::try_from(retention.max_events).unwrap_or(i64::MAX);
     let mut pruned = Pruned::default();
-    // Events at or before every cursor, committed below the horizon, and
-    // past either limit. With no cursor at all, nothing is waiting for any.
+    // Events of transactions wholly before every cursor's, committed below
+    // the horizon, and past either limit. Whole transactions: a reader
+    // numbers the events of a transaction by their rank in it, and a
+    // cursor inside one would see its ranks shift if part of it went. With
+    // no cursor at all, nothing is waiting for any.
     let events = format!(
         "DELETE FROM {schema}.events WHERE position IN (
              SELECT e.position FROM {schema}.events e
              WHERE NOT EXISTS (
-                     SELECT 1 FROM {schema}.cursors c
-                     WHERE (e.tx_id, e.position) > (c.tx_id, c.position))
+                     SELECT 1 FROM {schema}.cursors c WHERE e.tx_id >= c.tx_id)
                AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
                AND (e.appended_at < now() - $1 * interval '1 millisecond'
                     OR e.position <= (SELECT max(position) FROM {schema}.events) - $2)
