@@ -16,12 +16,14 @@
 
 mod error;
 mod group;
+mod quarantine;
 mod reader;
 mod retention;
 mod schema;
 mod stores;
 
 pub use self::error::PostgresError;
+pub use self::quarantine::{Quarantined, Requeued};
 pub use self::retention::{Forgotten, Pruned, Retention};
 
 // Every dynamic statement only puts in the schema name, which is
