@@ -21,6 +21,22 @@ macro_rules! schema {
     };
 }
 
+/// Stores, behind the bus's back, two rows no event of this binary
+/// decodes: a name nothing registers and one spelled the old way.
+async fn store_undecodable_rows(schema: &Schema) {
+    for name in ["order.renamed_long_ago", "order_placed"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {}.events (event_id, name, version, payload)
+             VALUES (gen_random_uuid(), $1, 1, '{{\"order_id\": \"seven\"}}')",
+            schema.name
+        )))
+        .bind(name)
+        .execute(&schema.pool)
+        .await
+        .expect("store a row behind the bus's back");
+    }
+}
+
 async fn bus_on(schema: &Schema) -> (Bus, eventbus::PostgresLog) {
     let log = schema.log().await;
     let bus = Bus::builder()
@@ -249,10 +265,7 @@ async fn a_process_whose_lease_was_taken_stops_without_committing() {
 async fn dead_letters_are_stored_in_the_database_and_replayed() {
     let schema = schema!();
     let (bus, log) = bus_on(&schema).await;
-    let flaky = common::Flaky::default();
-    flaky
-        .broken
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let flaky = common::Flaky::failing();
     bus.subscribe("crm", flaky.clone())
         .retry(Retry::never())
         .start()
@@ -273,9 +286,7 @@ async fn dead_letters_are_stored_in_the_database_and_replayed() {
     assert_eq!(order_ids([letters[0].event.clone()]), [7]);
     drop(log);
     // The owning process replays it; the consumer succeeds now.
-    flaky
-        .broken
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    flaky.fix();
     bus.dead_letters().replay(letters[0].id).await.unwrap();
     eventually(10, "the replay", || flaky.seen.len() == 1).await;
     for _ in 0..100 {
@@ -300,18 +311,7 @@ async fn an_event_that_no_longer_decodes_is_quarantined_and_the_stream_goes_on()
     let seen = Recorder::new();
     bus.subscribe("search", seen.clone()).start().await.unwrap();
     bus.notify(OrderPlaced::new(1)).await.unwrap();
-    schema
-        .exec(
-            "INSERT INTO {schema}.events (event_id, name, version, payload)
-             VALUES (gen_random_uuid(), 'order.renamed_long_ago', 1, '{}')",
-        )
-        .await;
-    schema
-        .exec(
-            "INSERT INTO {schema}.events (event_id, name, version, payload)
-             VALUES (gen_random_uuid(), 'order_placed', 1, '{\"order_id\": \"not a number\"}')",
-        )
-        .await;
+    store_undecodable_rows(&schema).await;
     bus.notify(OrderPlaced::new(2)).await.unwrap();
     within(10, "delivery past the bad rows", bus.drain())
         .await
@@ -667,10 +667,7 @@ fn the_builder_and_errors_do_not_show_a_password() {
 async fn replays_asked_for_anywhere_run_once_in_the_holder() {
     let schema = schema!();
     let (holder, _) = bus_on(&schema).await;
-    let flaky = common::Flaky::default();
-    flaky
-        .broken
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let flaky = common::Flaky::failing();
     holder
         .subscribe("crm", flaky.clone())
         .retry(Retry::never())
@@ -695,9 +692,7 @@ async fn replays_asked_for_anywhere_run_once_in_the_holder() {
         .unwrap();
     // An operator's process that runs no subscription at all.
     let (operator, _) = bus_on(&schema).await;
-    flaky
-        .broken
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    flaky.fix();
     let letters = operator.dead_letters().list().await.unwrap();
     assert_eq!(letters.len(), 2);
     operator.dead_letters().replay(letters[0].id).await.unwrap();
@@ -859,18 +854,7 @@ async fn quarantined_rows_are_listed_and_requeued_once_they_decode() {
     let (bus, log) = bus_on(&schema).await;
     let seen = Recorder::new();
     bus.subscribe("search", seen.clone()).start().await.unwrap();
-    schema
-        .exec(
-            "INSERT INTO {schema}.events (event_id, name, version, payload)
-             VALUES (gen_random_uuid(), 'order.renamed_long_ago', 1, '{}')",
-        )
-        .await;
-    schema
-        .exec(
-            "INSERT INTO {schema}.events (event_id, name, version, payload)
-             VALUES (gen_random_uuid(), 'order_placed', 1, '{\"order_id\": \"seven\"}')",
-        )
-        .await;
+    store_undecodable_rows(&schema).await;
     bus.notify(OrderPlaced::new(1)).await.unwrap();
     within(10, "delivery past the bad rows", bus.drain())
         .await

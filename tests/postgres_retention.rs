@@ -48,6 +48,18 @@ async fn bus_with(schema: &Schema, retention: Retention) -> (Bus, PostgresLog) {
     (bus, log)
 }
 
+/// Runs an `audit` subscription on `bus` and delivers orders `ids` to it,
+/// one transaction each.
+async fn audit_orders(bus: &Bus, ids: std::ops::Range<u64>) -> Recorder {
+    let seen = Recorder::new();
+    bus.subscribe("audit", seen.clone()).start().await.unwrap();
+    for id in ids {
+        bus.notify(OrderPlaced::new(id)).await.unwrap();
+    }
+    within(30, "delivery", bus.drain()).await.unwrap();
+    seen
+}
+
 async fn events_left(schema: &Schema) -> i64 {
     schema.count("SELECT count(*) FROM {schema}.events").await
 }
@@ -102,12 +114,7 @@ async fn the_count_limit_keeps_the_newest_finished_events() {
         ..prune_all_by_hand()
     };
     let (bus, log) = bus_with(&schema, retention).await;
-    let seen = Recorder::new();
-    bus.subscribe("audit", seen.clone()).start().await.unwrap();
-    for id in 0..10 {
-        bus.notify(OrderPlaced::new(id)).await.unwrap();
-    }
-    within(10, "delivery", bus.drain()).await.unwrap();
+    audit_orders(&bus, 0..10).await;
     let pruned = log.prune().await.unwrap();
     assert_eq!(pruned.events, 6);
     let kept: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -129,14 +136,7 @@ async fn the_age_limit_keeps_recent_finished_events() {
         ..prune_all_by_hand()
     };
     let (bus, log) = bus_with(&schema, retention).await;
-    bus.subscribe("audit", Recorder::new())
-        .start()
-        .await
-        .unwrap();
-    for id in 0..5 {
-        bus.notify(OrderPlaced::new(id)).await.unwrap();
-    }
-    within(10, "delivery", bus.drain()).await.unwrap();
+    audit_orders(&bus, 0..5).await;
     // Two of them were appended two hours ago.
     schema
         .exec(
@@ -153,10 +153,7 @@ async fn the_age_limit_keeps_recent_finished_events() {
 async fn dead_letters_outlive_their_events_and_go_by_their_own_limit() {
     let schema = schema!();
     let (bus, log) = bus_with(&schema, prune_all_by_hand()).await;
-    let flaky = common::Flaky::default();
-    flaky
-        .broken
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let flaky = common::Flaky::failing();
     bus.subscribe("crm", flaky.clone())
         .retry(Retry::never())
         .start()
@@ -191,9 +188,7 @@ async fn dead_letters_outlive_their_events_and_go_by_their_own_limit() {
     assert_eq!(left[0].id, letters[0].id);
 
     // The replay runs from the letter's own copy of the event.
-    flaky
-        .broken
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    flaky.fix();
     assert_eq!(bus.resume("crm"), Some(true));
     within(10, "the replay", bus.drain()).await.unwrap();
     assert_eq!(order_ids(flaky.seen.events()), [1]);
@@ -209,14 +204,7 @@ async fn the_outbox_prunes_by_itself_every_period() {
         ..prune_all_by_hand()
     };
     let (bus, _log) = bus_with(&schema, retention).await;
-    bus.subscribe("audit", Recorder::new())
-        .start()
-        .await
-        .unwrap();
-    for id in 0..5 {
-        bus.notify(OrderPlaced::new(id)).await.unwrap();
-    }
-    within(10, "delivery", bus.drain()).await.unwrap();
+    audit_orders(&bus, 0..5).await;
     let mut left = events_left(&schema).await;
     for _ in 0..100 {
         if left == 1 {
@@ -239,14 +227,7 @@ async fn two_processes_pruning_at_once_take_turns() {
         .connect()
         .await
         .unwrap();
-    bus.subscribe("audit", Recorder::new())
-        .start()
-        .await
-        .unwrap();
-    for id in 0..200 {
-        bus.notify(OrderPlaced::new(id)).await.unwrap();
-    }
-    within(20, "delivery", bus.drain()).await.unwrap();
+    audit_orders(&bus, 0..200).await;
     let (x, y) = tokio::join!(a.prune(), b.prune());
     let (x, y) = (x.unwrap(), y.unwrap());
     // Whether they overlapped or not, each event went once.
@@ -278,12 +259,7 @@ async fn a_retired_subscription_holds_pruning_back_until_forgotten() {
         .await
         .unwrap();
     let (bus, log) = bus_with(&schema, prune_all_by_hand()).await;
-    bus.subscribe("audit", Recorder::new())
-        .start()
-        .await
-        .unwrap();
-    bus.notify(OrderPlaced::new(1)).await.unwrap();
-    within(10, "audit done", bus.drain()).await.unwrap();
+    audit_orders(&bus, 1..2).await;
     common::eventually(10, "legacy took its event", || legacy.started.len() == 1).await;
 
     // Held by the old process: refused, nothing deleted.
@@ -361,4 +337,32 @@ async fn a_subscription_forgotten_under_a_standby_says_so() {
     assert!(seen.is_empty());
     standby.shutdown().await;
     holder.shutdown().await;
+}
+
+/// A caller that gives up on `prune` (a timeout) does not leave the prune
+/// lock behind: the next prune, from this process or another, runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_given_up_on_leaves_no_lock_behind() {
+    let schema = schema!();
+    let (bus, log) = bus_with(&schema, prune_all_by_hand()).await;
+    audit_orders(&bus, 0..20).await;
+    // Cut short at a range of moments, some between taking the lock and
+    // giving it back.
+    for micros in (0..2_000).step_by(100) {
+        let _ = tokio::time::timeout(Duration::from_micros(micros), log.prune()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = schema
+        .builder()
+        .retention(prune_all_by_hand())
+        .connect()
+        .await
+        .unwrap();
+    assert!(
+        !other.prune().await.unwrap().skipped,
+        "the lock stayed taken"
+    );
+    assert!(!log.prune().await.unwrap().skipped, "the lock stayed taken");
+    assert_eq!(events_left(&schema).await, 1);
+    bus.shutdown().await;
 }

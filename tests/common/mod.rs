@@ -104,6 +104,20 @@ pub struct Flaky {
     pub seen: Recorder,
 }
 
+impl Flaky {
+    /// Failing every event until [`fix`](Flaky::fix)ed.
+    pub fn failing() -> Self {
+        let flaky = Flaky::default();
+        flaky.broken.store(true, SeqCst);
+        flaky
+    }
+
+    /// Records every event from now on.
+    pub fn fix(&self) {
+        self.broken.store(false, SeqCst);
+    }
+}
+
 impl Consumer for Flaky {
     async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
         if self.broken.load(SeqCst) {

@@ -8,7 +8,6 @@ use crate::harness::{BusSettings, Harness};
 use crate::support::{WAIT_SECS, counts, credit, drained, seqs, shut_down, sorted_seqs, within};
 use eventbus::Retry;
 use eventbus::testing::Recorder;
-use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 /// Two processes run one subscription and both notify: every event is
@@ -75,9 +74,8 @@ pub(crate) async fn a_shared_subscription_moves_on_when_its_holder_stops(harness
 pub(crate) async fn a_replay_of_a_shared_subscription_runs_once(harness: &dyn Harness) {
     let a = harness.open(BusSettings::default()).await;
     let b = harness.open(BusSettings::default()).await;
-    let (flaky_a, flaky_b) = (Flaky::default(), Flaky::default());
+    let (flaky_a, flaky_b) = (Flaky::failing(), Flaky::failing());
     for (bus, flaky) in [(&a, &flaky_a), (&b, &flaky_b)] {
-        flaky.broken.store(true, SeqCst);
         bus.subscribe("ledger", flaky.clone())
             .retry(Retry::never())
             .start()
@@ -92,8 +90,8 @@ pub(crate) async fn a_replay_of_a_shared_subscription_runs_once(harness: &dyn Ha
     let operator = harness.open(BusSettings::default()).await;
     let letters = operator.dead_letters().list().await.unwrap();
     assert_eq!(letters.len(), 2);
-    flaky_a.broken.store(false, SeqCst);
-    flaky_b.broken.store(false, SeqCst);
+    flaky_a.fix();
+    flaky_b.fix();
     operator.dead_letters().replay(letters[0].id).await.unwrap();
     a.dead_letters().replay(letters[1].id).await.unwrap();
     within(WAIT_SECS, "both replays", async {
