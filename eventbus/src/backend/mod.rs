@@ -20,6 +20,8 @@ mod memory;
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "postgres")]
+mod url;
 mod watermark;
 pub(crate) mod writer;
 
@@ -55,10 +57,11 @@ pub struct Capabilities {
     /// Keeps accepted events across a restart of the process.
     pub durable: bool,
     /// Schedules redeliveries itself and counts attempts (a broker's nak
-    /// with a delay). The runtime reads the attempt such a backend counts
-    /// from each delivery ([`Batch::from_deliveries`]); it still retries
-    /// in-process on every backend, and handing a failed event back to
-    /// one that declares this comes with the first such backend.
+    /// with a delay). A failed attempt is then handed back to the backend
+    /// ([`Settlement::Retry`]) instead of waiting in-process while holding
+    /// the event, and the next attempt arrives as a redelivery whose
+    /// attempt the backend counts ([`Batch::from_deliveries`]). Only for
+    /// a reader with a [settler](Reader::settler).
     pub schedules_retries: bool,
     /// Several processes may read one subscription, each event going to
     /// one of them.
@@ -161,6 +164,77 @@ pub trait Backend: Send + Sync + Debug + 'static {
     fn retry_store(&self) -> Option<Arc<dyn RetryStore>> {
         None
     }
+
+    /// Opens the reader of `subscription` for the events `interest`
+    /// names, for a backend that can leave the others out on its side (a
+    /// broker's subject filter). The subscription still filters every
+    /// event it reads, so a backend may deliver more than asked for.
+    /// Default: [`reader`](Backend::reader), which reads everything.
+    async fn reader_for(
+        &self,
+        subscription: &str,
+        from: StartFrom,
+        interest: &Interest,
+    ) -> Result<Box<dyn Reader>, ReadError> {
+        let _ = interest;
+        self.reader(subscription, from).await
+    }
+
+    /// For a backend whose readers [settle](Reader::settler) each
+    /// delivery on its own, so no commit point tells: whether
+    /// `subscription` finished (in any process) every event before
+    /// `up_to`, a position [`append`](Backend::append) returned.
+    /// [`Bus::drain`](crate::Bus::drain) asks until it does. Default
+    /// `Ok(None)`: the reader's commits tell.
+    async fn finished_before(
+        &self,
+        subscription: &str,
+        up_to: Position,
+    ) -> Result<Option<bool>, ReadError> {
+        let _ = (subscription, up_to);
+        Ok(None)
+    }
+}
+
+/// The events a subscription receives, as far as a backend can filter
+/// them on its side: given to [`Backend::reader_for`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Interest {
+    /// Every event.
+    All,
+    /// Events whose name is one of these, or, for an entry ending in `.*`
+    /// (`user.*`), starts with what comes before the `*`.
+    Names(Vec<String>),
+}
+
+/// What became of one delivery, told to a backend that settles each
+/// delivery on its own ([`Reader::settler`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settlement {
+    /// Handled, or filtered out: the backend forgets it.
+    Done,
+    /// Failed, with attempts left: the backend delivers it again after the
+    /// delay, counting the attempt. Only told to a backend that
+    /// [schedules its own retries](Capabilities::schedules_retries).
+    Retry(std::time::Duration),
+    /// Out of attempts, and its dead letter is stored: the backend never
+    /// delivers it again.
+    DeadLettered,
+}
+
+/// Where a subscription tells its backend what became of each delivery,
+/// one at a time and in any order, from whichever task ran it: a broker
+/// acknowledges each message on its own, where a log with one commit
+/// point per subscription takes [`Reader::commit`] instead.
+///
+/// Called on the path of every event: it must return at once (queue the
+/// acknowledgement), never wait on the network.
+pub trait Settle: Send + Sync + Debug {
+    /// The delivery at `position` (a position its reader handed out) is
+    /// settled.
+    fn settle(&self, position: Position, settlement: Settlement);
 }
 
 /// One subscription's reader of a [`Backend`].
@@ -215,12 +289,29 @@ pub trait Reader: Send + Debug {
         true
     }
 
+    /// Where the subscription tells the backend what became of each
+    /// delivery, for a backend that settles each on its own (a broker).
+    /// The subscription then still calls [`commit`](Reader::commit), which
+    /// such a backend may ignore. Default `None`: commits only.
+    fn settler(&self) -> Option<Arc<dyn Settle>> {
+        None
+    }
+
     /// The position of the next delivery [`next`](Reader::next) returns.
     fn position(&self) -> Position;
 
     /// How many events this subscription has not finished, as far as the
     /// backend knows; `None` when it cannot tell cheaply.
     fn lag(&self) -> Option<u64> {
+        None
+    }
+
+    /// How many events this subscription has not finished, as a count the
+    /// backend keeps current by itself (a broker's, from its answers), for
+    /// a backend whose count cannot be added up from this process's own
+    /// writes: the stats read it as it is. Default `None`: the stats add
+    /// [`lag`](Reader::lag) and what this process wrote since.
+    fn live_lag(&self) -> Option<Arc<std::sync::atomic::AtomicU64>> {
         None
     }
 

@@ -523,19 +523,32 @@ impl DeadLetters {
     }
 
     async fn take_marked(&self, id: u64) -> Option<Replay> {
-        match self.inner.store.get(id).await {
-            Ok(Some(letter)) if letter.replaying => Some(Replay {
-                id,
-                event: letter.event,
-                subscription: letter.subscription,
-                letters: Arc::downgrade(&self.inner),
-            }),
-            Ok(_) => None,
+        let letter = match self.inner.store.get(id).await {
+            Ok(Some(letter)) if letter.replaying => letter,
+            Ok(_) => return None,
             Err(err) => {
                 tracing::error!(
                     id,
                     error = %error_chain(&err).join(": "),
                     "a dead letter to replay could not be read; it stays marked and is replayed at the next start",
+                );
+                return None;
+            }
+        };
+        match self.inner.store.claim_replay(id).await {
+            Ok(true) => Some(Replay {
+                id,
+                event: letter.event,
+                subscription: letter.subscription,
+                letters: Arc::downgrade(&self.inner),
+            }),
+            // Another process runs it.
+            Ok(false) => None,
+            Err(err) => {
+                tracing::error!(
+                    id,
+                    error = %error_chain(&err).join(": "),
+                    "the replay of a dead letter could not be claimed; it stays marked and is tried again",
                 );
                 None
             }

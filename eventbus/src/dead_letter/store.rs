@@ -55,6 +55,16 @@ pub trait DeadLetterStore: Send + Sync + Debug + 'static {
     /// Removes a letter unless it is marked for replay.
     async fn discard(&self, id: u64) -> Result<Discarded, StoreError>;
 
+    /// Takes the replay of marked letter `id` for this process, for a
+    /// store whose letters several processes may replay at once (every
+    /// process reading a broker's shared subscription): only the process
+    /// that gets `Ok(true)` runs it. Default `Ok(true)`: one process holds
+    /// each subscription, so nothing else could run it.
+    async fn claim_replay(&self, id: u64) -> Result<bool, StoreError> {
+        let _ = id;
+        Ok(true)
+    }
+
     /// Whether processes other than this one use the store, so a letter's
     /// subscription may run elsewhere. Default `false`: a replay of a
     /// letter whose subscription is not running here is refused rather

@@ -3,7 +3,7 @@
 //! in flight.
 
 use super::state::State;
-use crate::backend::{Position, RetryState, RetryStore};
+use crate::backend::{Position, RetryState, RetryStore, Settle, Settlement};
 use crate::consumer::Consumer;
 use crate::dead_letter::{DeadLetterWriter, Replay};
 use crate::event::AnyEvent;
@@ -72,6 +72,12 @@ pub(crate) struct Deliverer<C> {
     pub(crate) state: Arc<State>,
     pub(crate) dead_letters: DeadLetterWriter,
     pub(crate) metrics: Metrics,
+    /// Told what became of each delivery, for a backend that settles each
+    /// on its own.
+    pub(crate) settler: Option<Arc<dyn Settle>>,
+    /// Whether a failed attempt goes back to the backend, which schedules
+    /// the next one, instead of waiting here while holding the event.
+    pub(crate) hands_back: bool,
 }
 
 pub(crate) struct Metrics {
@@ -123,6 +129,11 @@ impl<C: Consumer> Deliverer<C> {
         // level of future between a delivery and the consumer is copied
         // and polled for every event, which the rate of the whole bus
         // depends on.
+        if first > 1 && self.hands_back {
+            // The backend's redelivery of an attempt handed back.
+            self.state.counters.retried.fetch_add(1, Relaxed);
+            self.metrics.retried.increment(1);
+        }
         let span = self.span(event, first);
         let handled = AssertUnwindSafe(self.consumer.handle(event)).catch_unwind();
         // With no subscriber listening at debug level the span is disabled;
@@ -136,6 +147,7 @@ impl<C: Consumer> Deliverer<C> {
         match self.outcome(outcome) {
             Ok(()) => {
                 self.delivered();
+                self.settle(position, Settlement::Done);
                 if stored {
                     Box::pin(self.forget_retry(book)).await;
                 }
@@ -144,6 +156,7 @@ impl<C: Consumer> Deliverer<C> {
                 let delivery = Delivery {
                     deliverer: self,
                     event,
+                    position,
                     book,
                     stored,
                 };
@@ -163,6 +176,7 @@ impl<C: Consumer> Deliverer<C> {
 struct Delivery<'a, C> {
     deliverer: &'a Deliverer<C>,
     event: &'a AnyEvent,
+    position: Option<Position>,
     /// Where its retry schedule is kept, for an event from a durable log.
     book: Option<(&'a RetryBook, Position)>,
     /// Whether a schedule of it is stored, to clear once it finishes.
@@ -180,12 +194,18 @@ impl<C: Consumer> Delivery<'_, C> {
         first_failed_at: Option<chrono::DateTime<Utc>>,
     ) {
         let deliverer = self.deliverer;
+        if deliverer.hands_back && self.position.is_some() {
+            return self.hand_back(number, errors, first_failed_at).await;
+        }
         let attempted = deliverer
             .retry
             .after_failure(&mut self, number, errors, first_failed_at)
             .await;
         match attempted {
-            Attempted::Succeeded => deliverer.delivered(),
+            Attempted::Succeeded => {
+                deliverer.delivered();
+                deliverer.settle(self.position, Settlement::Done);
+            }
             Attempted::GaveUp {
                 attempts,
                 errors,
@@ -195,11 +215,50 @@ impl<C: Consumer> Delivery<'_, C> {
                     .dead_letters
                     .write(self.event.clone(), errors, attempts, first_failed_at)
                     .await;
+                deliverer.settle(self.position, Settlement::DeadLettered);
             }
         }
         if self.stored {
             deliverer.forget_retry(self.book).await;
         }
+    }
+}
+
+impl<C: Consumer> Delivery<'_, C> {
+    /// On a backend that schedules retries: attempt `number` failed, so
+    /// the event goes back to the backend with the policy's delay, and
+    /// comes back as attempt `number + 1`; or, out of attempts, it is
+    /// dead-lettered here, since a broker does not dead-letter by itself.
+    async fn hand_back(
+        self,
+        number: u32,
+        errors: Vec<String>,
+        first_failed_at: Option<chrono::DateTime<Utc>>,
+    ) {
+        let deliverer = self.deliverer;
+        let retry = &deliverer.retry;
+        // Earlier attempts ran as other deliveries, maybe in other
+        // processes: the first failure's time is not known here.
+        let first_failed_at = first_failed_at.unwrap_or_else(Utc::now);
+        if number < retry.attempts() {
+            let delay = retry.delay(number);
+            tracing::warn!(
+                subscription = %deliverer.state.name,
+                event = %self.event.name(),
+                event_id = %self.event.meta().id,
+                attempt = number,
+                retry_in = ?delay,
+                error = %errors.join(": "),
+                "event handling failed; the backend delivers it again",
+            );
+            deliverer.settle(self.position, Settlement::Retry(delay));
+            return;
+        }
+        deliverer
+            .dead_letters
+            .write(self.event.clone(), errors, number, first_failed_at)
+            .await;
+        deliverer.settle(self.position, Settlement::DeadLettered);
     }
 }
 
@@ -256,6 +315,15 @@ impl<C: Consumer> Attempts for Delivery<'_, C> {
 }
 
 impl<C> Deliverer<C> {
+    /// Tells a backend that settles each delivery what became of the one
+    /// at `position` (`None`: a replay, which no backend delivered).
+    #[inline]
+    pub(super) fn settle(&self, position: Option<Position>, settlement: Settlement) {
+        if let (Some(settler), Some(position)) = (&self.settler, position) {
+            settler.settle(position, settlement);
+        }
+    }
+
     /// The span of attempt `number` at `event`. Not even built below debug level: with
     /// tracing's `log` feature on (another crate may turn it on), building
     /// a disabled span still formats its fields for `log`, a cost on every
@@ -293,13 +361,19 @@ impl<C> Deliverer<C> {
 
     /// A partition key that panicked: it would fail every attempt alike, so
     /// it is one failed attempt, then a dead letter.
-    pub(super) async fn key_failed(&self, event: &AnyEvent, panic: String) {
+    pub(super) async fn key_failed(
+        &self,
+        position: Option<Position>,
+        event: &AnyEvent,
+        panic: String,
+    ) {
         self.state.counters.failed.fetch_add(1, Relaxed);
         self.metrics.failed.increment(1);
         let errors = vec![format!("panicked: partition key: {panic}")];
         self.dead_letters
             .write(event.clone(), errors, 1, Utc::now())
             .await;
+        self.settle(position, Settlement::DeadLettered);
     }
 
     async fn forget_retry(&self, book: Option<(&RetryBook, Position)>) {

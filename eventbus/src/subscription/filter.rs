@@ -1,3 +1,4 @@
+use crate::backend::Interest;
 use crate::event::AnyEvent;
 use crate::protocol::Protocol;
 use crate::registry::{Wiring, registry};
@@ -131,6 +132,39 @@ impl Filter {
                 Pattern::Prefix(p) => format!("{p}*"),
             })
             .collect()
+    }
+
+    /// The events this filter passes, as a backend can filter them on its
+    /// side: by name, with protocols resolved to the registered events
+    /// that implement them. Coarser than the filter where names cannot
+    /// say it (a prefix that does not end at a `.`).
+    pub(crate) fn interest(&self) -> Interest {
+        if self.is_all() {
+            return Interest::All;
+        }
+        let mut names: Vec<String> = if self.protocols.is_empty() {
+            let mut names = Vec::with_capacity(self.patterns.len());
+            for pattern in &self.patterns {
+                match pattern {
+                    Pattern::Exact(name) => names.push(name.clone()),
+                    Pattern::Prefix(prefix) if prefix.ends_with('.') => {
+                        names.push(format!("{prefix}*"));
+                    }
+                    Pattern::Any | Pattern::Prefix(_) => return Interest::All,
+                }
+            }
+            names
+        } else {
+            registry()
+                .events()
+                .iter()
+                .filter(|e| self.matches_name(e.name()) && self.matches_type(e.type_id()))
+                .map(|e| e.name().to_owned())
+                .collect()
+        };
+        names.sort();
+        names.dedup();
+        Interest::Names(names)
     }
 
     pub(crate) fn is_all(&self) -> bool {

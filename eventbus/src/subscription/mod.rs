@@ -314,12 +314,14 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
         // Held while the reader opens; given back if this fails or is
         // dropped.
         let reservation = inner.reserve(&name)?;
+        let interest = filter.clone().or_interest(consumer.interest()).interest();
         let reader = inner
             .writer
             .get()
-            .reader(&name, from)
+            .reader_for(&name, from, &interest)
             .await
             .map_err(SubscribeError::Open)?;
+        let settler = reader.settler();
         let start = reader.position();
         let retries = match &inner.retries {
             Some(store) => Some(deliver::RetryBook::load(Arc::clone(store), &name).await?),
@@ -341,6 +343,8 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
                     .unwrap_or_else(|| start.saturating_add(reader.lag().unwrap_or(0))),
             ),
             sparse: reader.head().is_some(),
+            settles: settler.is_some(),
+            live_lag: reader.live_lag(),
             reader_lag: AtomicU64::new(reader.lag().unwrap_or(0)),
             accepted_at_lag: AtomicU64::new(inner.writer.accepted()),
             replays: Arc::new(AtomicU64::new(0)),
@@ -396,6 +400,7 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
                 return Err(SubscribeError::Consumer(err));
             }
         };
+        let capabilities = inner.writer.get().capabilities();
         let runner = runner::Runner {
             deliverer: Arc::new(deliver::Deliverer {
                 retries,
@@ -404,9 +409,11 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
                 state: Arc::clone(&state),
                 dead_letters,
                 metrics: deliver::Metrics::new(&name),
+                hands_back: settler.is_some() && capabilities.schedules_retries,
+                settler,
             }),
             reader,
-            durable: inner.writer.get().capabilities().durable,
+            durable: capabilities.durable,
             writer: inner.writer.clone(),
             filter: filter::CachedFilter::new(filter),
             config: Config {

@@ -6,7 +6,7 @@ use super::Config;
 use super::deliver::{Deliverer, InFlight, guarded, survived};
 use super::filter::CachedFilter;
 use super::mode::Dispatch;
-use crate::backend::{Batch, Position, ReadError, Reader, Watermark};
+use crate::backend::{Batch, Position, ReadError, Reader, Settlement, Watermark};
 use crate::consumer::Consumer;
 use crate::failure::error_chain;
 use futures_util::FutureExt;
@@ -130,6 +130,7 @@ impl<C: Consumer> Runner<C> {
             }
             let taken = if !self.filter.matches(event) {
                 filtered += 1;
+                self.deliverer.settle(Some(pos), Settlement::Done);
                 true
             } else if let Some(sequential) = mode.sequential() {
                 // Awaited in this future, not in one of the mode's: see

@@ -5,8 +5,8 @@
 
 use super::State;
 use super::SubscriptionStats;
-use crate::backend::RetryStore;
 use crate::backend::writer::Writer;
+use crate::backend::{Position, RetryStore};
 use crate::bus::error::{DrainError, SubscribeError};
 use crate::dead_letter::DeadLetters;
 use std::collections::BTreeMap;
@@ -186,13 +186,29 @@ impl SubscriptionSet {
             return Err(DrainError::InsideHandler(own.name.to_string()));
         }
         let head = self.writer.appended();
-        for state in self.running() {
+        let running = self.running();
+        // Asked once up front for every subscription a backend settles on
+        // its own, so the stats of each hold the backend's count even when
+        // a paused one ends the drain early.
+        for state in running.iter().filter(|s| s.settles) {
+            self.settled(state, head).await;
+        }
+        for state in running {
             let _watching = state.done.watch();
             let mut stall = state.stall.watch();
             let mut paused = state.paused.subscribe();
             // What this process notified, and what the backend said it
             // held when the subscription last committed.
             let target = head.max(state.known_head.load(SeqCst));
+            // A backend that settles each delivery on its own is asked
+            // whether the subscription finished what this process
+            // notified, from time to time, while the loop below waits.
+            let mut asking = state.settles.then(|| {
+                let mut every = tokio::time::interval(SETTLED_POLL);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every
+            });
+            let mut settled = false;
             loop {
                 // Made before the checks below, so a change between them
                 // and the wait is not missed.
@@ -208,20 +224,33 @@ impl SubscriptionSet {
                 // Replays change no position; their runner pings `done`
                 // when one finishes, which re-runs this check.
                 let reached = state.done.get();
-                if state.finished.load(SeqCst)
-                    || (reached >= target && state.replays.load(SeqCst) == 0)
-                {
+                let finished = if state.settles {
+                    settled
+                } else {
+                    reached >= target
+                };
+                if state.finished.load(SeqCst) || (finished && state.replays.load(SeqCst) == 0) {
                     break;
                 }
                 // After the check above: a paused subscription with nothing
                 // left holds no drain back.
                 if *paused.borrow_and_update() {
+                    // What the backend says now, not at its last answer.
+                    if state.settles && !settled {
+                        settled = self.settled(&state, head).await;
+                        if settled && state.replays.load(SeqCst) == 0 {
+                            break;
+                        }
+                    }
                     return Err(DrainError::Paused(state.name.to_string()));
                 }
                 tokio::select! {
                     () = changed => {}
                     _ = stall.changed() => {}
                     _ = paused.changed() => {}
+                    _ = async { asking.as_mut().expect("checked").tick().await }, if asking.is_some() => {
+                        settled = self.settled(&state, head).await;
+                    }
                 }
             }
             let (ack, acked) = tokio::sync::oneshot::channel();
@@ -231,6 +260,23 @@ impl SubscriptionSet {
             }
         }
         Ok(())
+    }
+
+    /// Whether the backend says `state`'s subscription finished every event
+    /// before `head`, for a backend that settles each delivery on its own.
+    /// A failure to ask is logged and asked again.
+    async fn settled(&self, state: &State, head: Position) -> bool {
+        match self.writer.get().finished_before(&state.name, head).await {
+            Ok(finished) => finished.unwrap_or(true),
+            Err(err) => {
+                tracing::warn!(
+                    subscription = %state.name,
+                    error = %crate::failure::error_chain(&err).join(": "),
+                    "cannot ask the backend whether the subscription finished; asking again",
+                );
+                false
+            }
+        }
     }
 
     /// The subscription of this bus whose handler the current task is in.
@@ -305,6 +351,12 @@ impl SubscriptionSet {
             // replays and deliveries it cuts short.
             let mut left = None;
             if !finishes_in_time(&state, deadline).await {
+                if state.settles {
+                    // The backend's own count of what is left, bounded by
+                    // the deadline like the rest of the stop.
+                    let asked = self.settled(&state, self.writer.appended());
+                    let _ = tokio::time::timeout(LAST_COUNT, asked).await;
+                }
                 left = Some(state.stats(self.writer.appended(), self.writer.accepted()));
                 // The flag stops deliveries at once, wherever they were
                 // spawned; the abort drops the runner and its tasks, and is
@@ -449,3 +501,11 @@ impl SubscriptionSet {
             .collect()
     }
 }
+
+/// How often [`Bus::drain`](crate::Bus::drain) asks a backend that settles
+/// each delivery on its own whether a subscription finished.
+const SETTLED_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How long a stop past its deadline waits for a backend that settles each
+/// delivery on its own to count what is left.
+const LAST_COUNT: std::time::Duration = std::time::Duration::from_secs(1);

@@ -83,6 +83,12 @@ pub(crate) struct State {
     /// is then the count the reader reported last, in `reader_lag`.
     pub(crate) sparse: bool,
     pub(crate) reader_lag: AtomicU64,
+    /// The count of unfinished events the backend keeps current, for one
+    /// whose count cannot be added up from this process's writes.
+    pub(crate) live_lag: Option<Arc<AtomicU64>>,
+    /// Whether the backend settles each delivery on its own, so `done`
+    /// does not say what finished: `drain` asks the backend.
+    pub(crate) settles: bool,
     /// How many events this process had accepted when `reader_lag` was
     /// reported: those accepted since are added to it.
     pub(crate) accepted_at_lag: AtomicU64,
@@ -123,7 +129,9 @@ impl State {
             dead_lettered: c.dead_lettered.load(Relaxed),
             filtered: c.filtered.load(Relaxed),
             in_flight: c.in_flight.load(Relaxed),
-            lag: if self.sparse {
+            lag: if let Some(live) = &self.live_lag {
+                live.load(Relaxed)
+            } else if self.sparse {
                 self.reader_lag.load(Relaxed)
                     + accepted.saturating_sub(self.accepted_at_lag.load(Relaxed))
             } else {

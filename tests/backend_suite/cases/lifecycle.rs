@@ -299,7 +299,13 @@ pub(crate) async fn shutdown_while_paused_keeps_its_events(harness: &dyn Harness
         for (sub, recorder) in &paused {
             let name = sub.name();
             let stats = final_stats(&report, name);
-            assert_eq!(stats.lag, 3, "the report says what was left: {stats:?}");
+            if bus.capabilities().schedules_retries {
+                // A broker's own count, which may count a message that was
+                // on its way to this process twice.
+                assert!(stats.lag >= 3, "the report says what was left: {stats:?}");
+            } else {
+                assert_eq!(stats.lag, 3, "the report says what was left: {stats:?}");
+            }
             assert_eq!(sorted_seqs(recorder), [1], "{name}");
         }
     }

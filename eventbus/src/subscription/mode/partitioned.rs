@@ -69,12 +69,12 @@ impl<C: Consumer> Partitioned<C> {
     /// The lane of `event`'s key, or `None` (after dead-lettering it as one
     /// failed attempt) when the key function panicked: it would fail every
     /// attempt alike.
-    async fn lane_of(&self, event: &AnyEvent) -> Option<usize> {
+    async fn lane_of(&self, position: Option<Position>, event: &AnyEvent) -> Option<usize> {
         match std::panic::catch_unwind(AssertUnwindSafe(|| (self.key)(event))) {
             Ok(key) => Some((key % self.senders.len() as u64) as usize),
             Err(panic) => {
                 self.deliverer
-                    .key_failed(event, panic_message(&*panic))
+                    .key_failed(position, event, panic_message(&*panic))
                     .await;
                 None
             }
@@ -89,7 +89,7 @@ impl<C: Consumer> Partitioned<C> {
         event: &AnyEvent,
         attempt: u32,
     ) -> bool {
-        let Some(lane) = self.lane_of(event).await else {
+        let Some(lane) = self.lane_of(Some(position), event).await else {
             // Dead-lettered, so finished; never started in the watermark.
             return true;
         };
@@ -110,7 +110,7 @@ impl<C: Consumer> Partitioned<C> {
     /// key already there.
     pub(super) async fn replay(&mut self, replay: Replay) -> bool {
         let in_flight = InFlight::replay(&self.deliverer.state);
-        let Some(lane) = self.lane_of(&replay.event).await else {
+        let Some(lane) = self.lane_of(None, &replay.event).await else {
             // As for a new event: one failed attempt, then a new letter;
             // the old one goes with the finished replay.
             replay.finish().await;
