@@ -118,6 +118,8 @@ pub mod testing;
 #[cfg(feature = "sqlite")]
 pub use crate::backend::SqliteLog;
 pub use crate::backend::{Backend, Capabilities, MemoryLog, Reader, StartFrom};
+#[cfg(feature = "nats")]
+pub use crate::backend::{NatsError, NatsLog};
 #[cfg(feature = "postgres")]
 pub use crate::backend::{PostgresError, PostgresLog};
 pub use crate::bus::{

@@ -8,7 +8,7 @@
 //! it: its trials are then ignored with that reason, or fail where
 //! `EVENTBUS_REQUIRE_SERVICES=1` is set.
 
-use eventbus::{Bus, BusBuilder, PostgresLog, SqliteLog};
+use eventbus::{Bus, BusBuilder, NatsLog, PostgresLog, SqliteLog};
 use futures_util::future::BoxFuture;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -39,6 +39,10 @@ pub(crate) fn backends() -> Vec<Backend> {
         Backend {
             name: "postgres",
             fresh: Postgres::fresh,
+        },
+        Backend {
+            name: "nats",
+            fresh: Nats::fresh,
         },
     ]
 }
@@ -266,6 +270,91 @@ impl Tamper for Postgres {
             .expect("read the quarantine");
             rows.into_iter()
                 .map(|(name, reason)| Quarantined { name, reason })
+                .collect()
+        })
+    }
+}
+
+/// A stream of the trial's own on the NATS server of `NATS_URL`, deleted
+/// after the trial.
+struct Nats {
+    stream: crate::common::nats::Stream,
+    /// The log of the bus opened last, for the tamper hooks.
+    log: Mutex<Option<NatsLog>>,
+}
+
+impl Nats {
+    fn fresh() -> Fresh {
+        Box::pin(async {
+            let stream = crate::common::nats::Stream::named();
+            // Reached once here, so an unreachable server is the trial's
+            // reason to be ignored, not a panic inside it.
+            stream.builder().connect().await.map_err(|e| {
+                let mut why = format!("NATS at {}: {e}", crate::common::nats::url());
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    why.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                why
+            })?;
+            Ok(Box::new(Nats {
+                stream,
+                log: Mutex::new(None),
+            }) as Box<dyn Harness>)
+        })
+    }
+
+    fn current_log(&self) -> NatsLog {
+        self.log
+            .lock()
+            .expect("log lock")
+            .clone()
+            .expect("a bus is open on the harness")
+    }
+}
+
+impl Harness for Nats {
+    fn open(&self, settings: BusSettings) -> BoxFuture<'_, Bus> {
+        Box::pin(async move {
+            let log = self.stream.log().await;
+            *self.log.lock().expect("log lock") = Some(log.clone());
+            settings.build(Bus::builder().backend(log))
+        })
+    }
+
+    fn tamper(&self) -> Option<&dyn Tamper> {
+        Some(self)
+    }
+}
+
+impl Tamper for Nats {
+    fn store_undecodable<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let log = self.current_log();
+            let js = async_nats::jetstream::new(log.client().clone());
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Eventbus-Name", name);
+            headers.insert("Eventbus-Version", "1");
+            js.publish_with_headers(log.subject(name), headers, "{}".into())
+                .await
+                .expect("publish behind the bus's back")
+                .await
+                .expect("the server stored it");
+        })
+    }
+
+    fn quarantined<'a>(&'a self, subscription: &'a str) -> BoxFuture<'a, Vec<Quarantined>> {
+        Box::pin(async move {
+            self.current_log()
+                .quarantined(subscription)
+                .await
+                .expect("read the quarantine")
+                .into_iter()
+                .map(|q| Quarantined {
+                    name: q.name,
+                    reason: q.reason,
+                })
                 .collect()
         })
     }

@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 pub mod faulty;
+pub mod nats;
 pub mod pg;
 
 use eventbus::testing::Recorder;

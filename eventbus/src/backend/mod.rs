@@ -16,11 +16,13 @@
 mod batch;
 pub(crate) mod error;
 mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "nats"))]
 mod url;
 mod watermark;
 pub(crate) mod writer;
@@ -28,6 +30,8 @@ pub(crate) mod writer;
 pub use self::batch::Batch;
 pub use self::error::{ReadError, StoreError, WriteError};
 pub use self::memory::MemoryLog;
+#[cfg(feature = "nats")]
+pub use self::nats::{NatsError, NatsLog, NatsLogBuilder};
 #[cfg(feature = "postgres")]
 pub use self::postgres::{PostgresError, PostgresLog, PostgresLogBuilder};
 #[cfg(feature = "sqlite")]

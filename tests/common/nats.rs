@@ -1,0 +1,108 @@
+//! The NATS JetStream server the tests run against: the server on the
+//! machine, with a stream (and its dead-letter stream and replay bucket)
+//! of each test's own, deleted when the test ends.
+//!
+//! `NATS_URL` names the server (default `nats://127.0.0.1:4222`). When it
+//! cannot be reached a test says so and passes without running, unless
+//! `EVENTBUS_REQUIRE_SERVICES=1` is set (as CI sets it): then it fails.
+
+use eventbus::NatsLog;
+use eventbus::backend::NatsLogBuilder;
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use std::time::Duration;
+
+pub fn url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A stream of this test's own, deleted with it.
+pub struct Stream {
+    /// The subject prefix: `t.<pid>_<n>_<random>`.
+    pub prefix: String,
+    /// The stream's name, as the log derives it from the prefix.
+    pub name: String,
+}
+
+impl Stream {
+    /// A fresh prefix on a reachable server; `None` (said on stderr) when
+    /// the server is unreachable and services are not required.
+    pub async fn fresh(test: &str) -> Option<Stream> {
+        if let Err(err) = Self::reachable().await {
+            let why = format!("NATS at {} is unreachable: {err}", url());
+            if std::env::var_os("EVENTBUS_REQUIRE_SERVICES").is_some_and(|v| v == "1") {
+                panic!("{why} (EVENTBUS_REQUIRE_SERVICES=1)");
+            }
+            eprintln!("SKIPPED {test}: {why}");
+            return None;
+        }
+        Some(Self::named())
+    }
+
+    /// A fresh prefix, without checking the server.
+    pub fn named() -> Stream {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let token = format!(
+            "{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, SeqCst),
+            fastrand::u32(..)
+        );
+        Stream {
+            prefix: format!("t.{token}"),
+            name: format!("T_{token}"),
+        }
+    }
+
+    async fn reachable() -> Result<(), String> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(url())
+            .await
+            .map_err(|e| e.to_string())?;
+        async_nats::jetstream::new(client)
+            .query_account()
+            .await
+            .map(drop)
+            .map_err(|e| format!("JetStream: {e}"))
+    }
+
+    /// A log on this stream, with a short ack wait for tests.
+    pub async fn log(&self) -> NatsLog {
+        self.builder().connect().await.expect("connect to NATS")
+    }
+
+    pub fn builder(&self) -> NatsLogBuilder {
+        NatsLog::builder()
+            .url(url())
+            .prefix(&self.prefix)
+            .ack_wait(Duration::from_secs(2))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // A connection of its own, on a thread of its own: the test's
+        // runtime may be gone.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let connect = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(2))
+                    .connect(url());
+                if let Ok(client) = connect.await {
+                    let js = async_nats::jetstream::new(client);
+                    let _ = js.delete_stream(&name).await;
+                    let _ = js.delete_stream(format!("{name}_DEAD_LETTERS")).await;
+                    let _ = js.delete_stream(format!("{name}_REPLAYS")).await;
+                }
+            });
+        })
+        .join();
+    }
+}
