@@ -113,3 +113,88 @@ impl Drop for Stream {
         .join();
     }
 }
+
+/// A NATS server of the test's own, with JetStream in a temporary
+/// directory, on a free loopback port: for tests that kill and restart the
+/// server, which the shared one serves every other test. Killed when
+/// dropped, even after a failed assertion.
+pub struct PrivateServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    process: Option<std::process::Child>,
+}
+
+impl PrivateServer {
+    /// The machine's server binary.
+    const BINARY: &str = "/usr/sbin/nats-server";
+
+    /// Starts one; `None` (said on stderr) when the machine has no
+    /// nats-server and services are not required.
+    pub fn start(test: &str) -> Option<PrivateServer> {
+        if !std::path::Path::new(Self::BINARY).exists() {
+            let why = format!("no {}", Self::BINARY);
+            if std::env::var_os("EVENTBUS_REQUIRE_SERVICES").is_some_and(|v| v == "1") {
+                panic!("{why} (EVENTBUS_REQUIRE_SERVICES=1)");
+            }
+            eprintln!("SKIPPED {test}: {why}");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = PrivateServer {
+            port,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            process: None,
+        };
+        server.run();
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL: what JetStream wrote to disk is what survives).
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory, and waits until it
+    /// accepts connections.
+    pub fn run(&mut self) {
+        self.kill();
+        let process = std::process::Command::new(Self::BINARY)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.process = Some(process);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nats-server did not listen on {}", self.port);
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -579,6 +579,20 @@ impl NatsLog {
                 ack.await
                     .map_err(|err| (err.kind(), Box::new(err) as Box<_>))
             };
+            // No attempt outlasts the patience (the client's own timeout
+            // is 5 s).
+            let left = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(Duration::from_millis(10));
+            let attempt = async {
+                match tokio::time::timeout(left, attempt).await {
+                    Ok(result) => result,
+                    Err(elapsed) => Err((
+                        jetstream::context::PublishErrorKind::TimedOut,
+                        Box::new(elapsed) as Box<_>,
+                    )),
+                }
+            };
             match attempt.await {
                 Ok(ack) => return Ok(ack.sequence),
                 Err((kind, source)) => {
@@ -587,13 +601,17 @@ impl NatsLog {
                         jetstream::context::PublishErrorKind::MaxPayloadExceeded
                     );
                     if lasting || tokio::time::Instant::now() + wait > deadline {
-                        return Err(NatsError::Request {
-                            doing: format!(
-                                "publishing `{name}` to `{subject}` (tried for up to {:?})",
+                        let doing = if lasting {
+                            format!("publishing `{name}` to `{subject}`")
+                        } else {
+                            // A publish the client sent, or holds while it
+                            // reconnects, may still be stored.
+                            format!(
+                                "publishing `{name}` to `{subject}` (tried for {:?}; the server may still store it, and notifying the same event again is safe: within the duplicate window the server drops a copy with its id)",
                                 inner.publish_patience
-                            ),
-                            source,
-                        });
+                            )
+                        };
+                        return Err(NatsError::Request { doing, source });
                     }
                     tracing::debug!(event = %name, error = %source, "publish not acknowledged; trying again");
                     tokio::time::sleep(wait).await;

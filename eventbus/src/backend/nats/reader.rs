@@ -41,6 +41,8 @@ pub(super) struct NatsReader {
     pending: u64,
     /// A closed log's reader saw a message published after the close.
     ended: bool,
+    /// The last read failed; the next ones wait instead of failing again.
+    failing: bool,
     progress: tokio::task::JoinHandle<()>,
 }
 
@@ -109,6 +111,7 @@ impl NatsReader {
             next: 1,
             pending: 0,
             ended: false,
+            failing: false,
             progress,
         }
     }
@@ -190,6 +193,16 @@ impl NatsReader {
             }
         }
     }
+}
+
+/// Whether a pull error ends the client's pull stream, which is then opened
+/// again.
+fn ends(err: &consumer::pull::MessagesError) -> bool {
+    use consumer::pull::MessagesErrorKind as Kind;
+    matches!(
+        err.kind(),
+        Kind::ConsumerDeleted | Kind::NoResponders | Kind::RequestLimitExceeded
+    )
 }
 
 /// The event a message carries: named by its header (or, from a publisher
@@ -414,13 +427,25 @@ impl Reader for NatsReader {
         let messages = self.messages.as_mut().expect("opened");
         // Awaiting the stream's next item is cancel safe: a message is
         // only taken from it when the future completes.
-        let first = if closed {
-            match tokio::time::timeout(CLOSED_IDLE, messages.next()).await {
-                Ok(item) => item,
-                Err(_) => return Ok(None),
+        let first = loop {
+            let item = if closed {
+                match tokio::time::timeout(CLOSED_IDLE, messages.next()).await {
+                    Ok(item) => item,
+                    Err(_) => return Ok(None),
+                }
+            } else {
+                messages.next().await
+            };
+            // An outage is reported once (the subscription shows it until
+            // a message comes); while it lasts, the client reconnects and
+            // pulls again by itself, and this read waits for it rather
+            // than have the subscription back off further and further.
+            match item {
+                Some(Err(err)) if self.failing && !ends(&err) => {
+                    tracing::debug!(error = %err, "still cannot pull; waiting for the server");
+                }
+                item => break item,
             }
-        } else {
-            messages.next().await
         };
         let mut items = vec![first];
         while items.len() < max {
@@ -438,13 +463,10 @@ impl Reader for NatsReader {
                     if !deliveries.is_empty() {
                         break;
                     }
-                    use consumer::pull::MessagesErrorKind as Kind;
-                    if matches!(
-                        err.kind(),
-                        Kind::ConsumerDeleted | Kind::NoResponders | Kind::RequestLimitExceeded
-                    ) {
+                    if ends(&err) {
                         self.messages = None;
                     }
+                    self.failing = true;
                     let name = &self.consumer.cached_info().name;
                     return Err(
                         NatsError::request(format!("pulling from consumer `{name}`"))(Box::new(
@@ -471,6 +493,7 @@ impl Reader for NatsReader {
                 self.ended = true;
                 continue;
             }
+            self.failing = false;
             if let Some(delivery) = self.take(message) {
                 deliveries.push(delivery);
             }
