@@ -9,7 +9,7 @@ use async_nats::Subject;
 use async_nats::jetstream::{AckKind, Message, consumer};
 use async_trait::async_trait;
 use futures_util::{FutureExt, StreamExt};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -239,14 +239,16 @@ fn decode(log: &NatsLog, message: &Message) -> Result<AnyEvent, String> {
         .map_err(|err| err.to_string())
 }
 
-/// How long an acknowledgement waits for the server's confirmation before
-/// it is given up on (the server then delivers the message again).
+/// How long a flush waits for the server's confirmation.
 const CONFIRM_WAIT: Duration = Duration::from_secs(5);
 
 /// Sends acknowledgements in the order they were queued, off the path of
-/// the deliveries, each with a reply subject the server confirms on, so a
-/// flush knows the server applied them: the stats read afterwards count
-/// nothing twice.
+/// the deliveries. A flush sends the last one again with a reply subject
+/// and waits for the server's answer: the server applies one consumer's
+/// acknowledgements in order, so once it answers, it applied every one
+/// before, and the counts read afterwards count nothing twice. (Asking
+/// for an answer to every acknowledgement cost a quarter of the delivery
+/// rate.)
 async fn send_acks(
     mut queue: mpsc::UnboundedReceiver<Ack>,
     client: async_nats::Client,
@@ -258,104 +260,90 @@ async fn send_acks(
     let mut confirmations = match client.subscribe(format!("{inbox}.*")).await {
         Ok(subscriber) => Some(subscriber),
         Err(err) => {
-            tracing::warn!(%consumer, error = %err, "cannot subscribe to acknowledgement confirmations; acknowledging without them");
+            tracing::warn!(%consumer, error = %err, "cannot subscribe to acknowledgement confirmations; flushes do not wait for the server");
             None
         }
     };
-    let mut sent: u64 = 0;
-    let mut waiting: BTreeMap<u64, Instant> = BTreeMap::new();
-    let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+    // The last acknowledgement sent and not yet confirmed.
+    let mut last: Option<(Subject, AckKind)> = None;
+    let mut asked: u64 = 0;
+    // Flushes waiting for confirmation `n`, since when.
+    let mut flushes: Vec<(u64, Instant, oneshot::Sender<()>)> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             ack = queue.recv() => {
                 let Some(ack) = ack else { break };
-                let send = match ack {
-                    Ack::Send(reply, kind) => Some((reply, kind)),
+                let (reply, kind) = match ack {
+                    Ack::Send(reply, kind) => (reply, kind),
                     Ack::Quarantine(reply, record) => {
                         // Terminated only once recorded; otherwise handed
                         // back, to be recorded at its next delivery.
                         match letters.quarantine(&subscription, &record).await {
-                            Ok(()) => Some((reply, AckKind::Term)),
+                            Ok(()) => (reply, AckKind::Term),
                             Err(err) => {
                                 tracing::error!(
                                     %consumer,
                                     error = %crate::failure::error_chain(&err).join(": "),
                                     "could not record a message that does not decode; it is delivered again later",
                                 );
-                                Some((reply, AckKind::Nak(Some(Duration::from_secs(5)))))
+                                (reply, AckKind::Nak(Some(Duration::from_secs(5))))
                             }
                         }
                     }
                     Ack::Flushed(done) => {
-                        flushes.push((sent, done));
-                        None
+                        match (last.take(), &confirmations) {
+                            (Some((reply, kind)), Some(_)) => {
+                                asked += 1;
+                                let confirm = format!("{inbox}.{asked}");
+                                // Sent again: applying it twice changes
+                                // nothing, and the answer comes after
+                                // every earlier one was applied.
+                                match client.publish_with_reply(reply, confirm, kind.into()).await {
+                                    Ok(()) => flushes.push((asked, Instant::now(), done)),
+                                    Err(err) => {
+                                        unsent(consumer, &err);
+                                        let _ = done.send(());
+                                    }
+                                }
+                            }
+                            _ => {
+                                let _ = done.send(());
+                            }
+                        }
+                        continue;
                     }
                 };
-                if let Some((reply, kind)) = send {
-                    send_ack(&client, &inbox, confirmations.is_some(), &mut sent, &mut waiting, reply, kind).await;
+                if let Err(err) = client.publish(reply.clone(), kind.into()).await {
+                    unsent(consumer, &err);
+                }
+                // A claim extension is not worth confirming again: it may
+                // be for a message settled since.
+                if !matches!(kind, AckKind::Progress) {
+                    last = Some((reply, kind));
                 }
             }
             Some(confirmed) = async { confirmations.as_mut()?.next().await } => {
                 if let Some(n) = confirmed.subject.rsplit('.').next().and_then(|n| n.parse::<u64>().ok()) {
-                    waiting.remove(&n);
+                    flushes.retain(|(asked, _, _)| *asked > n);
+                    // The senders of those dropped: their flushes end.
                 }
             }
             _ = tick.tick() => {
-                let now = Instant::now();
-                let before = waiting.len();
-                waiting.retain(|_, at| now.duration_since(*at) < CONFIRM_WAIT);
-                if waiting.len() < before {
-                    tracing::warn!(%consumer, unconfirmed = before - waiting.len(), "the server did not confirm some acknowledgements; it delivers those messages again if it lost them");
+                let before = flushes.len();
+                flushes.retain(|(_, since, _)| since.elapsed() < CONFIRM_WAIT);
+                if flushes.len() < before {
+                    tracing::warn!(%consumer, "the server did not confirm the acknowledgements of a stop in time; the counts it reports may count some messages twice");
                 }
             }
         }
-        let oldest = waiting.keys().next().copied();
-        let mut i = 0;
-        while i < flushes.len() {
-            if oldest.is_none_or(|oldest| oldest > flushes[i].0) {
-                let (_, done) = flushes.swap_remove(i);
-                let _ = done.send(());
-            } else {
-                i += 1;
-            }
-        }
-    }
-}
-
-/// Sends one acknowledgement: with a reply subject to confirm it on, when
-/// there are confirmations, except a claim extension, which needs none.
-async fn send_ack(
-    client: &async_nats::Client,
-    inbox: &str,
-    confirmed: bool,
-    sent: &mut u64,
-    waiting: &mut BTreeMap<u64, Instant>,
-    reply: Subject,
-    kind: AckKind,
-) {
-    let consumer = reply.as_str();
-    if confirmed && !matches!(kind, AckKind::Progress) {
-        *sent += 1;
-        let confirm = format!("{inbox}.{sent}");
-        match client
-            .publish_with_reply(reply.clone(), confirm, kind.into())
-            .await
-        {
-            Ok(()) => {
-                waiting.insert(*sent, Instant::now());
-            }
-            Err(err) => unsent(consumer, &err),
-        }
-    } else if let Err(err) = client.publish(reply.clone(), kind.into()).await {
-        unsent(consumer, &err);
     }
 }
 
 /// An acknowledgement that could not be sent: the server delivers the
 /// message again after its ack wait, a duplicate, never a loss.
-fn unsent(reply: &str, err: &dyn std::error::Error) {
-    tracing::warn!(%reply, error = %err, "could not settle a message; the server delivers it again");
+fn unsent(consumer: &str, err: &dyn std::error::Error) {
+    tracing::warn!(%consumer, error = %err, "could not settle a message; the server delivers it again");
 }
 
 /// Tells the server, every `every`, that the messages held longer than that
