@@ -11,6 +11,7 @@ use common::nats::Stream;
 use common::{OrderPlaced, chain, eventually, order_ids, within};
 use eventbus::testing::Recorder;
 use eventbus::{AnyEvent, BoxError, Bus, Consumer, NatsError, Retry, StartFrom};
+use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -216,11 +217,27 @@ async fn the_last_attempt_is_dead_lettered_and_terminated() {
         .start()
         .await
         .unwrap();
+    // The server says when a message was terminated (not acknowledged).
+    let client = async_nats::connect(common::nats::url()).await.unwrap();
+    let mut terminated = client
+        .subscribe(format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{}.ledger",
+            stream.name
+        ))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
     bus.notify(OrderPlaced::new(5)).await.unwrap();
     within(20, "drain", bus.drain()).await.unwrap();
     assert_eq!(consumer.attempts_of(5).len(), 3);
     let info = consumer_info(&stream, "ledger").await;
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    let advisory = within(5, "the termination advisory", terminated.next())
+        .await
+        .unwrap();
+    let advisory: serde_json::Value = serde_json::from_slice(&advisory.payload).unwrap();
+    assert_eq!(advisory["stream_seq"], 1, "{advisory}");
+    assert_eq!(advisory["deliveries"], 3, "{advisory}");
     bus.shutdown().await;
 
     // Another process sees the letter, with every attempt counted.
@@ -425,5 +442,72 @@ async fn subscription_names_with_dots_get_consumers_of_their_own() {
     bus.notify(OrderPlaced::new(1)).await.unwrap();
     within(20, "drain", bus.drain()).await.unwrap();
     assert_eq!((dotted.len(), plain.len()), (1, 1));
+    bus.shutdown().await;
+}
+
+/// A batching consumer has only queued what it was handed: the messages
+/// are acknowledged once its sink has written them, so a crash before that
+/// leaves them with the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_acknowledged_only_once_its_sink_has_it() {
+    use eventbus::{BatchConfig, ProtocolConsumer, Sink, Track, Trackable};
+
+    /// Writes once the gate opens.
+    #[derive(Clone)]
+    struct Analytics {
+        gate: Arc<tokio::sync::Semaphore>,
+        written: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Sink<Track> for Analytics {
+        async fn write(&self, batch: &[Track]) -> Result<(), BoxError> {
+            self.gate.acquire().await?.forget();
+            self.written.lock().unwrap().push(batch.len());
+            Ok(())
+        }
+    }
+
+    let stream = stream!();
+    let bus = Bus::builder().backend(stream.log().await).build().unwrap();
+    let sink = Analytics {
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        written: Arc::default(),
+    };
+    let sub = bus
+        .subscribe(
+            "analytics",
+            ProtocolConsumer::<dyn Trackable, _>::new(sink.clone()).batch(BatchConfig {
+                size: 100,
+                timeout: Duration::from_secs(60),
+                ..BatchConfig::default()
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    for id in 0..5 {
+        bus.notify(OrderPlaced::new(id)).await.unwrap();
+    }
+    // The first read's event is handled (buffered), and the subscription
+    // flushes the batcher before it settles: the sink holds the write.
+    eventually(20, "the first handled and buffered", || {
+        let stats = sub.stats();
+        stats.delivered >= 1 && stats.buffered >= 1
+    })
+    .await;
+    // Time for an acknowledgement to reach the server, were one sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let info = consumer_info(&stream, "analytics").await;
+    assert_eq!(
+        info.ack_floor.stream_sequence, 0,
+        "nothing acknowledged before the sink wrote it: {info:?}"
+    );
+    assert!(sink.written.lock().unwrap().is_empty());
+
+    sink.gate.add_permits(100);
+    within(20, "drain", bus.drain()).await.unwrap();
+    assert_eq!(sink.written.lock().unwrap().iter().sum::<usize>(), 5);
+    let info = consumer_info(&stream, "analytics").await;
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
     bus.shutdown().await;
 }

@@ -139,8 +139,9 @@ async fn worker_child_process() {
             let file = Arc::clone(&file);
             async move {
                 let id = event.downcast_ref::<OrderPlaced>().unwrap().order_id;
-                writeln!(file.lock().unwrap(), "{id}")?;
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                writeln!(file.lock().unwrap(), "start {id}")?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                writeln!(file.lock().unwrap(), "done {id}")?;
                 Ok::<(), BoxError>(())
             }
         }),
@@ -176,10 +177,22 @@ impl Worker {
 
     /// What this worker recorded as handled.
     fn handled(&self, dir: &std::path::Path) -> Vec<u64> {
+        self.recorded(dir, "done ")
+    }
+
+    /// What this worker started and had not finished.
+    fn in_hand(&self, dir: &std::path::Path) -> Vec<u64> {
+        let done = self.handled(dir);
+        let mut started = self.recorded(dir, "start ");
+        started.retain(|id| !done.contains(id));
+        started
+    }
+
+    fn recorded(&self, dir: &std::path::Path, what: &str) -> Vec<u64> {
         std::fs::read_to_string(dir.join(format!("{}.txt", self.0.id())))
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| l.parse().ok())
+            .filter_map(|l| l.strip_prefix(what)?.parse().ok())
             .collect()
     }
 
@@ -223,6 +236,10 @@ async fn a_worker_killed_mid_stream_loses_nothing() {
     }
     first.kill();
     let by_first = first.handled(dir.path());
+    // Events it had taken and not finished: never acknowledged, so the
+    // server must give them to the other worker after the ack wait.
+    let in_hand = first.in_hand(dir.path());
+    assert!(!in_hand.is_empty(), "the kill came between events");
     assert!(
         (by_first.len() as u64) < total,
         "the kill came after the end of the stream"
@@ -242,14 +259,21 @@ async fn a_worker_killed_mid_stream_loses_nothing() {
     })
     .await;
     let by_second = second.handled(dir.path());
+    for id in &in_hand {
+        assert!(
+            by_second.contains(id),
+            "order {id}, in the killed worker's hands, reached the other"
+        );
+    }
     let mut counts = BTreeMap::new();
     for id in by_first.iter().chain(&by_second) {
         *counts.entry(*id).or_insert(0u32) += 1;
     }
     let duplicates: u32 = counts.values().map(|n| n - 1).sum();
     eprintln!(
-        "{total} accepted; the killed worker handled {} before SIGKILL, the other {}; {duplicates} handled twice",
+        "{total} accepted; the killed worker handled {} before SIGKILL and had {} in hand, the other {}; {duplicates} handled twice",
         by_first.len(),
+        in_hand.len(),
         by_second.len(),
     );
     assert_eq!(counts.len() as u64, total, "none lost");

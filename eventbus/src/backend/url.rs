@@ -4,6 +4,10 @@
 /// a URL, in a `password` query parameter, and in a keyword/value
 /// connection string (`host=db password=secret`).
 pub(crate) fn redact(url: &str) -> String {
+    // A list of servers, as NATS takes: each one on its own.
+    if url.contains(',') && url.contains("://") {
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return redact_parameter(url, ' ');
     };
@@ -15,6 +19,8 @@ pub(crate) fn redact(url: &str) -> String {
             let userinfo = &rest[..at];
             let hidden = match userinfo.split_once(':') {
                 Some((user, _)) => format!("{user}:***"),
+                // To NATS a lone user info is a token.
+                None if is_nats(scheme) => "***".to_owned(),
                 None => userinfo.to_owned(),
             };
             format!("{hidden}{}", &rest[at..])
@@ -22,6 +28,10 @@ pub(crate) fn redact(url: &str) -> String {
         None => rest.to_owned(),
     };
     format!("{scheme}://{}", redact_parameter(&rest, '&'))
+}
+
+fn is_nats(scheme: &str) -> bool {
+    matches!(scheme.trim(), "nats" | "tls" | "ws" | "wss")
 }
 
 /// `text` with the value of every `password=` parameter, up to the next
@@ -65,6 +75,14 @@ mod tests {
         assert_eq!(
             redact("nats://app:s3cret@127.0.0.1:4222"),
             "nats://app:***@127.0.0.1:4222"
+        );
+        assert_eq!(
+            redact("nats://t0ken@127.0.0.1:4222"),
+            "nats://***@127.0.0.1:4222"
+        );
+        assert_eq!(
+            redact("nats://a:one@h1:4222,nats://b:two@h2:4222"),
+            "nats://a:***@h1:4222,nats://b:***@h2:4222"
         );
         assert_eq!(
             redact("postgres://app:pa/ss@db/app"),

@@ -78,6 +78,10 @@ pub(crate) struct Deliverer<C> {
     /// Whether a failed attempt goes back to the backend, which schedules
     /// the next one, instead of waiting here while holding the event.
     pub(crate) hands_back: bool,
+    /// Deliveries handled but not yet told to the settler: the consumer
+    /// may only have buffered what they gave it (a batcher), so they are
+    /// settled after its next flush, as a log's commit waits for one.
+    pub(crate) unflushed: std::sync::Mutex<Vec<Position>>,
 }
 
 pub(crate) struct Metrics {
@@ -320,7 +324,14 @@ impl<C> Deliverer<C> {
     #[inline]
     pub(super) fn settle(&self, position: Option<Position>, settlement: Settlement) {
         if let (Some(settler), Some(position)) = (&self.settler, position) {
-            settler.settle(position, settlement);
+            if settlement == Settlement::Done {
+                self.unflushed
+                    .lock()
+                    .expect("unflushed lock")
+                    .push(position);
+            } else {
+                settler.settle(position, settlement);
+            }
         }
     }
 
@@ -391,7 +402,13 @@ impl<C> Deliverer<C> {
 
 impl<C: Consumer> Deliverer<C> {
     /// A panicking flush is logged, not allowed to end the subscription.
+    /// Then tells a backend that settles each delivery that what was
+    /// handled before the flush is done.
     pub(super) async fn flush(&self) {
+        let handled = match &self.settler {
+            Some(_) => std::mem::take(&mut *self.unflushed.lock().expect("unflushed lock")),
+            None => Vec::new(),
+        };
         let flushed = AssertUnwindSafe(self.consumer.flush()).catch_unwind().await;
         if let Err(panic) = flushed {
             tracing::error!(
@@ -399,6 +416,11 @@ impl<C: Consumer> Deliverer<C> {
                 panic = %panic_message(&*panic),
                 "consumer panicked while flushing",
             );
+        }
+        if let Some(settler) = &self.settler {
+            for position in handled {
+                settler.settle(position, Settlement::Done);
+            }
         }
     }
 

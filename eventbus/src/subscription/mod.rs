@@ -410,6 +410,7 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
                 dead_letters,
                 metrics: deliver::Metrics::new(&name),
                 hands_back: settler.is_some() && capabilities.schedules_retries,
+                unflushed: std::sync::Mutex::default(),
                 settler,
             }),
             reader,

@@ -180,7 +180,9 @@ impl<C: Consumer> Runner<C> {
         if done <= state.done.get() {
             return;
         }
-        if self.durable {
+        // A backend that settles each delivery hears of the handled ones
+        // at the flush, durable or not.
+        if self.durable || self.deliverer.settler.is_some() {
             // What the consumer buffered must be written before the log
             // forgets it: at-least-once, not at-most-once, across a crash.
             self.deliverer.flush().await;

@@ -208,7 +208,8 @@ impl SubscriptionSet {
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 every
             });
-            let mut settled = false;
+            // `None`: the backend leaves it to the reader's commits.
+            let mut settled = Some(false);
             loop {
                 // Made before the checks below, so a change between them
                 // and the wait is not missed.
@@ -224,10 +225,9 @@ impl SubscriptionSet {
                 // Replays change no position; their runner pings `done`
                 // when one finishes, which re-runs this check.
                 let reached = state.done.get();
-                let finished = if state.settles {
-                    settled
-                } else {
-                    reached >= target
+                let finished = match settled.filter(|_| state.settles) {
+                    Some(settled) => settled,
+                    None => reached >= target,
                 };
                 if state.finished.load(SeqCst) || (finished && state.replays.load(SeqCst) == 0) {
                     break;
@@ -236,9 +236,9 @@ impl SubscriptionSet {
                 // left holds no drain back.
                 if *paused.borrow_and_update() {
                     // What the backend says now, not at its last answer.
-                    if state.settles && !settled {
+                    if state.settles && settled == Some(false) {
                         settled = self.settled(&state, head).await;
-                        if settled && state.replays.load(SeqCst) == 0 {
+                        if settled == Some(true) && state.replays.load(SeqCst) == 0 {
                             break;
                         }
                     }
@@ -264,17 +264,18 @@ impl SubscriptionSet {
 
     /// Whether the backend says `state`'s subscription finished every event
     /// before `head`, for a backend that settles each delivery on its own.
-    /// A failure to ask is logged and asked again.
-    async fn settled(&self, state: &State, head: Position) -> bool {
+    /// A failure to ask is logged and asked again; `None` when the backend
+    /// leaves it to the reader's commits.
+    async fn settled(&self, state: &State, head: Position) -> Option<bool> {
         match self.writer.get().finished_before(&state.name, head).await {
-            Ok(finished) => finished.unwrap_or(true),
+            Ok(finished) => finished,
             Err(err) => {
                 tracing::warn!(
                     subscription = %state.name,
                     error = %crate::failure::error_chain(&err).join(": "),
                     "cannot ask the backend whether the subscription finished; asking again",
                 );
-                false
+                Some(false)
             }
         }
     }

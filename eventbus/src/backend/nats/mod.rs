@@ -348,6 +348,29 @@ async fn ensure_stream(
     Ok(stream)
 }
 
+/// A filter that passes what both `existing` and `wanted` pass: the wider
+/// of the two when one covers the other, otherwise every subject of the
+/// log.
+fn widest(existing: &str, wanted: &str, prefix: &str) -> String {
+    if existing.is_empty() {
+        return wanted.to_owned();
+    }
+    let passes = |wide: &str, narrow: &str| {
+        wide == narrow
+            || wide == ">"
+            || wide
+                .strip_suffix('>')
+                .is_some_and(|head| narrow.starts_with(head))
+    };
+    if passes(existing, wanted) {
+        existing.to_owned()
+    } else if passes(wanted, existing) {
+        wanted.to_owned()
+    } else {
+        format!("{prefix}.>")
+    }
+}
+
 /// Whether stream subject `pattern` takes every subject under `subject`
 /// (`a.>` or `a.*`-free patterns that end in `>` and prefix it).
 fn covers(pattern: &str, subject: &str) -> bool {
@@ -422,8 +445,8 @@ impl NatsLog {
     ) -> Result<consumer::PullConsumer, NatsError> {
         let inner = &self.inner;
         let name = consumer_name(subscription);
-        let filter = self.filter_subject(interest);
-        let wanted = consumer::pull::Config {
+        let mut filter = self.filter_subject(interest);
+        let mut wanted = consumer::pull::Config {
             durable_name: Some(name.clone()),
             description: Some(format!("eventbus subscription `{subscription}`")),
             deliver_policy: match from {
@@ -477,6 +500,14 @@ impl NatsLog {
                         "explicit".to_owned(),
                     ));
                 }
+                // Processes of two versions may share the consumer: its
+                // filter only widens (a narrower one would make the
+                // consumer skip events the other version wants, for good),
+                // and its waits and limits only grow.
+                filter = widest(&config.filter_subject, &filter, &inner.prefix);
+                wanted.filter_subject = filter.clone();
+                wanted.ack_wait = wanted.ack_wait.max(config.ack_wait);
+                wanted.max_ack_pending = wanted.max_ack_pending.max(config.max_ack_pending);
                 let differs = config.filter_subject != filter
                     || config.ack_wait != wanted.ack_wait
                     || config.max_deliver != wanted.max_deliver
@@ -736,6 +767,16 @@ mod tests {
         assert!(valid_name(&dotted), "{dotted}");
         assert_ne!(dotted, consumer_name("user_welcome"));
         assert_ne!(dotted, consumer_name("user welcome"));
+    }
+
+    #[test]
+    fn a_filter_only_widens() {
+        assert_eq!(widest("p.>", "p.a.b", "p"), "p.>");
+        assert_eq!(widest("p.a.b", "p.>", "p"), "p.>");
+        assert_eq!(widest("p.a.>", "p.a.b", "p"), "p.a.>");
+        assert_eq!(widest("p.a.b", "p.a.c", "p"), "p.>");
+        assert_eq!(widest("p.a.b", "p.a.b", "p"), "p.a.b");
+        assert_eq!(widest("", "p.a.b", "p"), "p.a.b");
     }
 
     #[test]

@@ -16,6 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// How often a message that does not decode is delivered (and handed back
+/// after [`UNDECODABLE_WAIT`]) before it is quarantined: a process of a
+/// newer version may decode it.
+const UNDECODABLE_TRIES: u32 = 4;
+const UNDECODABLE_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a reader of a closed log waits for one more message before it
 /// reports the end.
 const CLOSED_IDLE: Duration = Duration::from_millis(500);
@@ -43,6 +49,9 @@ pub(super) struct NatsReader {
     ended: bool,
     /// The last read failed; the next ones wait instead of failing again.
     failing: bool,
+    /// For a closed log: the stream's last sequence when this reader saw
+    /// the close.
+    close_bound: Option<u64>,
     progress: tokio::task::JoinHandle<()>,
 }
 
@@ -112,6 +121,7 @@ impl NatsReader {
             pending: 0,
             ended: false,
             failing: false,
+            close_bound: None,
             progress,
         }
     }
@@ -173,6 +183,21 @@ impl NatsReader {
                     },
                 );
                 Some((position, event, attempt))
+            }
+            Err(reason) if attempt < UNDECODABLE_TRIES => {
+                // Maybe written by a newer version that another process
+                // of a rolling deploy runs: handed back for it first.
+                tracing::warn!(
+                    stream = %self.log.inner.stream_name,
+                    sequence,
+                    attempt,
+                    "a message does not decode here; handed back for a process that may decode it: `{name}`: {reason}",
+                );
+                let _ = self
+                    .held
+                    .acks
+                    .send(Ack::Send(reply, AckKind::Nak(Some(UNDECODABLE_WAIT))));
+                None
             }
             Err(reason) => {
                 let reason = format!("`{name}` does not decode: {reason}");
@@ -317,9 +342,10 @@ async fn send_acks(
                 if let Err(err) = client.publish(reply.clone(), kind.into()).await {
                     unsent(consumer, &err);
                 }
-                // A claim extension is not worth confirming again: it may
-                // be for a message settled since.
-                if !matches!(kind, AckKind::Progress) {
+                // Only a final settlement is sent again at a flush: applied
+                // twice it changes nothing, where a second nak would put a
+                // message another process holds by now back in line.
+                if matches!(kind, AckKind::Ack | AckKind::Term) {
                     last = Some((reply, kind));
                 }
             }
@@ -412,6 +438,18 @@ impl Reader for NatsReader {
         }
         self.open(max).await?;
         let closed = self.log.inner.closed.load(SeqCst);
+        if closed && self.close_bound.is_none() {
+            // Where the stream ended when this process closed the log (or
+            // soon after): what other processes publish later is theirs.
+            let mut stream = self.log.inner.stream.clone();
+            let last = tokio::time::timeout(CLOSED_IDLE, stream.info())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|info| info.state.last_sequence);
+            let published = self.log.inner.published.load(SeqCst);
+            self.close_bound = Some(last.unwrap_or(published).max(published));
+        }
         let messages = self.messages.as_mut().expect("opened");
         // Awaiting the stream's next item is cancel safe: a message is
         // only taken from it when the future completes.
@@ -443,35 +481,31 @@ impl Reader for NatsReader {
             }
         }
         let mut deliveries = Vec::with_capacity(items.len());
-        let bound = self.log.inner.published.load(SeqCst);
+        let mut failure = None;
         for item in items {
             let message = match item {
                 Some(Ok(message)) => message,
+                // Messages pulled with it are still taken: an error says
+                // nothing of them.
                 Some(Err(err)) => {
-                    if !deliveries.is_empty() {
-                        break;
-                    }
                     if ends(&err) {
                         self.messages = None;
                     }
-                    self.failing = true;
-                    let name = &self.consumer.cached_info().name;
-                    return Err(
-                        NatsError::request(format!("pulling from consumer `{name}`"))(Box::new(
-                            err,
-                        ))
-                        .into(),
-                    );
+                    failure.get_or_insert(err);
+                    continue;
                 }
                 None => {
                     self.messages = None;
-                    break;
+                    continue;
                 }
             };
+            self.failing = false;
             if closed
-                && message
-                    .info()
-                    .is_ok_and(|info| info.stream_sequence > bound && bound > 0)
+                && self.close_bound.is_some_and(|bound| {
+                    message
+                        .info()
+                        .is_ok_and(|info| info.stream_sequence > bound)
+                })
             {
                 // Published after this process closed the log: left to
                 // the processes still running.
@@ -481,10 +515,19 @@ impl Reader for NatsReader {
                 self.ended = true;
                 continue;
             }
-            self.failing = false;
             if let Some(delivery) = self.take(message) {
                 deliveries.push(delivery);
             }
+        }
+        if let Some(err) = failure
+            && deliveries.is_empty()
+            && !self.ended
+        {
+            self.failing = true;
+            let name = &self.consumer.cached_info().name;
+            return Err(
+                NatsError::request(format!("pulling from consumer `{name}`"))(Box::new(err)).into(),
+            );
         }
         self.held.count(&self.held.taken.lock().expect("held lock"));
         Ok(Some(Batch::from_deliveries(deliveries)))
