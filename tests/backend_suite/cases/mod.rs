@@ -4,7 +4,8 @@
 //!
 //! Processes sharing one subscription are buses of their own on one
 //! harness (`shared.rs`); a process killed mid-stream needs a real child
-//! process, and is in the backend's own tests (`tests/postgres_outbox.rs`).
+//! process, and is in the backend's own tests (`tests/postgres_outbox.rs`,
+//! `tests/nats_faults.rs`).
 
 mod delivery;
 mod failure;
