@@ -176,10 +176,15 @@ impl<C: Consumer> Runner<C> {
     }
 
     async fn release(&mut self, done: Position) {
-        let state = &self.deliverer.state;
-        if done <= state.done.get() {
+        if done <= self.deliverer.state.done.get() {
             return;
         }
+        self.commit(done).await;
+    }
+
+    /// Commits `done` (again, if need be), and takes the lag the reader
+    /// counts with it.
+    async fn commit(&mut self, done: Position) {
         // A backend that settles each delivery hears of the handled ones
         // at the flush, durable or not.
         if self.durable || self.deliverer.settler.is_some() {
@@ -361,7 +366,12 @@ impl<C: Consumer> Runner<C> {
         if !self.claim_lost {
             let read = self.read;
             let done = watermark.map_or(read, |w| w.done(read));
-            self.release(done).await;
+            // Committed even where nothing moved, for the lag the final
+            // stats report: counted now, every write of this process has
+            // returned, where the count at the last commit may have taken
+            // an event that was stored but whose write had not returned
+            // yet for one not yet counted.
+            self.commit(done.max(self.deliverer.state.done.get())).await;
         }
         if !self.claim_lost
             && let Err(err) = self.reader.stop().await
