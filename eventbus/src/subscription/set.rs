@@ -270,11 +270,20 @@ impl SubscriptionSet {
         match self.writer.get().finished_before(&state.name, head).await {
             Ok(finished) => finished,
             Err(err) => {
-                tracing::warn!(
-                    subscription = %state.name,
-                    error = %crate::failure::error_chain(&err).join(": "),
-                    "cannot ask the backend whether the subscription finished; asking again",
-                );
+                // Asked every 20 ms: said once every few seconds.
+                static LAST_SAID: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(0);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if LAST_SAID.load(SeqCst).saturating_add(5) <= now {
+                    LAST_SAID.store(now, SeqCst);
+                    tracing::warn!(
+                        subscription = %state.name,
+                        error = %crate::failure::error_chain(&err).join(": "),
+                        "cannot ask the backend whether the subscription finished; drain asks again",
+                    );
+                }
                 Some(false)
             }
         }
