@@ -17,38 +17,16 @@
 //!
 //! Each run works in the schema `eventbus_bench`, dropped first.
 
-use eventbus::{AnyEvent, BoxError, Bus, Consumer, PostgresLog, event};
-use sqlx::PgPool;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::time::{Duration, Instant};
+#[path = "bench/shared.rs"]
+mod shared;
 
-#[event]
-struct Stamped {
-    n: u64,
-    sent_nanos: u64,
-}
+use eventbus::{Bus, PostgresLog};
+use shared::{Stamped, median};
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
 
 const PRODUCERS: u64 = 16;
 const SCHEMA: &str = "eventbus_bench";
-
-struct Counter {
-    handled: Arc<AtomicU64>,
-    origin: Instant,
-    latencies: Option<Arc<std::sync::Mutex<Vec<u64>>>>,
-}
-
-impl Consumer for Counter {
-    async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
-        if let Some(latencies) = &self.latencies {
-            let sent = event.downcast_ref::<Stamped>().expect("stamped").sent_nanos;
-            let now = self.origin.elapsed().as_nanos() as u64;
-            latencies.lock().unwrap().push(now.saturating_sub(sent));
-        }
-        self.handled.fetch_add(1, SeqCst);
-        Ok(())
-    }
-}
 
 fn url() -> String {
     std::env::var("EVENTBUS_POSTGRES_URL")
@@ -111,88 +89,20 @@ async fn raw_inserts(events: u64) -> Duration {
 /// 16 producers through the bus; with `subscriptions`, also until each
 /// has handled every event. Returns (accepted, delivered).
 async fn bus_run(events: u64, subscriptions: usize, notify: bool) -> (Duration, Option<Duration>) {
-    let log = fresh_log(notify).await;
-    let bus = Bus::builder().backend(log).build().expect("bus");
-    let origin = Instant::now();
-    let counters: Vec<Arc<AtomicU64>> = (0..subscriptions).map(|_| Arc::default()).collect();
-    for (i, handled) in counters.iter().enumerate() {
-        bus.subscribe(
-            format!("sub-{i}"),
-            Counter {
-                handled: Arc::clone(handled),
-                origin,
-                latencies: None,
-            },
-        )
-        .max_demand(500)
-        .start()
-        .await
-        .expect("subscribe");
-    }
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for p in 0..PRODUCERS {
-        let bus = bus.clone();
-        tasks.spawn(async move {
-            for n in (p..events).step_by(PRODUCERS as usize) {
-                bus.notify(Stamped::new(n, 0)).await.expect("notify");
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
-    let accepted = start.elapsed();
-    let delivered = if subscriptions > 0 {
-        while counters.iter().any(|c| c.load(SeqCst) < events) {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        Some(start.elapsed())
-    } else {
-        None
-    };
-    bus.shutdown().await;
-    (accepted, delivered)
+    let bus = Bus::builder()
+        .backend(fresh_log(notify).await)
+        .build()
+        .expect("bus");
+    shared::bus_run(bus, events, subscriptions, PRODUCERS).await
 }
 
 /// One producer at 1,000 events/s; p50 and p99 from notify to handler.
 async fn latency(events: u64, notify: bool) -> (Duration, Duration) {
-    let log = fresh_log(notify).await;
-    let bus = Bus::builder().backend(log).build().expect("bus");
-    let origin = Instant::now();
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let handled = Arc::new(AtomicU64::new(0));
-    bus.subscribe(
-        "latency",
-        Counter {
-            handled: Arc::clone(&handled),
-            origin,
-            latencies: Some(Arc::clone(&latencies)),
-        },
-    )
-    .start()
-    .await
-    .expect("subscribe");
-    let start = Instant::now();
-    for n in 0..events {
-        let due = start + Duration::from_millis(n);
-        tokio::time::sleep_until(due.into()).await;
-        let sent = origin.elapsed().as_nanos() as u64;
-        bus.notify(Stamped::new(n, sent)).await.expect("notify");
-    }
-    while handled.load(SeqCst) < events {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    bus.shutdown().await;
-    let mut samples = latencies.lock().unwrap().clone();
-    samples.sort_unstable();
-    let at = |q: f64| Duration::from_nanos(samples[((samples.len() - 1) as f64 * q) as usize]);
-    (at(0.5), at(0.99))
-}
-
-fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
-    runs[runs.len() / 2]
+    let bus = Bus::builder()
+        .backend(fresh_log(notify).await)
+        .build()
+        .expect("bus");
+    shared::latency(bus, events).await
 }
 
 #[tokio::main]

@@ -40,20 +40,7 @@ async fn a_server_restart_mid_stream_loses_nothing_accepted() {
 
     // One producer notifies 1, 2, 3, ... at a steady pace; what `notify`
     // refuses is recorded with its error and not counted as accepted.
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let refused = Arc::new(Mutex::new(Vec::new()));
-    let producer = {
-        let (bus, accepted, refused) = (bus.clone(), accepted.clone(), refused.clone());
-        tokio::spawn(async move {
-            for id in 1..=300u64 {
-                match bus.notify(OrderPlaced::new(id)).await {
-                    Ok(()) => accepted.lock().unwrap().push(id),
-                    Err(err) => refused.lock().unwrap().push((id, err.to_string())),
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let (producer, notified) = common::steady_producer(&bus, 1..=300, Duration::from_millis(5));
     within(30, "the first 100 handled", async {
         while seen.len() < 100 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -65,8 +52,8 @@ async fn a_server_restart_mid_stream_loses_nothing_accepted() {
     server.run();
     within(60, "the producer", producer).await.unwrap();
 
-    let accepted = accepted.lock().unwrap().clone();
-    let refused = refused.lock().unwrap().clone();
+    let accepted = notified.accepted.lock().unwrap().clone();
+    let refused = notified.refused.lock().unwrap().clone();
     within(60, "every accepted event handled", async {
         loop {
             let handled: std::collections::BTreeSet<u64> =

@@ -7,11 +7,10 @@
 mod common;
 
 use common::pg::PrivateServer;
-use common::{OrderPlaced, order_ids, within};
+use common::{order_ids, within};
 use eventbus::testing::Recorder;
 use eventbus::{Bus, PostgresLog};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,20 +35,7 @@ async fn a_server_restart_mid_stream_loses_nothing_accepted() {
 
     // One producer notifies 1, 2, 3, ... at a steady pace; what `notify`
     // refuses is recorded with its error and not counted as accepted.
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let refused = Arc::new(Mutex::new(Vec::new()));
-    let producer = {
-        let (bus, accepted, refused) = (bus.clone(), accepted.clone(), refused.clone());
-        tokio::spawn(async move {
-            for id in 1..=300u64 {
-                match bus.notify(OrderPlaced::new(id)).await {
-                    Ok(()) => accepted.lock().unwrap().push(id),
-                    Err(err) => refused.lock().unwrap().push((id, err.to_string())),
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let (producer, notified) = common::steady_producer(&bus, 1..=300, Duration::from_millis(10));
     common::eventually(10, "events flowing", || seen.len() >= 50).await;
     server.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -59,8 +45,8 @@ async fn a_server_restart_mid_stream_loses_nothing_accepted() {
         .await
         .unwrap();
 
-    let accepted = accepted.lock().unwrap().clone();
-    let refused = refused.lock().unwrap().clone();
+    let accepted = notified.accepted.lock().unwrap().clone();
+    let refused = notified.refused.lock().unwrap().clone();
     let mut delivered: BTreeMap<u64, u32> = BTreeMap::new();
     for id in order_ids(seen.events()) {
         *delivered.entry(id).or_default() += 1;

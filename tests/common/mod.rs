@@ -207,3 +207,50 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// What a [`steady_producer`] notified: the ids `notify` accepted, and
+/// those it refused with its error.
+#[derive(Clone, Default)]
+pub struct Notified {
+    pub accepted: Arc<std::sync::Mutex<Vec<u64>>>,
+    pub refused: Arc<std::sync::Mutex<Vec<(u64, String)>>>,
+}
+
+/// One producer notifying orders `ids` one at a time, `pace` apart, as a
+/// service keeps doing while a server restarts: a refused event is
+/// recorded with its error and not counted as accepted.
+pub fn steady_producer(
+    bus: &Bus,
+    ids: std::ops::RangeInclusive<u64>,
+    pace: Duration,
+) -> (tokio::task::JoinHandle<()>, Notified) {
+    let notified = Notified::default();
+    let (bus, record) = (bus.clone(), notified.clone());
+    let task = tokio::spawn(async move {
+        for id in ids {
+            match bus.notify(OrderPlaced::new(id)).await {
+                Ok(()) => record.accepted.lock().unwrap().push(id),
+                Err(err) => record.refused.lock().unwrap().push((id, err.to_string())),
+            }
+            tokio::time::sleep(pace).await;
+        }
+    });
+    (task, notified)
+}
+
+/// Runs `work` to its end on a thread and runtime of its own: for a
+/// test's cleanup in `Drop`, where the test's runtime may be gone.
+pub fn on_own_runtime<F: Future<Output = ()> + Send + 'static>(
+    work: impl FnOnce() -> F + Send + 'static,
+) {
+    let _ = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(work());
+    })
+    .join();
+}

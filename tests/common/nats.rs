@@ -88,29 +88,18 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        // A connection of its own, on a thread of its own: the test's
-        // runtime may be gone.
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let connect = async_nats::ConnectOptions::new()
-                    .connection_timeout(Duration::from_secs(2))
-                    .connect(url());
-                if let Ok(client) = connect.await {
-                    let js = async_nats::jetstream::new(client);
-                    let _ = js.delete_stream(&name).await;
-                    let _ = js.delete_stream(format!("{name}_DEAD_LETTERS")).await;
-                    let _ = js.delete_stream(format!("{name}_REPLAYS")).await;
-                }
-            });
-        })
-        .join();
+        super::on_own_runtime(move || async move {
+            let connect = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(2))
+                .connect(url());
+            if let Ok(client) = connect.await {
+                let js = async_nats::jetstream::new(client);
+                let _ = js.delete_stream(&name).await;
+                let _ = js.delete_stream(format!("{name}_DEAD_LETTERS")).await;
+                let _ = js.delete_stream(format!("{name}_REPLAYS")).await;
+            }
+        });
     }
 }
 

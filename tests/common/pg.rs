@@ -83,27 +83,16 @@ impl Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        // A connection of its own, on a thread of its own: the test's
-        // runtime may be gone.
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                if let Ok(pool) = sqlx::PgPool::connect(&url()).await {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                        "DROP SCHEMA IF EXISTS {name} CASCADE"
-                    )))
-                    .execute(&pool)
-                    .await;
-                }
-            });
-        })
-        .join();
+        super::on_own_runtime(move || async move {
+            if let Ok(pool) = sqlx::PgPool::connect(&url()).await {
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {name} CASCADE"
+                )))
+                .execute(&pool)
+                .await;
+            }
+        });
     }
 }
 
