@@ -293,6 +293,15 @@ pub trait Reader: Send + Debug {
         true
     }
 
+    /// Whether other processes finish part of what this reader reads past
+    /// (a subscription split into partitions that processes share), so
+    /// its position does not say what is finished:
+    /// [`Bus::drain`](crate::Bus::drain) then asks
+    /// [`Backend::finished_before`]. Default `false`.
+    fn finished_elsewhere(&self) -> bool {
+        false
+    }
+
     /// Where the subscription tells the backend what became of each
     /// delivery, for a backend that settles each on its own (a broker).
     /// The subscription then still calls [`commit`](Reader::commit), which

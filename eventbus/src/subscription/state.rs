@@ -86,8 +86,9 @@ pub(crate) struct State {
     /// The count of unfinished events the backend keeps current, for one
     /// whose count cannot be added up from this process's writes.
     pub(crate) live_lag: Option<Arc<AtomicU64>>,
-    /// Whether the backend settles each delivery on its own, so `done`
-    /// does not say what finished: `drain` asks the backend.
+    /// Whether the backend settles each delivery on its own, or other
+    /// processes finish part of the subscription, so `done` does not say
+    /// what finished: `drain` asks the backend.
     pub(crate) settles: bool,
     /// How many events this process had accepted when `reader_lag` was
     /// reported: those accepted since are added to it.

@@ -106,6 +106,23 @@ pub enum PostgresError {
         "the position of subscription `{0}` was deleted (forget_subscription) while this process had it open; start the subscription again to begin afresh"
     )]
     Forgotten(String),
+    /// Running processes read the subscription split into another number
+    /// of partitions than this process is configured with. Nothing was
+    /// changed.
+    #[error(
+        "subscription `{subscription}` is split into {found} partitions by processes that are running now, but this process is configured with {configured} (PostgresLogBuilder::partitions); stop those processes first, and this one re-bases the subscription at its start, or configure {found}"
+    )]
+    Partitions {
+        /// The subscription.
+        subscription: String,
+        /// How many partitions its running processes read.
+        found: usize,
+        /// How many this process is configured with.
+        configured: usize,
+    },
+    /// A partition count of 0, or over 1,024.
+    #[error("{0} is not a usable partition count (PostgresLogBuilder::partitions): use 1 to 1024")]
+    PartitionCount(usize),
     /// An event could not be turned into JSON.
     #[error("the event could not be encoded as JSON")]
     Encode(#[source] serde_json::Error),
@@ -125,6 +142,7 @@ impl PostgresError {
                 | PostgresError::Shape { .. }
                 | PostgresError::OutOfRange(_)
                 | PostgresError::Forgotten(_)
+                | PostgresError::Partitions { .. }
         )
     }
 }

@@ -33,6 +33,8 @@ pub(super) struct Pending {
     pub(super) name: String,
     pub(super) version: i32,
     pub(super) payload: String,
+    /// What it is kept in order with: [`super::key_hash`].
+    pub(super) key: i64,
     pub(super) reply: oneshot::Sender<Result<Position, PostgresError>>,
 }
 
@@ -131,10 +133,10 @@ async fn write(inner: &Inner, batch: &[Pending]) -> Result<String, sqlx::Error> 
     // In the order given (WITH ORDINALITY, ORDER BY): rows get their
     // positions, and their ranks in the transaction, in that order.
     let insert = format!(
-        "INSERT INTO {schema}.events (event_id, name, version, payload)
-         SELECT id, name, version, payload::jsonb
-         FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[])
-              WITH ORDINALITY AS u(id, name, version, payload, ord)
+        "INSERT INTO {schema}.events (event_id, name, version, payload, key_hash)
+         SELECT id, name, version, payload::jsonb, key_hash
+         FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::int8[])
+              WITH ORDINALITY AS u(id, name, version, payload, key_hash, ord)
          ORDER BY ord
          RETURNING 1"
     );
@@ -143,7 +145,7 @@ async fn write(inner: &Inner, batch: &[Pending]) -> Result<String, sqlx::Error> 
     let sql = if inner.notify_on_commit {
         format!(
             "WITH written AS ({insert})
-             SELECT pg_current_xact_id()::text FROM (SELECT count(*) FROM written) AS w, pg_notify($5, '')"
+             SELECT pg_current_xact_id()::text FROM (SELECT count(*) FROM written) AS w, pg_notify($6, '')"
         )
     } else {
         format!(
@@ -155,7 +157,8 @@ async fn write(inner: &Inner, batch: &[Pending]) -> Result<String, sqlx::Error> 
         .bind(batch.iter().map(|p| p.id).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| p.name.as_str()).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| p.version).collect::<Vec<_>>())
-        .bind(batch.iter().map(|p| p.payload.as_str()).collect::<Vec<_>>());
+        .bind(batch.iter().map(|p| p.payload.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.key).collect::<Vec<_>>());
     if inner.notify_on_commit {
         query = query.bind(&inner.channel);
     }

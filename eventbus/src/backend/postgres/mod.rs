@@ -7,9 +7,13 @@
 //! subscriptions see an event only once it is committed. Each subscription
 //! reads in (transaction id, position) order and only below the oldest
 //! transaction still running, so a transaction that commits after a later
-//! one is never skipped. One process at a time holds a subscription, on a
-//! lease it renews; when it dies, another takes over after the lease time,
-//! and a process that finds its lease taken stops without committing.
+//! one is never skipped. Each subscription is split into partitions by the
+//! events' keys (their correlation ids), each with its own cursor and
+//! lease: the processes reading a subscription share its partitions out, so
+//! work splits across replicas while events of one key stay in order. When
+//! a process dies, the others take its partitions over after the lease time,
+//! and a process that finds a lease of its own taken stops without
+//! committing.
 //! Processes wake up through LISTEN/NOTIFY on one connection each, and poll
 //! as the fallback. Dead letters live in `{schema}.dead_letters`, where any
 //! process lists and replays them.
@@ -73,6 +77,8 @@ struct Inner {
     channel: String,
     lease: Duration,
     poll: Duration,
+    /// How many partitions each subscription is split into.
+    partitions: usize,
     notify_on_commit: bool,
     retention: Retention,
     closed: AtomicBool,
@@ -94,6 +100,7 @@ pub struct PostgresLogBuilder {
     schema: String,
     lease: Duration,
     poll: Duration,
+    partitions: usize,
     notify_on_commit: bool,
     retention: Retention,
 }
@@ -108,6 +115,7 @@ impl PostgresLog {
             schema: "eventbus".to_owned(),
             lease: Duration::from_secs(10),
             poll: Duration::from_millis(500),
+            partitions: DEFAULT_PARTITIONS,
             notify_on_commit: true,
             retention: Retention::default(),
         }
@@ -157,16 +165,16 @@ impl PostgresLog {
         let sql = if inner.notify_on_commit {
             format!(
                 "WITH written AS (
-                     INSERT INTO {}.events (event_id, name, version, payload)
-                     VALUES ($1, $2, $3, $4::jsonb) RETURNING position
+                     INSERT INTO {}.events (event_id, name, version, payload, key_hash)
+                     VALUES ($1, $2, $3, $4::jsonb, $5) RETURNING position
                  )
-                 SELECT position, pg_current_xact_id()::text FROM written, pg_notify($5, '')",
+                 SELECT position, pg_current_xact_id()::text FROM written, pg_notify($6, '')",
                 inner.schema
             )
         } else {
             format!(
-                "INSERT INTO {}.events (event_id, name, version, payload)
-                 VALUES ($1, $2, $3, $4::jsonb) RETURNING position, tx_id::text",
+                "INSERT INTO {}.events (event_id, name, version, payload, key_hash)
+                 VALUES ($1, $2, $3, $4::jsonb, $5) RETURNING position, tx_id::text",
                 inner.schema
             )
         };
@@ -174,7 +182,8 @@ impl PostgresLog {
             .bind(event.meta().id)
             .bind(event.name())
             .bind(event.version() as i32)
-            .bind(payload);
+            .bind(payload)
+            .bind(key_hash(event));
         if inner.notify_on_commit {
             query = query.bind(&inner.channel);
         }
@@ -196,6 +205,20 @@ impl PostgresLog {
     }
 }
 
+/// Partitions per subscription unless configured.
+const DEFAULT_PARTITIONS: usize = 8;
+
+/// The most partitions a subscription can be split into.
+const MAX_PARTITIONS: usize = 1024;
+
+/// What an event is kept in order with, as stored in `events.key_hash`:
+/// its correlation id, so an event and those it caused share a partition.
+/// The low half of a UUIDv7 is random, so keys spread evenly.
+pub(super) fn key_hash(event: &AnyEvent) -> i64 {
+    let low = event.meta().correlation_id.as_u64_pair().1;
+    low as i64
+}
+
 /// Shows the URL with its password hidden.
 impl fmt::Debug for PostgresLogBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -205,6 +228,7 @@ impl fmt::Debug for PostgresLogBuilder {
             .field("schema", &self.schema)
             .field("lease", &self.lease)
             .field("poll", &self.poll)
+            .field("partitions", &self.partitions)
             .field("notify_on_commit", &self.notify_on_commit)
             .field("retention", &self.retention)
             .finish()
@@ -240,6 +264,26 @@ impl PostgresLogBuilder {
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// How many partitions each subscription is split into: the processes
+    /// reading a subscription share them out, each holding about its share
+    /// on a lease, so that many processes at most deliver at once. Events
+    /// of one key (the event's correlation id: an event and those it
+    /// caused) go to one partition and stay in order; events of different
+    /// keys may be delivered in any order when several processes share the
+    /// subscription. Default 8; 1 gives one total order, with one process
+    /// delivering and the others standing by.
+    ///
+    /// Every process of a subscription must use the same count. A process
+    /// started with another count while the others run refuses to start
+    /// the subscription ([`PostgresError::Partitions`]); once they have
+    /// stopped, it re-bases the subscription at the oldest partition's
+    /// place, so events after it may be delivered again, never skipped.
+    #[must_use]
+    pub fn partitions(mut self, partitions: usize) -> Self {
+        self.partitions = partitions;
         self
     }
 
@@ -285,6 +329,9 @@ impl PostgresLogBuilder {
         if !schema::valid_schema(&self.schema) {
             return Err(PostgresError::SchemaName(self.schema));
         }
+        if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
+            return Err(PostgresError::PartitionCount(self.partitions));
+        }
         let pool = match (self.pool, &self.url) {
             (Some(pool), _) => pool,
             (None, Some(url)) => {
@@ -322,6 +369,7 @@ impl PostgresLogBuilder {
                 schema: self.schema,
                 lease: self.lease.max(Duration::from_millis(100)),
                 poll: self.poll.max(Duration::from_millis(1)),
+                partitions: self.partitions,
                 notify_on_commit: self.notify_on_commit,
                 closed: AtomicBool::new(false),
                 wake: Notify::new(),
@@ -423,10 +471,11 @@ impl fmt::Debug for PostgresLog {
 
 #[async_trait]
 impl Backend for PostgresLog {
-    /// Durable, shared by processes (one holds a subscription at a time),
-    /// and ordered. Retries run in the process holding the subscription; their
-    /// schedules are kept in `{schema}.retries`, so a process that takes a
-    /// subscription over resumes them.
+    /// Durable, shared by processes (each holds its share of a
+    /// subscription's partitions), and ordered per key. Retries run in the
+    /// process holding the event's partition; their schedules are kept in
+    /// `{schema}.retries`, so a process that takes a partition over after
+    /// a restart resumes them.
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .durable(true)
@@ -449,6 +498,7 @@ impl Backend for PostgresLog {
             name: event.name().to_owned(),
             version: event.version() as i32,
             payload,
+            key: key_hash(&event),
             reply,
         };
         if self.inner.queue.send(pending).await.is_err() {
@@ -469,6 +519,42 @@ impl Backend for PostgresLog {
         Ok(Box::new(
             PgReader::open(Arc::clone(&self.inner), subscription, from).await?,
         ))
+    }
+
+    /// Whether every row of `subscription` up to the transaction of
+    /// `up_to` is finished: no row of those transactions lies past its
+    /// partition's committed place, whichever process holds it. Counted
+    /// from the oldest place, so a subscription that keeps up looks at
+    /// few rows.
+    async fn finished_before(
+        &self,
+        subscription: &str,
+        up_to: Position,
+    ) -> Result<Option<bool>, ReadError> {
+        let schema = &self.inner.schema;
+        let partition = reader::partition_of(self.inner.partitions);
+        // The transaction `up_to` numbers its rows in: rows of earlier
+        // ones, and all of its own, must be finished. All of its own is
+        // more than asked, never less.
+        let tx = (up_to.saturating_sub(1) >> reader::RANK_BITS).to_string();
+        let (partitions, unfinished): (i64, bool) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT (SELECT count(*) FROM {schema}.cursors WHERE subscription = $1), EXISTS (
+                 SELECT 1 FROM {schema}.events e
+                 JOIN {schema}.cursors c ON c.subscription = $1 AND c.partition = {partition}
+                 WHERE e.tx_id <= $2::xid8
+                   AND e.tx_id >= (SELECT min(tx_id) FROM {schema}.cursors WHERE subscription = $1)
+                   AND (e.tx_id, e.position) > (c.tx_id, c.position)
+                   AND (c.start_snapshot IS NULL OR NOT pg_visible_in_snapshot(e.tx_id, c.start_snapshot)))"
+        )))
+        .bind(subscription)
+        .bind(tx)
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query("asking whether a subscription finished"))?;
+        if partitions == 0 {
+            return Err(PostgresError::Forgotten(subscription.to_owned()).into());
+        }
+        Ok(Some(!unfinished))
     }
 
     fn close(&self) {

@@ -17,7 +17,7 @@ use crate::backend::{Batch, Position, ReadError, Reader, StartFrom};
 use crate::event::AnyEvent;
 use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::pin::pin;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ pub(super) fn first_in(tx_id: &str) -> Result<Position, PostgresError> {
 }
 
 /// Bits of a reader position that hold the rank within a transaction.
-const RANK_BITS: u32 = 24;
+pub(super) const RANK_BITS: u32 = 24;
 
 impl RowKey {
     /// The position the subscription sees for this row.
@@ -76,16 +76,25 @@ pub(crate) struct PgReader {
     subscription: String,
     /// The next position handed out.
     next: Position,
-    /// Rows handed out and not yet committed, in order, by the position
-    /// they were handed out at.
+    /// Rows read and not yet committed (delivered ones, and the ones
+    /// skipped as another partition's or as already finished), in order,
+    /// by the position they were read at.
     pending: VecDeque<(Position, RowKey)>,
     /// The last row read: the next read starts after it.
     read: RowKey,
-    /// Set when this process holds the subscription.
-    held: Option<Lease>,
-    /// This reader's identity on the subscription's lease: one per
-    /// reader, so two readers of one process never share a claim.
+    /// The partitions this process holds, each with its committed place.
+    held: BTreeMap<i32, Place>,
+    /// This reader's identity on the subscription's leases and among its
+    /// members: one per reader, so two readers of one process never share
+    /// a claim.
     owner: uuid::Uuid,
+    /// Renews the leases of `held` and this reader's membership.
+    lease: Lease,
+    /// When this reader last looked whether its share of the partitions
+    /// should change, and since when reading waits for what was handed
+    /// out to be committed, so that the share can change.
+    share_checked: Option<tokio::time::Instant>,
+    share_waits_since: Option<tokio::time::Instant>,
     /// The position after the newest event, and how many events after the
     /// committed place are visible, as of the last look.
     head: Position,
@@ -100,15 +109,54 @@ pub(crate) struct PgReader {
     /// Checks in a row that found events held back by a transaction no
     /// session shows: reported only once that persists.
     unseen_holds: u32,
-    /// Set when a followed move of the holder's cursor was not yet
-    /// returned as a batch.
-    follow_unreported: bool,
+    /// Set once the reader gave its partitions up and left the members.
+    left: bool,
 }
 
-/// The subscription's lease, renewed in the background while held.
+/// A partition's committed place: the last finished row's transaction id
+/// and position (position -1: before the transaction's first row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    tx: u64,
+    position: i64,
+}
+
+impl Place {
+    fn parse(tx_id: &str, position: i64) -> Place {
+        Place {
+            tx: tx_id.parse().unwrap_or(u64::MAX),
+            position,
+        }
+    }
+
+    fn of(row: &RowKey) -> Place {
+        Place::parse(&row.tx_id, row.position)
+    }
+}
+
+/// The leases of the partitions a reader holds and its membership,
+/// renewed in the background.
 struct Lease {
-    lost: Arc<AtomicBool>,
+    shared: Arc<Held>,
     renewer: tokio::task::JoinHandle<()>,
+}
+
+/// What the reader and its renewer share.
+#[derive(Default)]
+struct Held {
+    /// The partitions held, and a count of changes to them, so a renewal
+    /// that raced a change does not take a released partition for lost.
+    partitions: std::sync::Mutex<(u64, Vec<i32>)>,
+    /// Set when a renewal found a held partition taken by another process.
+    lost: AtomicBool,
+}
+
+impl Held {
+    fn set(&self, partitions: Vec<i32>) {
+        let mut held = self.partitions.lock().expect("held lock");
+        held.0 += 1;
+        held.1 = partitions;
+    }
 }
 
 impl Drop for Lease {
@@ -123,7 +171,7 @@ impl fmt::Debug for PgReader {
             .field("subscription", &self.subscription)
             .field("next", &self.next)
             .field("read", &self.read)
-            .field("held", &self.held.is_some())
+            .field("held", &self.held.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -134,38 +182,27 @@ const LAG_COUNTED: u64 = 10_000;
 /// Rows read at once at most, whatever the subscription asks for.
 const MAX_ROWS: usize = 1000;
 
+/// The partition of row `e` in SQL, for a subscription split into
+/// `partitions`.
+pub(super) fn partition_of(partitions: usize) -> String {
+    format!("mod(mod(e.key_hash, {partitions}) + {partitions}, {partitions})::int4")
+}
+
 impl PgReader {
     pub(crate) async fn open(
         inner: Arc<Inner>,
         subscription: &str,
         from: StartFrom,
     ) -> Result<PgReader, PostgresError> {
-        let schema = &inner.schema;
-        let recorded = match from {
-            StartFrom::Beginning => sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {schema}.cursors (subscription, tx_id, position)
-                 VALUES ($1, '0', 0) ON CONFLICT (subscription) DO NOTHING"
-            ))),
-            // Everything this snapshot sees counts as before the start;
-            // rows of transactions still running then come after it.
-            StartFrom::Now => sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {schema}.cursors (subscription, tx_id, position, start_snapshot)
-                 SELECT $1, pg_snapshot_xmin(s), -1, s FROM pg_current_snapshot() AS s
-                 ON CONFLICT (subscription) DO NOTHING"
-            ))),
-        };
-        recorded
-            .bind(subscription)
-            .execute(&inner.pool)
-            .await
-            .map_err(PostgresError::query("recording a new subscription"))?;
-        let (tx_id, position): (String, i64) = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT tx_id::text, position FROM {schema}.cursors WHERE subscription = $1"
-        )))
-        .bind(subscription)
-        .fetch_one(&inner.pool)
-        .await
-        .map_err(PostgresError::query("reading a subscription's position"))?;
+        let owner = uuid::Uuid::now_v7();
+        prepare_cursors(&inner, subscription, from, owner).await?;
+        let shared = Arc::new(Held::default());
+        let renewer = tokio::spawn(renew(
+            Arc::clone(&inner),
+            subscription.to_owned(),
+            owner,
+            Arc::clone(&shared),
+        ));
         let mut reader = PgReader {
             inner,
             subscription: subscription.to_owned(),
@@ -176,21 +213,34 @@ impl PgReader {
                 position: 0,
                 rank: -1,
             },
-            held: None,
-            owner: uuid::Uuid::now_v7(),
+            held: BTreeMap::new(),
+            owner,
+            lease: Lease { shared, renewer },
+            share_checked: None,
+            share_waits_since: None,
             head: 0,
             lag: 0,
             close_bound: None,
             held_back: None,
             horizon_checked: None,
             unseen_holds: 0,
-            follow_unreported: false,
+            left: false,
         };
+        // Where nothing is held yet: the oldest partition's place.
+        let (tx_id, position): (String, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT tx_id::text, position FROM {}.cursors WHERE subscription = $1
+             ORDER BY tx_id, position LIMIT 1",
+            reader.inner.schema
+        )))
+        .bind(subscription)
+        .fetch_one(&reader.inner.pool)
+        .await
+        .map_err(PostgresError::query("reading a subscription's position"))?;
         reader.place(tx_id, position).await?;
         // Claimed at once, not at the first read: a subscription started
-        // paused holds it too, and whether this process holds it is known
-        // from the start (replays run only in the holder).
-        reader.claim().await?;
+        // paused holds its share too, and whether this process holds the
+        // first partition is known from the start (replays run only there).
+        reader.share(true).await?;
         reader.look().await?;
         Ok(reader)
     }
@@ -198,19 +248,7 @@ impl PgReader {
     /// Reads on after the row (`tx_id`, `position`): the subscription's
     /// committed place.
     async fn place(&mut self, tx_id: String, position: i64) -> Result<(), PostgresError> {
-        let rank: i64 = if position < 0 {
-            -1
-        } else {
-            sqlx::query_scalar(AssertSqlSafe(format!(
-                "SELECT count(*) FROM {}.events WHERE tx_id = $1::xid8 AND position < $2",
-                self.inner.schema
-            )))
-            .bind(&tx_id)
-            .bind(position)
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(PostgresError::query("finding a subscription's place"))?
-        };
+        let rank = rank_of(&self.inner, &tx_id, position).await?;
         self.read = RowKey {
             tx_id,
             position,
@@ -220,52 +258,159 @@ impl PgReader {
         Ok(())
     }
 
-    /// Takes the subscription if nobody holds it, or its holder's lease
-    /// ran out; then reads on from its committed row. `false` when another
-    /// process holds it.
-    async fn claim(&mut self) -> Result<bool, PostgresError> {
-        let inner = &self.inner;
-        let claimed: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE {}.cursors
+    /// Looks whether this reader's share of the partitions should change,
+    /// at most every third of the lease (`now`: at once), and changes it
+    /// when nothing read is left uncommitted: gives up what is over its
+    /// share, takes free partitions (or ones whose holder's lease ran out)
+    /// up to it, and reads again from the oldest place of those it took.
+    /// Returns whether a change waits for what was read to be committed.
+    async fn share(&mut self, now: bool) -> Result<bool, PostgresError> {
+        let every = self.inner.lease / 3;
+        let clock = tokio::time::Instant::now();
+        if !now
+            && self
+                .share_checked
+                .is_some_and(|at| clock.duration_since(at) < every)
+        {
+            return Ok(false);
+        }
+        let inner = Arc::clone(&self.inner);
+        let schema = &inner.schema;
+        let total = inner.partitions;
+        // Processes seen within their lease, this one included (it joined
+        // at open, and its renewer keeps it in).
+        let (members, free, partitions): (i64, i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT (SELECT count(*) FROM {schema}.members
+                     WHERE subscription = $1 AND (seen_until >= now() OR member = $2)),
+                    (SELECT count(*) FROM {schema}.cursors
+                     WHERE subscription = $1
+                       AND (owner IS NULL OR lease_until < now() OR owner = $2)),
+                    (SELECT count(*) FROM {schema}.cursors WHERE subscription = $1)"
+        )))
+        .bind(&self.subscription)
+        .bind(self.owner)
+        .fetch_one(&inner.pool)
+        .await
+        .map_err(PostgresError::query("looking at a subscription's members"))?;
+        if partitions == 0 {
+            return Err(PostgresError::Forgotten(self.subscription.clone()));
+        }
+        let members = usize::try_from(members.max(1)).unwrap_or(1);
+        let target = total.div_ceil(members);
+        let over = self.held.len().saturating_sub(target);
+        let wanted = target.saturating_sub(self.held.len());
+        // Partitions it holds count among the free ones.
+        let claimable = usize::try_from(free)
+            .unwrap_or(0)
+            .saturating_sub(self.held.len());
+        if over == 0 && (wanted == 0 || claimable == 0) {
+            self.share_checked = Some(clock);
+            self.share_waits_since = None;
+            return Ok(false);
+        }
+        if !self.pending.is_empty() {
+            // A partition changes hands only at a committed place. Reading
+            // waits for the commit, for half a lease at most; then it goes
+            // on and tries again later.
+            let since = *self.share_waits_since.get_or_insert(clock);
+            if clock.duration_since(since) < inner.lease / 2 {
+                return Ok(true);
+            }
+            self.share_checked = Some(clock);
+            self.share_waits_since = None;
+            return Ok(false);
+        }
+        self.share_checked = Some(clock);
+        self.share_waits_since = None;
+        if over > 0 {
+            // The highest ones go, so the first partition (where replays
+            // run) stays with a process that has held it longest. Forgotten
+            // here first: a call cut short after the update leaves leases
+            // that run out, never one the renewer would take for lost.
+            let released: Vec<i32> = self.held.keys().rev().take(over).copied().collect();
+            for partition in &released {
+                self.held.remove(partition);
+            }
+            self.lease.shared.set(self.held.keys().copied().collect());
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {schema}.cursors SET owner = NULL, lease_until = NULL
+                 WHERE subscription = $1 AND owner = $2 AND partition = ANY($3)"
+            )))
+            .bind(&self.subscription)
+            .bind(self.owner)
+            .bind(&released)
+            .execute(&inner.pool)
+            .await
+            .map_err(PostgresError::query("giving partitions up"))?;
+            tracing::debug!(subscription = %self.subscription, ?released, "gave partitions up to other processes");
+            return Ok(false);
+        }
+        // Free ones, or ones whose holder's lease ran out, or its own that
+        // a call cut short took without noting them.
+        let claimed: Vec<(i32, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE {schema}.cursors
              SET owner = $2, lease_until = now() + make_interval(secs => $3), updated_at = now()
-             WHERE subscription = $1 AND (owner IS NULL OR owner = $2 OR lease_until < now())
-             RETURNING tx_id::text, position",
-            inner.schema
+             WHERE subscription = $1 AND partition IN (
+                 SELECT partition FROM {schema}.cursors
+                 WHERE subscription = $1 AND NOT (partition = ANY($5))
+                   AND (owner IS NULL OR lease_until < now() OR owner = $2)
+                 ORDER BY partition LIMIT $4
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING partition, tx_id::text, position"
         )))
         .bind(&self.subscription)
         .bind(self.owner)
         .bind(inner.lease.as_secs_f64())
-        .fetch_optional(&inner.pool)
+        .bind(wanted as i64)
+        .bind(self.held.keys().copied().collect::<Vec<_>>())
+        .fetch_all(&inner.pool)
         .await
-        .map_err(PostgresError::query("claiming a subscription"))?;
-        let Some((tx_id, position)) = claimed else {
+        .map_err(PostgresError::query(
+            "claiming partitions of a subscription",
+        ))?;
+        if claimed.is_empty() {
             return Ok(false);
+        }
+        // Reads again from the oldest place taken, when it is before what
+        // was read: rows of the other partitions are skipped as finished.
+        let oldest = claimed
+            .iter()
+            .map(|(_, tx_id, position)| (Place::parse(tx_id, *position), tx_id, *position))
+            .min_by_key(|(place, _, _)| *place)
+            .expect("not empty");
+        let rewind = self.held.is_empty() || oldest.0 < Place::of(&self.read);
+        let rank = if rewind {
+            Some(rank_of(&inner, oldest.1, oldest.2).await?)
+        } else {
+            None
         };
-        // What another holder committed since, or what this one committed
-        // before a restart: positions handed out start over from here.
-        tracing::debug!(subscription = %self.subscription, %tx_id, position, "claimed the subscription");
-        self.place(tx_id, position).await?;
-        self.pending.clear();
-        let lost = Arc::new(AtomicBool::new(false));
-        let renewer = tokio::spawn(renew(
-            Arc::clone(&self.inner),
-            self.subscription.clone(),
-            self.owner,
-            Arc::clone(&lost),
-        ));
-        self.held = Some(Lease { lost, renewer });
-        Ok(true)
+        for (partition, tx_id, position) in &claimed {
+            self.held.insert(*partition, Place::parse(tx_id, *position));
+        }
+        self.lease.shared.set(self.held.keys().copied().collect());
+        if let Some(rank) = rank {
+            self.read = RowKey {
+                tx_id: oldest.1.clone(),
+                position: oldest.2,
+                rank,
+            };
+            self.next = self.read.after()?;
+        }
+        tracing::debug!(
+            subscription = %self.subscription,
+            claimed = ?claimed.iter().map(|(p, _, _)| p).collect::<Vec<_>>(),
+            "claimed partitions",
+        );
+        Ok(false)
     }
 
     fn lost(&self) -> bool {
-        self.held
-            .as_ref()
-            .is_some_and(|lease| lease.lost.load(SeqCst))
+        self.lease.shared.lost.load(SeqCst)
     }
 
     fn claim_lost(&self) -> ReadError {
         ReadError::ClaimLost(format!(
-            "the lease on `{}` ran out and another process took the subscription over",
+            "a lease on a partition of `{}` ran out and another process took the partition over",
             self.subscription
         ))
     }
@@ -274,10 +419,15 @@ impl PgReader {
         let inner = Arc::clone(&self.inner);
         let schema = &inner.schema;
         let limit = max.clamp(1, MAX_ROWS);
-        let rows: Vec<(i64, String, String, i32, String)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT e.position, e.tx_id::text AS tx_text, e.name, e.version, e.payload::text
+        // Every row, for its rank in its transaction; the payload only of
+        // rows in partitions this process holds.
+        let partition = partition_of(inner.partitions);
+        let rows: Vec<(i64, String, String, i32, Option<String>, i32)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT e.position, e.tx_id::text AS tx_text, e.name, e.version,
+                    CASE WHEN {partition} = ANY($7) THEN e.payload::text END,
+                    {partition}
              FROM {schema}.events e, {schema}.cursors c
-             WHERE c.subscription = $4
+             WHERE c.subscription = $4 AND c.partition = 0
                AND (e.tx_id, e.position) > ($1::xid8, $2)
                AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
                AND (c.start_snapshot IS NULL OR NOT pg_visible_in_snapshot(e.tx_id, c.start_snapshot))
@@ -290,6 +440,7 @@ impl PgReader {
         .bind(&self.subscription)
         .bind(self.close_bound.as_ref().map_or("18446744073709551615", |b| b.tx_id.as_str()))
         .bind(self.close_bound.as_ref().map_or(i64::MAX, |b| b.position))
+        .bind(self.held.keys().copied().collect::<Vec<_>>())
         .fetch_all(&inner.pool)
         .await
         .map_err(PostgresError::query("reading events"))?;
@@ -306,7 +457,7 @@ impl PgReader {
         let mut events = Vec::with_capacity(rows.len());
         let mut keys = Vec::with_capacity(rows.len());
         let mut last = self.read.clone();
-        for (position, tx_id, name, version, payload) in rows {
+        for (position, tx_id, name, version, payload, partition) in rows {
             let rank = if tx_id == last.tx_id {
                 last.rank + 1
             } else {
@@ -318,6 +469,20 @@ impl PgReader {
                 rank,
             };
             let at = row.key()?;
+            // Another process's partition, or a row before the place of
+            // a partition taken over: skipped, as finished here.
+            let mine = self
+                .held
+                .get(&partition)
+                .is_some_and(|place| Place::of(&row) > *place);
+            let payload = match payload {
+                Some(payload) if mine => payload,
+                _ => {
+                    keys.push((at, row.clone()));
+                    last = row;
+                    continue;
+                }
+            };
             match decode(&name, version, &payload) {
                 Ok(event) => events.push((at, event)),
                 Err(reason) => {
@@ -369,7 +534,8 @@ impl PgReader {
         // scan its whole backlog at every commit.
         let lag: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT count(*) FROM (SELECT 1 FROM {schema}.events e, {schema}.cursors c
-             WHERE c.subscription = $3 AND (e.tx_id, e.position) > ($1::xid8, $2)
+             WHERE c.subscription = $3 AND c.partition = 0
+               AND (e.tx_id, e.position) > ($1::xid8, $2)
                AND (c.start_snapshot IS NULL OR NOT pg_visible_in_snapshot(e.tx_id, c.start_snapshot))
              LIMIT {LAG_COUNTED}) AS behind"
         )))
@@ -420,7 +586,7 @@ impl PgReader {
                       waiting AS (
                           SELECT count(*) AS n FROM (
                               SELECT 1 FROM {schema}.events e, {schema}.cursors c, h
-                              WHERE c.subscription = $3
+                              WHERE c.subscription = $3 AND c.partition = 0
                                 AND e.tx_id >= h.xmin AND (e.tx_id, e.position) > ($1::xid8, $2)
                                 AND (c.start_snapshot IS NULL
                                      OR NOT pg_visible_in_snapshot(e.tx_id, c.start_snapshot))
@@ -513,38 +679,197 @@ fn decode(name: &str, version: i32, payload: &str) -> Result<AnyEvent, String> {
         .map_err(|err| crate::failure::error_chain(&err).join(": "))
 }
 
-/// Renews the lease of `subscription` a few times per lease; sets `lost`
-/// and wakes the reader when it finds another process holds it.
-async fn renew(inner: Arc<Inner>, subscription: String, owner: uuid::Uuid, lost: Arc<AtomicBool>) {
+/// How many rows of transaction `tx_id` come before `position` (-1 for a
+/// place before its first row).
+async fn rank_of(inner: &Inner, tx_id: &str, position: i64) -> Result<i64, PostgresError> {
+    if position < 0 {
+        return Ok(-1);
+    }
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}.events WHERE tx_id = $1::xid8 AND position < $2",
+        inner.schema
+    )))
+    .bind(tx_id)
+    .bind(position)
+    .fetch_one(&inner.pool)
+    .await
+    .map_err(PostgresError::query("finding a subscription's place"))
+}
+
+/// Makes sure `subscription` has one cursor per configured partition, and
+/// joins this reader to its members.
+///
+/// A new subscription gets them at `from`. One split into another number
+/// of partitions is re-based at its oldest partition's place, once no other
+/// process holds any of it: events after that place may be delivered
+/// again, none is skipped.
+async fn prepare_cursors(
+    inner: &Inner,
+    subscription: &str,
+    from: StartFrom,
+    owner: uuid::Uuid,
+) -> Result<(), PostgresError> {
+    let schema = &inner.schema;
+    let total = inner.partitions;
+    let failed = PostgresError::query("preparing a subscription's partitions");
+    let mut tx = inner.pool.begin().await.map_err(failed)?;
+    // One process at a time prepares a subscription.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("{schema}.{subscription}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(PostgresError::query("locking a subscription's partitions"))?;
+    let found: Vec<(i32, String, i64, Option<String>, bool)> =
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT partition, tx_id::text, position, start_snapshot::text,
+                owner IS NOT NULL AND lease_until >= now()
+         FROM {schema}.cursors WHERE subscription = $1 ORDER BY partition"
+        )))
+        .bind(subscription)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(PostgresError::query("reading a subscription's partitions"))?;
+    let expected = found.len() == total
+        && found
+            .iter()
+            .enumerate()
+            .all(|(i, (partition, ..))| usize::try_from(*partition) == Ok(i));
+    if found.is_empty() {
+        let insert = match from {
+            StartFrom::Beginning => format!(
+                "INSERT INTO {schema}.cursors (subscription, partition, tx_id, position)
+                 SELECT $1, p, '0', 0 FROM generate_series(0, $2 - 1) AS p"
+            ),
+            // Everything this snapshot sees counts as before the start;
+            // rows of transactions still running then come after it.
+            StartFrom::Now => format!(
+                "INSERT INTO {schema}.cursors (subscription, partition, tx_id, position, start_snapshot)
+                 SELECT $1, p, pg_snapshot_xmin(s), -1, s
+                 FROM pg_current_snapshot() AS s, generate_series(0, $2 - 1) AS p"
+            ),
+        };
+        sqlx::query(AssertSqlSafe(insert))
+            .bind(subscription)
+            .bind(total as i32)
+            .execute(&mut *tx)
+            .await
+            .map_err(PostgresError::query("recording a new subscription"))?;
+    } else if !expected {
+        if found.iter().any(|(.., live)| *live) {
+            return Err(PostgresError::Partitions {
+                subscription: subscription.to_owned(),
+                found: found.len(),
+                configured: total,
+            });
+        }
+        let (_, tx_id, position, snapshot, _) = found
+            .iter()
+            .min_by_key(|(_, tx_id, position, ..)| Place::parse(tx_id, *position))
+            .expect("not empty");
+        tracing::warn!(
+            subscription,
+            from = found.len(),
+            to = total,
+            at = %format!("{tx_id}/{position}"),
+            "re-basing the subscription onto another number of partitions at its oldest partition's place; events after it that other partitions had finished are delivered again",
+        );
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {schema}.cursors WHERE subscription = $1"
+        )))
+        .bind(subscription)
+        .execute(&mut *tx)
+        .await
+        .map_err(PostgresError::query("re-basing a subscription"))?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {schema}.cursors (subscription, partition, tx_id, position, start_snapshot)
+             SELECT $1, p, $3::xid8, $4, $5::pg_snapshot FROM generate_series(0, $2 - 1) AS p"
+        )))
+        .bind(subscription)
+        .bind(total as i32)
+        .bind(tx_id)
+        .bind(position)
+        .bind(snapshot)
+        .execute(&mut *tx)
+        .await
+        .map_err(PostgresError::query("re-basing a subscription"))?;
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {schema}.members (subscription, member, seen_until)
+         VALUES ($1, $2, now() + make_interval(secs => $3))
+         ON CONFLICT (subscription, member) DO UPDATE SET seen_until = EXCLUDED.seen_until"
+    )))
+    .bind(subscription)
+    .bind(owner)
+    .bind(inner.lease.as_secs_f64())
+    .execute(&mut *tx)
+    .await
+    .map_err(PostgresError::query("joining a subscription's members"))?;
+    tx.commit().await.map_err(PostgresError::query(
+        "preparing a subscription's partitions",
+    ))
+}
+
+/// Renews, a few times per lease, this reader's membership and the leases
+/// of the partitions it holds; sets `lost` and wakes the reader when it
+/// finds one of them held by another process.
+async fn renew(inner: Arc<Inner>, subscription: String, owner: uuid::Uuid, held: Arc<Held>) {
     let every = inner.lease / 3;
     loop {
         tokio::time::sleep(every).await;
-        let renewed = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {}.cursors SET lease_until = now() + make_interval(secs => $3)
-             WHERE subscription = $1 AND owner = $2",
-            inner.schema
+        let (version, partitions) = held.partitions.lock().expect("held lock").clone();
+        let renewed = sqlx::query_scalar::<_, i32>(AssertSqlSafe(format!(
+            "WITH member AS (
+                 INSERT INTO {schema}.members (subscription, member, seen_until)
+                 VALUES ($1, $2, now() + make_interval(secs => $3))
+                 ON CONFLICT (subscription, member) DO UPDATE SET seen_until = EXCLUDED.seen_until
+             )
+             UPDATE {schema}.cursors SET lease_until = now() + make_interval(secs => $3)
+             WHERE subscription = $1 AND owner = $2 AND partition = ANY($4)
+             RETURNING partition",
+            schema = inner.schema
         )))
         .bind(&subscription)
         .bind(owner)
         .bind(inner.lease.as_secs_f64())
-        .execute(&inner.pool)
+        .bind(&partitions)
+        .fetch_all(&inner.pool)
         .await;
         match renewed {
-            Ok(done) if done.rows_affected() == 0 => {
-                lost.store(true, SeqCst);
-                inner.wake.notify_waiters();
-                return;
+            Ok(renewed) => {
+                let unchanged = held.partitions.lock().expect("held lock").0 == version;
+                if unchanged && renewed.len() < partitions.len() {
+                    held.lost.store(true, SeqCst);
+                    inner.wake.notify_waiters();
+                    return;
+                }
             }
-            Ok(_) => {}
             // The server may be back before the lease runs out; if it is
             // not, the next commit finds the lease gone.
             Err(err) => tracing::warn!(
                 subscription = %subscription,
                 error = %err,
-                "could not renew the subscription's lease",
+                "could not renew the subscription's leases",
             ),
         }
     }
+}
+
+/// Gives up every partition `owner` holds of `subscription`, and leaves
+/// its members.
+async fn give_up(inner: &Inner, subscription: &str, owner: uuid::Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "WITH left_members AS (
+             DELETE FROM {schema}.members WHERE subscription = $1 AND member = $2
+         )
+         UPDATE {schema}.cursors SET owner = NULL, lease_until = NULL
+         WHERE subscription = $1 AND owner = $2",
+        schema = inner.schema
+    )))
+    .bind(subscription)
+    .bind(owner)
+    .execute(&inner.pool)
+    .await
+    .map(drop)
 }
 
 #[async_trait]
@@ -559,40 +884,23 @@ impl Reader for PgReader {
             let mut woken = pin!(inner.wake.notified());
             woken.as_mut().enable();
             let closed = inner.closed.load(SeqCst);
-            if self.held.is_none() && !self.claim().await? {
+            if !closed && self.share(false).await? {
+                // The share changes once what was read is committed.
+                tokio::select! {
+                    () = woken => {}
+                    () = tokio::time::sleep(SHARE_WAIT) => {}
+                }
+                continue;
+            }
+            if self.held.is_empty() {
                 if closed {
                     return Ok(None);
                 }
-                // Another process holds it. Follow what it commits, so
-                // this process's drain and stats see the subscription move.
-                let followed: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-                    "SELECT tx_id::text AS tx_text, position FROM {}.cursors WHERE subscription = $1",
-                    inner.schema
-                )))
-                .bind(&self.subscription)
-                .fetch_optional(&inner.pool)
-                .await
-                .map_err(PostgresError::query("following a subscription another process holds"))?;
-                let Some((tx_id, position)) = followed else {
-                    return Err(PostgresError::Forgotten(self.subscription.clone()).into());
-                };
-                let moved =
-                    (tx_id.as_str(), position) != (self.read.tx_id.as_str(), self.read.position);
-                if moved || self.follow_unreported {
-                    if moved {
-                        self.place(tx_id, position).await?;
-                        // Until the batch below is returned: a call cut
-                        // short after the move still reports it next time.
-                        self.follow_unreported = true;
-                    }
-                    self.look().await?;
-                    self.follow_unreported = false;
-                    return Ok(Some(Batch::from_events_until(Vec::new(), self.next)));
-                }
-                // Try again when its lease may have run out.
+                // Other processes hold every partition: look again when
+                // a lease may have run out or a process left.
                 tokio::select! {
                     () = woken => {}
-                    () = tokio::time::sleep(inner.lease / 2) => {}
+                    () = tokio::time::sleep(inner.lease / 3) => {}
                 }
                 continue;
             }
@@ -617,7 +925,7 @@ impl Reader for PgReader {
             }
             tokio::select! {
                 () = woken => {}
-                () = tokio::time::sleep(inner.poll) => {}
+                () = tokio::time::sleep(inner.poll.min(inner.lease / 3)) => {}
             }
         }
     }
@@ -633,26 +941,38 @@ impl Reader for PgReader {
             return Ok(());
         };
         let key = self.pending[split].1.clone();
-        let inner = &self.inner;
-        let updated = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {}.cursors
-             SET tx_id = $3::xid8, position = $4, lease_until = now() + make_interval(secs => $5), updated_at = now()
-             WHERE subscription = $1 AND owner = $2",
-            inner.schema
-        )))
-        .bind(&self.subscription)
-        .bind(self.owner)
-        .bind(&key.tx_id)
-        .bind(key.position)
-        .bind(inner.lease.as_secs_f64())
-        .execute(&inner.pool)
-        .await
-        .map_err(PostgresError::query("committing a subscription's position"))?;
-        if updated.rows_affected() == 0 {
-            if let Some(lease) = &self.held {
-                lease.lost.store(true, SeqCst);
+        let partitions: Vec<i32> = self.held.keys().copied().collect();
+        if !partitions.is_empty() {
+            let inner = &self.inner;
+            // Each held partition moves forward to the row, never back: one
+            // taken over at an older place is behind the others until the
+            // reader passes their places again.
+            let updated: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "UPDATE {}.cursors
+                 SET tx_id = CASE WHEN (tx_id, position) < ($3::xid8, $4) THEN $3::xid8 ELSE tx_id END,
+                     position = CASE WHEN (tx_id, position) < ($3::xid8, $4) THEN $4 ELSE position END,
+                     lease_until = now() + make_interval(secs => $5), updated_at = now()
+                 WHERE subscription = $1 AND owner = $2 AND partition = ANY($6)
+                 RETURNING partition",
+                inner.schema
+            )))
+            .bind(&self.subscription)
+            .bind(self.owner)
+            .bind(&key.tx_id)
+            .bind(key.position)
+            .bind(inner.lease.as_secs_f64())
+            .bind(&partitions)
+            .fetch_all(&inner.pool)
+            .await
+            .map_err(PostgresError::query("committing a subscription's position"))?;
+            if updated.len() < partitions.len() {
+                self.lease.shared.lost.store(true, SeqCst);
+                return Err(self.claim_lost());
             }
-            return Err(self.claim_lost());
+            let place = Place::of(&key);
+            for held in self.held.values_mut() {
+                *held = (*held).max(place);
+            }
         }
         self.pending.drain(..=split);
         self.look().await?;
@@ -661,19 +981,16 @@ impl Reader for PgReader {
 
     async fn stop(&mut self) -> Result<(), ReadError> {
         let lost = self.lost();
-        if self.held.take().is_none() || lost {
+        self.held.clear();
+        self.lease.shared.set(Vec::new());
+        self.lease.renewer.abort();
+        if lost {
             return Ok(());
         }
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {}.cursors SET owner = NULL, lease_until = NULL
-             WHERE subscription = $1 AND owner = $2",
-            self.inner.schema
-        )))
-        .bind(&self.subscription)
-        .bind(self.owner)
-        .execute(&self.inner.pool)
-        .await
-        .map_err(PostgresError::query("giving a subscription up"))?;
+        give_up(&self.inner, &self.subscription, self.owner)
+            .await
+            .map_err(PostgresError::query("giving a subscription up"))?;
+        self.left = true;
         Ok(())
     }
 
@@ -691,23 +1008,32 @@ impl Reader for PgReader {
         self.held_back.clone()
     }
 
+    /// Whether this process holds the first partition: replays of the
+    /// subscription's dead letters run there.
     fn holds_claim(&self) -> bool {
-        self.held.is_some() && !self.lost()
+        self.held.contains_key(&0) && !self.lost()
     }
 
-    /// Events after the committed place, visible when the reader last
+    /// Other processes finish the partitions this one does not hold.
+    fn finished_elsewhere(&self) -> bool {
+        true
+    }
+
+    /// Events after the place read to, visible when the reader last
     /// looked (after a commit that left nothing unfinished).
     fn lag(&self) -> Option<u64> {
         Some(self.lag)
     }
 }
 
+/// How long reading waits at a time for a commit before the share changes.
+const SHARE_WAIT: Duration = Duration::from_millis(20);
+
 impl Drop for PgReader {
-    /// Gives the subscription up at once, so another process need not wait
-    /// for the lease to run out.
+    /// Gives the partitions up at once, so other processes need not wait
+    /// for the leases to run out.
     fn drop(&mut self) {
-        let lost = self.lost();
-        if self.held.take().is_none() || lost {
+        if self.lost() || self.left {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -717,17 +1043,8 @@ impl Drop for PgReader {
         let subscription = std::mem::take(&mut self.subscription);
         let owner = self.owner;
         runtime.spawn(async move {
-            let released = sqlx::query(AssertSqlSafe(format!(
-                "UPDATE {}.cursors SET owner = NULL, lease_until = NULL
-                 WHERE subscription = $1 AND owner = $2",
-                inner.schema
-            )))
-            .bind(&subscription)
-            .bind(owner)
-            .execute(&inner.pool)
-            .await;
-            if let Err(err) = released {
-                tracing::warn!(subscription = %subscription, error = %err, "could not give up the subscription's lease; another process takes it once it runs out");
+            if let Err(err) = give_up(&inner, &subscription, owner).await {
+                tracing::warn!(subscription = %subscription, error = %err, "could not give up the subscription's leases; other processes take them once they run out");
             }
         });
     }

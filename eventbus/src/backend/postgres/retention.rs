@@ -153,20 +153,27 @@ impl PostgresLog {
             .begin()
             .await
             .map_err(PostgresError::query("starting to forget a subscription"))?;
-        // Locks the cursor row, so a process cannot take the subscription
-        // between the check and the delete.
-        let held: Option<(bool,)> = sqlx::query_as(AssertSqlSafe(format!(
+        // Locks the cursor rows (one per partition), so a process cannot
+        // take a partition between the check and the delete.
+        let held: Vec<bool> = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT owner IS NOT NULL AND lease_until >= now()
              FROM {schema}.cursors WHERE subscription = $1 FOR UPDATE"
         )))
         .bind(subscription)
-        .fetch_optional(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
         .map_err(PostgresError::query("reading who holds a subscription"))?;
-        if held.is_some_and(|(held,)| held) {
+        if held.contains(&true) {
             return Err(PostgresError::Held(subscription.to_owned()));
         }
         let mut deleted = [0u64; 4];
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {schema}.members WHERE subscription = $1"
+        )))
+        .bind(subscription)
+        .execute(&mut *tx)
+        .await
+        .map_err(PostgresError::query("forgetting a subscription"))?;
         for (i, table) in ["cursors", "retries", "quarantine", "dead_letters"]
             .iter()
             .enumerate()

@@ -9,12 +9,15 @@ use sqlx::AssertSqlSafe;
 use sqlx::PgPool;
 
 /// The newest layout this code knows.
-pub(crate) const LAYOUT: i32 = 1;
+pub(crate) const LAYOUT: i32 = 2;
 
 /// The migrations, in order: (version, SQL with `{schema}` in place of the
 /// schema). Published in `eventbus/sql/postgres/` for teams that run
 /// their own migrations.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../sql/postgres/0001_outbox.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../../sql/postgres/0001_outbox.sql")),
+    (2, include_str!("../../../sql/postgres/0002_partitions.sql")),
+];
 
 /// Columns the outbox reads and writes, with the type
 /// `information_schema.columns` reports for each.
@@ -28,17 +31,27 @@ const SHAPE: &[(&str, &[(&str, &str)])] = &[
             ("name", "text"),
             ("version", "integer"),
             ("payload", "jsonb"),
+            ("key_hash", "bigint"),
         ],
     ),
     (
         "cursors",
         &[
             ("subscription", "text"),
+            ("partition", "integer"),
             ("tx_id", "xid8"),
             ("position", "bigint"),
             ("owner", "uuid"),
             ("lease_until", "timestamp with time zone"),
             ("start_snapshot", "pg_snapshot"),
+        ],
+    ),
+    (
+        "members",
+        &[
+            ("subscription", "text"),
+            ("member", "uuid"),
+            ("seen_until", "timestamp with time zone"),
         ],
     ),
     (

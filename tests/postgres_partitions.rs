@@ -1,0 +1,231 @@
+//! A subscription split into partitions that several processes share:
+//! each takes its share, gives up what is over it when another joins,
+//! refuses a different partition count while others run, and drains only
+//! once every partition finished, whichever process holds it.
+//!
+//! Each bus here has its own outbox value (its own identity on the leases),
+//! as separate replicas would.
+
+mod common;
+
+use common::pg::Schema;
+use common::{Gate, OrderPlaced, eventually, order_ids, within};
+use eventbus::testing::Recorder;
+use eventbus::{Bus, PostgresError, StartFrom};
+use std::time::Duration;
+
+macro_rules! schema {
+    () => {
+        match Schema::fresh(module_path!()).await {
+            Some(schema) => schema,
+            None => return,
+        }
+    };
+}
+
+async fn replica(schema: &Schema, partitions: usize) -> Bus {
+    let log = schema
+        .builder()
+        .partitions(partitions)
+        .connect()
+        .await
+        .expect("connect the outbox");
+    Bus::builder()
+        .backend(log)
+        .shutdown_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// How many processes hold partitions of `subscription` now.
+async fn holders(schema: &Schema, subscription: &str) -> i64 {
+    schema
+        .count(&format!(
+            "SELECT count(DISTINCT owner) FROM {{schema}}.cursors
+             WHERE subscription = '{subscription}' AND lease_until > now()"
+        ))
+        .await
+}
+
+/// A second process joins a running one: the first gives up half the
+/// partitions at a committed place, the second takes them, and from then
+/// on both deliver. Nothing is lost and, the hand-over being at a
+/// committed place, nothing is delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_joining_takes_its_share_at_a_committed_place() {
+    let schema = schema!();
+    let first = replica(&schema, 8).await;
+    let one = Recorder::new();
+    first
+        .subscribe("crm", one.clone())
+        .start_from(StartFrom::Beginning)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        schema
+            .count("SELECT count(*) FROM {schema}.cursors WHERE owner IS NOT NULL")
+            .await,
+        8,
+        "alone, the first process holds every partition"
+    );
+    let second = replica(&schema, 8).await;
+    let two = Recorder::new();
+    second
+        .subscribe("crm", two.clone())
+        .start_from(StartFrom::Beginning)
+        .start()
+        .await
+        .unwrap();
+    // Events keep coming while the partitions change hands.
+    let mut id = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while two.is_empty() || one.len() < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second process never got a share"
+        );
+        first.notify(OrderPlaced::new(id)).await.unwrap();
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..50 {
+        first.notify(OrderPlaced::new(id)).await.unwrap();
+        id += 1;
+    }
+    within(20, "both finish", first.drain()).await.unwrap();
+    within(20, "both finish", second.drain()).await.unwrap();
+    assert_eq!(holders(&schema, "crm").await, 2);
+    let mut all = order_ids(one.events());
+    all.extend(order_ids(two.events()));
+    let handled = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all, (0..id).collect::<Vec<_>>(), "events were lost");
+    assert_eq!(handled, all.len(), "a hand-over delivered events twice");
+    eprintln!(
+        "{id} events: the first process delivered {}, the second {}",
+        one.len(),
+        two.len()
+    );
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+/// `drain` in one process waits for the partitions another process holds:
+/// what it notified is finished only once every partition delivered it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_the_partitions_another_process_holds() {
+    let schema = schema!();
+    let fast = replica(&schema, 8).await;
+    let slow = replica(&schema, 8).await;
+    let quick = Recorder::new();
+    let gate = Gate::closed();
+    fast.subscribe("audit", quick.clone())
+        .start()
+        .await
+        .unwrap();
+    slow.subscribe("audit", gate.clone()).start().await.unwrap();
+    let mut waited = 0;
+    while holders(&schema, "audit").await < 2 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+        assert!(waited < 200, "the second process got no share");
+    }
+    // Events with different keys (each its own correlation chain) spread
+    // over the partitions: some reach the process whose handler waits.
+    for id in 0..40 {
+        fast.notify(OrderPlaced::new(id)).await.unwrap();
+    }
+    eventually(10, "the slow process to start one", || {
+        !gate.started.is_empty()
+    })
+    .await;
+    let early = tokio::time::timeout(Duration::from_millis(800), fast.drain()).await;
+    assert!(
+        early.is_err(),
+        "drain returned while another process had not delivered its share"
+    );
+    gate.permits.add_permits(1000);
+    within(20, "drain once every partition delivered", fast.drain())
+        .await
+        .unwrap();
+    let mut all = order_ids(quick.events());
+    all.extend(order_ids(gate.seen.events()));
+    all.sort_unstable();
+    assert_eq!(all, (0..40).collect::<Vec<_>>());
+    assert!(!quick.is_empty() && !gate.seen.is_empty());
+    fast.shutdown().await;
+    slow.shutdown().await;
+}
+
+/// A process configured with another partition count than the running
+/// ones refuses to start the subscription, naming both counts; once they
+/// have stopped, it re-bases the subscription and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_partition_count_is_refused_while_others_run_then_rebased() {
+    let schema = schema!();
+    let running = replica(&schema, 8).await;
+    let seen = Recorder::new();
+    running
+        .subscribe("billing", seen.clone())
+        .start()
+        .await
+        .unwrap();
+    running.notify(OrderPlaced::new(1)).await.unwrap();
+    within(10, "delivered", running.drain()).await.unwrap();
+
+    let other = replica(&schema, 3).await;
+    let later = Recorder::new();
+    let err = other
+        .subscribe("billing", later.clone())
+        .start()
+        .await
+        .unwrap_err();
+    let text = common::chain(&err);
+    assert!(text.contains("billing"), "{text}");
+    assert!(
+        text.contains("8 partitions") && text.contains("configured with 3"),
+        "{text}"
+    );
+
+    // Accepted while nothing can deliver it: the re-based subscription
+    // must not skip it.
+    running.shutdown().await;
+    other.notify(OrderPlaced::new(2)).await.unwrap();
+    other
+        .subscribe("billing", later.clone())
+        .start()
+        .await
+        .expect("re-based once the others stopped");
+    other.notify(OrderPlaced::new(3)).await.unwrap();
+    within(10, "delivered after the re-base", other.drain())
+        .await
+        .unwrap();
+    assert_eq!(order_ids(later.events()), [2, 3]);
+    assert_eq!(
+        schema
+            .count("SELECT count(*) FROM {schema}.cursors WHERE subscription = 'billing'")
+            .await,
+        3
+    );
+    other.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impossible_partition_count_is_refused_at_connect() {
+    let schema = schema!();
+    for count in [0, 1025] {
+        let err = schema
+            .builder()
+            .partitions(count)
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PostgresError::PartitionCount(c) if c == count),
+            "{err}"
+        );
+        assert!(err.to_string().contains("1 to 1024"), "{err}");
+    }
+}
