@@ -11,8 +11,20 @@ mod common;
 use common::pg::Schema;
 use common::{Gate, OrderPlaced, eventually, order_ids, within};
 use eventbus::testing::Recorder;
-use eventbus::{Bus, PostgresError, StartFrom};
+use eventbus::{Bus, Event, PostgresError, StartFrom, event};
 use std::time::Duration;
+
+/// Two events of one order, each starting its own correlation chain: only
+/// their key keeps them together.
+#[event(key = order_id)]
+struct OrderPaid {
+    order_id: u64,
+}
+
+#[event(key = order_id)]
+struct OrderShipped {
+    order_id: u64,
+}
 
 macro_rules! schema {
     () => {
@@ -228,4 +240,67 @@ async fn an_impossible_partition_count_is_refused_at_connect() {
         );
         assert!(err.to_string().contains("1 to 1024"), "{err}");
     }
+}
+
+/// Events of one order, keyed by `#[event(key = order_id)]` but in
+/// separate correlation chains, go to one partition: across two processes
+/// each order's events are handled by one of them, paid before shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_with_one_key_stay_in_one_process_in_order() {
+    let schema = schema!();
+    let one = replica(&schema, 8).await;
+    let two = replica(&schema, 8).await;
+    let (a, b) = (Recorder::new(), Recorder::new());
+    one.subscribe("fulfilment", a.clone())
+        .start()
+        .await
+        .unwrap();
+    two.subscribe("fulfilment", b.clone())
+        .start()
+        .await
+        .unwrap();
+    let mut waited = 0;
+    while holders(&schema, "fulfilment").await < 2 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+        assert!(waited < 200, "the second process got no share");
+    }
+    let orders = 30u64;
+    for order in 0..orders {
+        let paid = OrderPaid::new(order);
+        let shipped = OrderShipped::new(order);
+        assert_ne!(paid.meta().correlation_id, shipped.meta().correlation_id);
+        assert_eq!(paid.order_key(), shipped.order_key());
+        one.notify(paid).await.unwrap();
+        one.notify(shipped).await.unwrap();
+    }
+    within(20, "both delivered", one.drain()).await.unwrap();
+    // Per process: (order, was it the shipment) in the order handled.
+    let handled = |r: &Recorder| -> Vec<(u64, bool)> {
+        r.events()
+            .iter()
+            .map(|e| match e.downcast_ref::<OrderPaid>() {
+                Some(paid) => (paid.order_id, false),
+                None => (e.downcast_ref::<OrderShipped>().unwrap().order_id, true),
+            })
+            .collect()
+    };
+    let (by_a, by_b) = (handled(&a), handled(&b));
+    assert_eq!(by_a.len() + by_b.len(), 2 * orders as usize);
+    assert!(!by_a.is_empty() && !by_b.is_empty(), "one process did all");
+    for events in [&by_a, &by_b] {
+        for order in 0..orders {
+            let mine: Vec<bool> = events
+                .iter()
+                .filter(|(o, _)| *o == order)
+                .map(|(_, shipped)| *shipped)
+                .collect();
+            assert!(
+                mine.is_empty() || mine == [false, true],
+                "order {order}: {mine:?} in one process"
+            );
+        }
+    }
+    one.shutdown().await;
+    two.shutdown().await;
 }

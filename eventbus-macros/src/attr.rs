@@ -11,6 +11,8 @@ pub(crate) struct EventAttr {
     pub(crate) name: Option<LitStr>,
     pub(crate) version: Option<LitInt>,
     pub(crate) upcast: Option<syn::Path>,
+    /// The field the event is kept in order with.
+    pub(crate) key: Option<syn::Ident>,
 }
 
 impl EventAttr {
@@ -68,9 +70,24 @@ impl EventAttr {
             }
             self.upcast = Some(path);
             Ok(())
+        } else if meta.path.is_ident("key") {
+            let field: syn::Ident = meta.value()?.parse().map_err(|err| {
+                Error::new(
+                    err.span(),
+                    "`key` in `#[event]` takes the name of one of the event's fields, as in `key = order_id`",
+                )
+            })?;
+            if self.key.is_some() {
+                return Err(Error::new_spanned(
+                    &field,
+                    "duplicate `key` in `#[event]`; give it once",
+                ));
+            }
+            self.key = Some(field);
+            Ok(())
         } else {
             Err(meta.error(format_args!(
-                "unknown `#[event]` option `{}`; the options are `name = \"...\"`, `version = N` and `upcast = path::to::fn`",
+                "unknown `#[event]` option `{}`; the options are `name = \"...\"`, `version = N`, `upcast = path::to::fn` and `key = field`",
                 path_string(&meta.path),
             )))
         }

@@ -107,6 +107,15 @@ fn expand(input: &EventStruct, attr: &EventAttr, checked: &valid::Checked) -> To
         .upcast
         .as_ref()
         .map(|path| quote_spanned!(path.span()=> .with_upcast(#path)));
+    // The field's type must be `Hash`: the error points at the option.
+    let order_key = attr.key.as_ref().map(|key| {
+        quote_spanned!(key.span()=>
+            #[inline]
+            fn order_key(&self) -> u64 {
+                ::eventbus::__private::order_key_of(&self.#key)
+            }
+        )
+    });
     let new_doc = format!(
         "Creates a `{ident}` event with fresh metadata: a new time-ordered id, the current \
          time, no actor, and no cause (the event starts its own correlation chain)."
@@ -146,6 +155,8 @@ fn expand(input: &EventStruct, attr: &EventAttr, checked: &valid::Checked) -> To
             fn meta_mut(&mut self) -> &mut ::eventbus::Meta {
                 &mut self.meta
             }
+
+            #order_key
         }
 
         impl #ident {

@@ -30,6 +30,29 @@ pub(crate) fn check(input: &EventStruct, attr: &EventAttr, errors: &mut Errors) 
         ));
     }
 
+    if let Some(key) = &attr.key
+        && !input.fields.iter().any(|f| f.ident.as_ref() == Some(key))
+    {
+        let fields: Vec<String> = input
+            .fields
+            .iter()
+            .filter_map(|f| f.ident.as_ref().map(ToString::to_string))
+            .map(|name| format!("`{name}`"))
+            .collect();
+        let fields = if fields.is_empty() {
+            "it has none".to_owned()
+        } else {
+            format!("its fields are {}", fields.join(", "))
+        };
+        errors.push(Error::new_spanned(
+            key,
+            format_args!(
+                "`key = {key}` in `#[event]` names no field of `{}`; {fields}",
+                input.ident
+            ),
+        ));
+    }
+
     for field in &input.fields {
         if field.ident.as_ref().is_some_and(|i| i == "meta") {
             errors.push(Error::new_spanned(

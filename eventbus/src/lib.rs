@@ -147,6 +147,7 @@ pub use uuid::Uuid;
 // Not public API. Referenced by macro-generated code.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::event::key::order_key_of;
     pub use crate::protocol::{
         __EventbusRegisteredNotifiable, __EventbusRegisteredTrackable,
         __EventbusRegisteredWebhookable,

@@ -37,6 +37,7 @@ pub struct AnyEvent {
 /// The object-safe face of every [`Event`]; sealed inside this module.
 trait Erased: Any + Send + Sync {
     fn meta(&self) -> &Meta;
+    fn order_key(&self) -> u64;
     fn as_any(&self) -> &dyn Any;
     fn to_json(&self) -> serde_json::Result<serde_json::Value>;
     fn to_vec(&self) -> serde_json::Result<Vec<u8>>;
@@ -47,6 +48,10 @@ trait Erased: Any + Send + Sync {
 impl<E: Event> Erased for E {
     fn meta(&self) -> &Meta {
         Event::meta(self)
+    }
+
+    fn order_key(&self) -> u64 {
+        Event::order_key(self)
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -100,6 +105,13 @@ impl AnyEvent {
     /// The event's standard metadata.
     pub fn meta(&self) -> &Meta {
         self.inner.meta()
+    }
+
+    /// What the event is kept in order with across processes:
+    /// [`Event::order_key`]. Also a natural key for
+    /// [`partitioned`](crate::SubscriptionBuilder::partitioned) lanes.
+    pub fn order_key(&self) -> u64 {
+        self.inner.order_key()
     }
 
     /// The Rust type behind the event, such as `signup::events::UserCreated`.

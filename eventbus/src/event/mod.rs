@@ -8,6 +8,7 @@
 
 mod any;
 pub(crate) mod error;
+pub(crate) mod key;
 mod meta;
 
 pub use self::any::{AnyEvent, EventRef};
@@ -73,6 +74,37 @@ pub trait Event: Serialize + DeserializeOwned + Debug + Clone + Send + Sync + 's
 
     /// The event's standard metadata, for changes before it is notified.
     fn meta_mut(&mut self) -> &mut Meta;
+
+    /// What the event is kept in order with when several processes share
+    /// a subscription: a backend that splits subscriptions into partitions
+    /// (PostgreSQL) puts events of equal keys in one partition, delivered
+    /// by one process at a time, in order.
+    ///
+    /// `#[event(key = field)]` makes it a hash of that field, the same in
+    /// every process and build (fields of one type and value give one key:
+    /// key related events on fields of the same type); by default it is the
+    /// correlation id's, so an event stays with the events it caused and
+    /// that caused it.
+    ///
+    /// ```
+    /// use eventbus::{event, Event};
+    ///
+    /// #[event(key = order_id)]
+    /// struct OrderPaid {
+    ///     order_id: u64,
+    /// }
+    ///
+    /// #[event(key = order_id)]
+    /// struct OrderShipped {
+    ///     order_id: u64,
+    /// }
+    ///
+    /// // One order's events stay together, whatever caused them.
+    /// assert_eq!(OrderPaid::new(7).order_key(), OrderShipped::new(7).order_key());
+    /// ```
+    fn order_key(&self) -> u64 {
+        key::of_correlation(self.meta())
+    }
 
     /// Sets who caused the event: a user id, a service, a job.
     #[must_use]

@@ -212,11 +212,9 @@ const DEFAULT_PARTITIONS: usize = 8;
 const MAX_PARTITIONS: usize = 1024;
 
 /// What an event is kept in order with, as stored in `events.key_hash`:
-/// its correlation id, so an event and those it caused share a partition.
-/// The low half of a UUIDv7 is random, so keys spread evenly.
+/// [`Event::order_key`](crate::Event::order_key).
 pub(super) fn key_hash(event: &AnyEvent) -> i64 {
-    let low = event.meta().correlation_id.as_u64_pair().1;
-    low as i64
+    event.order_key() as i64
 }
 
 /// Shows the URL with its password hidden.
@@ -270,10 +268,11 @@ impl PostgresLogBuilder {
     /// How many partitions each subscription is split into: the processes
     /// reading a subscription share them out, each holding about its share
     /// on a lease, so that many processes at most deliver at once. Events
-    /// of one key (the event's correlation id: an event and those it
-    /// caused) go to one partition and stay in order; events of different
-    /// keys may be delivered in any order when several processes share the
-    /// subscription. Default 8; 1 gives one total order, with one process
+    /// of one [order key](crate::Event::order_key) (by default the
+    /// correlation id: an event and those it caused; `#[event(key =
+    /// field)]` chooses a field) go to one partition and stay in order;
+    /// events of different keys may be delivered in any order when several
+    /// processes share the subscription. Default 8; 1 gives one total order, with one process
     /// delivering and the others standing by.
     ///
     /// Every process of a subscription must use the same count. A process
