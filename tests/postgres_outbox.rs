@@ -795,6 +795,34 @@ async fn replays_asked_for_anywhere_run_once_in_the_holder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_transaction_holding_events_back_is_named_in_the_stats() {
     let schema = schema!();
+    // The horizon lag is a metric too. Each test runs in a process of its
+    // own under nextest; under `cargo test` another may have installed
+    // the recorder first, and the metric checks are skipped.
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let metrics_on = metrics::set_global_recorder(recorder).is_ok();
+    // Both gauges from one snapshot, which resets them: the reader sets
+    // them again at each look, every 2 s while it waits.
+    let horizon = move || {
+        let gauges = snapshotter.snapshot().into_vec();
+        let gauge = |name: &str| {
+            gauges.iter().find_map(|(key, _, _, value)| {
+                let key = key.key();
+                let ours = key.name() == name
+                    && key
+                        .labels()
+                        .any(|l| l.key() == "subscription" && l.value() == "audit");
+                match value {
+                    metrics_util::debugging::DebugValue::Gauge(v) if ours => Some(v.into_inner()),
+                    _ => None,
+                }
+            })
+        };
+        (
+            gauge("eventbus_postgres_horizon_waiting"),
+            gauge("eventbus_postgres_horizon_age_seconds"),
+        )
+    };
     let (bus, _log) = bus_on(&schema).await;
     let seen = Recorder::new();
     let sub = bus.subscribe("audit", seen.clone()).start().await.unwrap();
@@ -822,6 +850,12 @@ async fn an_old_transaction_holding_events_back_is_named_in_the_stats() {
     assert!(reason.contains("idle in transaction"), "{reason}");
     assert!(reason.contains("1 committed events wait"), "{reason}");
     assert!(seen.is_empty(), "delivered past the horizon");
+    if metrics_on {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (waiting, age) = horizon();
+        assert_eq!(waiting, Some(1.0));
+        assert!(age.is_some_and(|age| age >= 5.0), "held for {age:?} s");
+    }
 
     blocker.commit().await.unwrap();
     within(10, "delivery once the transaction ended", bus.drain())
@@ -829,6 +863,11 @@ async fn an_old_transaction_holding_events_back_is_named_in_the_stats() {
         .unwrap();
     assert_eq!(order_ids(seen.events()), [1]);
     eventually(10, "the stall to clear", || sub.stats().stalled.is_none()).await;
+    if metrics_on {
+        // Set again within 2 s by a reader that still saw the hold.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(horizon().0, Some(0.0));
+    }
     bus.shutdown().await;
 }
 

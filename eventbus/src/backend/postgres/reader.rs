@@ -109,8 +109,29 @@ pub(crate) struct PgReader {
     /// Checks in a row that found events held back by a transaction no
     /// session shows: reported only once that persists.
     unseen_holds: u32,
+    horizon: HorizonMetrics,
     /// Set once the reader gave its partitions up and left the members.
     left: bool,
+}
+
+/// The horizon lag of a subscription, as metrics:
+/// `eventbus_postgres_horizon_waiting` (committed events waiting behind the
+/// oldest running transaction) and `eventbus_postgres_horizon_age_seconds`
+/// (how long that transaction has been open), labelled by subscription.
+/// Set whenever the reader looks, every 2 s while it has caught up.
+struct HorizonMetrics {
+    waiting: metrics::Gauge,
+    age: metrics::Gauge,
+}
+
+impl HorizonMetrics {
+    fn new(subscription: &str) -> Self {
+        let label = subscription.to_owned();
+        HorizonMetrics {
+            waiting: metrics::gauge!("eventbus_postgres_horizon_waiting", "subscription" => label.clone()),
+            age: metrics::gauge!("eventbus_postgres_horizon_age_seconds", "subscription" => label),
+        }
+    }
 }
 
 /// A partition's committed place: the last finished row's transaction id
@@ -224,6 +245,7 @@ impl PgReader {
             held_back: None,
             horizon_checked: None,
             unseen_holds: 0,
+            horizon: HorizonMetrics::new(subscription),
             left: false,
         };
         // Where nothing is held yet: the oldest partition's place.
@@ -607,6 +629,15 @@ impl PgReader {
         .map_err(PostgresError::query(
             "looking for a transaction holding events back",
         ))?;
+        // The horizon lag, as metrics: how many committed events wait, and
+        // for how long the transaction holding them has been open.
+        let (waiting, open_for) = found
+            .as_ref()
+            .map_or((0, 0.0), |(waiting, _, _, open_for)| {
+                (*waiting, open_for.unwrap_or(0.0).max(0.0))
+            });
+        self.horizon.waiting.set(waiting as f64);
+        self.horizon.age.set(open_for);
         // A hold no session shows may be a transaction that ended between
         // the two looks: only one found on several checks in a row counts.
         self.unseen_holds = match &found {
@@ -793,8 +824,14 @@ async fn prepare_cursors(
         .await
         .map_err(PostgresError::query("re-basing a subscription"))?;
     }
+    // Processes killed without leaving are left behind as members whose
+    // lease ran out: they count for nothing, and go after a day.
     sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {schema}.members (subscription, member, seen_until)
+        "WITH gone AS (
+             DELETE FROM {schema}.members
+             WHERE subscription = $1 AND seen_until < now() - interval '1 day'
+         )
+         INSERT INTO {schema}.members (subscription, member, seen_until)
          VALUES ($1, $2, now() + make_interval(secs => $3))
          ON CONFLICT (subscription, member) DO UPDATE SET seen_until = EXCLUDED.seen_until"
     )))
