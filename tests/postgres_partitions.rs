@@ -304,3 +304,90 @@ async fn events_with_one_key_stay_in_one_process_in_order() {
     one.shutdown().await;
     two.shutdown().await;
 }
+
+/// A process whose leases may have run out hands nothing more out until a
+/// renewal says they are still its own. Here its role loses the right to
+/// renew (its reads still work) while it waits for events; another process
+/// takes the partitions over once the leases run out. Events notified then
+/// reach only the new holder: the old one, finding its renewal refused,
+/// does not read them, and says why in its stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_cannot_renew_hands_nothing_out_past_its_lease() {
+    let schema = schema!();
+    let role = format!("{}_renewer", schema.name);
+    schema
+        .exec(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN"
+        ))
+        .await;
+    // The schema's tables exist once an outbox connected as the owner.
+    drop(schema.log().await);
+    schema
+        .exec(&format!(
+            "GRANT USAGE ON SCHEMA {{schema}} TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {{schema}} TO {role};
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA {{schema}} TO {role};"
+        ))
+        .await;
+    let url = common::pg::url().replacen("postgres@", &format!("{role}@"), 1);
+    let log = eventbus::PostgresLog::builder()
+        .url(url)
+        .schema(&schema.name)
+        .lease(Duration::from_secs(2))
+        .poll_interval(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let old = Bus::builder()
+        .backend(log)
+        .shutdown_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let stale = Recorder::new();
+    let sub = old.subscribe("mail", stale.clone()).start().await.unwrap();
+    assert_eq!(holders(&schema, "mail").await, 1);
+
+    schema
+        .exec(&format!("REVOKE UPDATE ON {{schema}}.cursors FROM {role}"))
+        .await;
+    // Its leases run out; another process takes every partition.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let new = replica(&schema, 8).await;
+    let fresh = Recorder::new();
+    new.subscribe("mail", fresh.clone()).start().await.unwrap();
+    let mut waited = 0;
+    while schema
+        .count("SELECT count(*) FROM {schema}.cursors WHERE subscription = 'mail' AND lease_until > now()")
+        .await
+        < 8
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+        assert!(waited < 200, "the new process did not take the partitions over");
+    }
+    for id in 0..20 {
+        new.notify(OrderPlaced::new(id)).await.unwrap();
+    }
+    within(10, "the new holder delivers", new.drain())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(order_ids(fresh.events()), (0..20).collect::<Vec<_>>());
+    assert!(
+        stale.is_empty(),
+        "a process whose leases ran out handed out {:?}",
+        order_ids(stale.events())
+    );
+    let stalled = sub.stats().stalled.unwrap_or_default();
+    assert!(
+        stalled.contains("renewing the subscription's leases"),
+        "{stalled}"
+    );
+    assert!(stalled.contains("permission denied"), "{stalled}");
+
+    new.shutdown().await;
+    drop(tokio::time::timeout(Duration::from_secs(5), old.shutdown()).await);
+    schema
+        .exec(&format!("DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}"))
+        .await;
+}

@@ -170,6 +170,9 @@ struct Held {
     partitions: std::sync::Mutex<(u64, Vec<i32>)>,
     /// Set when a renewal found a held partition taken by another process.
     lost: AtomicBool,
+    /// When the last renewal that found every held partition still held
+    /// was sent: the leases last at least a lease past it.
+    renewed: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Held {
@@ -177,6 +180,19 @@ impl Held {
         let mut held = self.partitions.lock().expect("held lock");
         held.0 += 1;
         held.1 = partitions;
+    }
+
+    /// A renewal sent at `sent` found every held partition still held.
+    fn renewed_at(&self, sent: tokio::time::Instant) {
+        let mut renewed = self.renewed.lock().expect("renewed lock");
+        *renewed = Some(renewed.map_or(sent, |at| at.max(sent)));
+    }
+
+    /// Whether the leases may run out within a tenth of `lease`: no
+    /// renewal has been seen to succeed for that long.
+    fn expiring(&self, lease: Duration) -> bool {
+        let renewed = *self.renewed.lock().expect("renewed lock");
+        renewed.is_some_and(|at| at.elapsed() + lease / 10 >= lease)
     }
 }
 
@@ -369,6 +385,7 @@ impl PgReader {
         }
         // Free ones, or ones whose holder's lease ran out, or its own that
         // a call cut short took without noting them.
+        let sent = tokio::time::Instant::now();
         let claimed: Vec<(i32, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE {schema}.cursors
              SET owner = $2, lease_until = now() + make_interval(secs => $3), updated_at = now()
@@ -406,6 +423,10 @@ impl PgReader {
         } else {
             None
         };
+        if self.held.is_empty() {
+            // The oldest lease held is one of these.
+            self.lease.shared.renewed_at(sent);
+        }
         for (partition, tx_id, position) in &claimed {
             self.held.insert(*partition, Place::parse(tx_id, *position));
         }
@@ -428,6 +449,34 @@ impl PgReader {
 
     fn lost(&self) -> bool {
         self.lease.shared.lost.load(SeqCst)
+    }
+
+    /// Renews the leases of the partitions held, now; marks them lost if
+    /// another process holds one.
+    async fn renew_now(&mut self) -> Result<(), PostgresError> {
+        let partitions: Vec<i32> = self.held.keys().copied().collect();
+        let sent = tokio::time::Instant::now();
+        let renewed: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "UPDATE {}.cursors SET lease_until = now() + make_interval(secs => $3)
+             WHERE subscription = $1 AND owner = $2 AND partition = ANY($4)
+             RETURNING partition",
+            self.inner.schema
+        )))
+        .bind(&self.subscription)
+        .bind(self.owner)
+        .bind(self.inner.lease.as_secs_f64())
+        .bind(&partitions)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query(
+            "renewing the subscription's leases, which may have run out",
+        ))?;
+        if renewed.len() < partitions.len() {
+            self.lease.shared.lost.store(true, SeqCst);
+        } else {
+            self.lease.shared.renewed_at(sent);
+        }
+        Ok(())
     }
 
     fn claim_lost(&self) -> ReadError {
@@ -854,6 +903,7 @@ async fn renew(inner: Arc<Inner>, subscription: String, owner: uuid::Uuid, held:
     loop {
         tokio::time::sleep(every).await;
         let (version, partitions) = held.partitions.lock().expect("held lock").clone();
+        let sent = tokio::time::Instant::now();
         let renewed = sqlx::query_scalar::<_, i32>(AssertSqlSafe(format!(
             "WITH member AS (
                  INSERT INTO {schema}.members (subscription, member, seen_until)
@@ -878,6 +928,9 @@ async fn renew(inner: Arc<Inner>, subscription: String, owner: uuid::Uuid, held:
                     held.lost.store(true, SeqCst);
                     inner.wake.notify_waiters();
                     return;
+                }
+                if unchanged {
+                    held.renewed_at(sent);
                 }
             }
             // The server may be back before the lease runs out; if it is
@@ -927,6 +980,13 @@ impl Reader for PgReader {
                     () = woken => {}
                     () = tokio::time::sleep(SHARE_WAIT) => {}
                 }
+                continue;
+            }
+            if !self.held.is_empty() && self.lease.shared.expiring(inner.lease) {
+                // No renewal has been seen to succeed for almost a lease:
+                // another process may take the partitions any moment, so
+                // nothing more is handed out until one does.
+                self.renew_now().await?;
                 continue;
             }
             if self.held.is_empty() {
@@ -981,6 +1041,7 @@ impl Reader for PgReader {
         let partitions: Vec<i32> = self.held.keys().copied().collect();
         if !partitions.is_empty() {
             let inner = &self.inner;
+            let sent = tokio::time::Instant::now();
             // Each held partition moves forward to the row, never back: one
             // taken over at an older place is behind the others until the
             // reader passes their places again.
@@ -1006,6 +1067,7 @@ impl Reader for PgReader {
                 self.lease.shared.lost.store(true, SeqCst);
                 return Err(self.claim_lost());
             }
+            self.lease.shared.renewed_at(sent);
             let place = Place::of(&key);
             for held in self.held.values_mut() {
                 *held = (*held).max(place);
