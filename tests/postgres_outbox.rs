@@ -541,16 +541,14 @@ async fn replicas_split_a_subscription_and_one_killed_mid_stream_loses_nothing()
     let bus = Bus::builder().backend(log).build().unwrap();
     let mut first = Replica::start(&schema.name);
     let second = Replica::start(&schema.name);
-    let mut waited = 0;
-    while schema
-        .count("SELECT count(DISTINCT owner) FROM {schema}.cursors WHERE lease_until > now()")
-        .await
-        < 2
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-        assert!(waited < 400, "the replicas did not split the partitions");
-    }
+    schema
+        .wait_for_count(
+            20,
+            "the replicas split the partitions",
+            "SELECT count(DISTINCT owner) FROM {schema}.cursors WHERE lease_until > now()",
+            2,
+        )
+        .await;
     // 40 chains of 10: each event after the first is caused by the
     // chain's first, so the chain shares one key. Order id = chain * 100
     // + place in the chain.
@@ -575,16 +573,13 @@ async fn replicas_split_a_subscription_and_one_killed_mid_stream_loses_nothing()
         notify_step(step).await;
     }
     // Mid-stream: both replicas have handled some, not all.
-    let mut waited = 0;
-    while schema
-        .count("SELECT count(DISTINCT pid) FROM {schema}.handled")
-        .await
-        < 2
-        || schema.count("SELECT count(*) FROM {schema}.handled").await < 40
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += 1;
-        assert!(waited < 1000, "the replicas did not both deliver");
+    for (sql, n) in [
+        ("SELECT count(DISTINCT pid) FROM {schema}.handled", 2),
+        ("SELECT count(*) FROM {schema}.handled", 40),
+    ] {
+        schema
+            .wait_for_count(20, "both replicas delivered", sql, n)
+            .await;
     }
     first.kill();
     let before = schema
@@ -596,16 +591,14 @@ async fn replicas_split_a_subscription_and_one_killed_mid_stream_loses_nothing()
     for step in length / 2..length {
         notify_step(step).await;
     }
-    let mut waited = 0;
-    while (schema
-        .count("SELECT count(DISTINCT order_id) FROM {schema}.handled")
-        .await as u64)
-        < total
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-        assert!(waited < 600, "events were lost after the kill");
-    }
+    schema
+        .wait_for_count(
+            30,
+            "every accepted event handled after the kill",
+            "SELECT count(DISTINCT order_id) FROM {schema}.handled",
+            total as i64,
+        )
+        .await;
     let duplicates = schema
         .count("SELECT count(*) - count(DISTINCT order_id) FROM {schema}.handled")
         .await;
@@ -796,8 +789,8 @@ async fn replays_asked_for_anywhere_run_once_in_the_holder() {
 async fn an_old_transaction_holding_events_back_is_named_in_the_stats() {
     let schema = schema!();
     // The horizon lag is a metric too. Each test runs in a process of its
-    // own under nextest; under `cargo test` another may have installed
-    // the recorder first, and the metric checks are skipped.
+    // own under nextest; under `cargo test` the tests of this file share
+    // one, so the subscription's name is one no other test uses.
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let metrics_on = metrics::set_global_recorder(recorder).is_ok();
@@ -811,7 +804,7 @@ async fn an_old_transaction_holding_events_back_is_named_in_the_stats() {
                 let ours = key.name() == name
                     && key
                         .labels()
-                        .any(|l| l.key() == "subscription" && l.value() == "audit");
+                        .any(|l| l.key() == "subscription" && l.value() == "held_back");
                 match value {
                     metrics_util::debugging::DebugValue::Gauge(v) if ours => Some(v.into_inner()),
                     _ => None,
@@ -825,7 +818,11 @@ async fn an_old_transaction_holding_events_back_is_named_in_the_stats() {
     };
     let (bus, _log) = bus_on(&schema).await;
     let seen = Recorder::new();
-    let sub = bus.subscribe("audit", seen.clone()).start().await.unwrap();
+    let sub = bus
+        .subscribe("held_back", seen.clone())
+        .start()
+        .await
+        .unwrap();
     // A session that took a transaction id and then went idle.
     let mut blocker = schema.pool.begin().await.unwrap();
     let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")

@@ -50,13 +50,27 @@ async fn replica(schema: &Schema, partitions: usize) -> Bus {
 }
 
 /// How many processes hold partitions of `subscription` now.
+fn holders_sql(subscription: &str) -> String {
+    format!(
+        "SELECT count(DISTINCT owner) FROM {{schema}}.cursors
+         WHERE subscription = '{subscription}' AND lease_until > now()"
+    )
+}
+
 async fn holders(schema: &Schema, subscription: &str) -> i64 {
+    schema.count(&holders_sql(subscription)).await
+}
+
+/// Waits until two processes hold partitions of `subscription`.
+async fn split_in_two(schema: &Schema, subscription: &str) {
     schema
-        .count(&format!(
-            "SELECT count(DISTINCT owner) FROM {{schema}}.cursors
-             WHERE subscription = '{subscription}' AND lease_until > now()"
-        ))
-        .await
+        .wait_for_count(
+            10,
+            "the second process got a share",
+            &holders_sql(subscription),
+            2,
+        )
+        .await;
 }
 
 /// A second process joins a running one: the first gives up half the
@@ -138,12 +152,7 @@ async fn drain_waits_for_the_partitions_another_process_holds() {
         .await
         .unwrap();
     slow.subscribe("audit", gate.clone()).start().await.unwrap();
-    let mut waited = 0;
-    while holders(&schema, "audit").await < 2 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-        assert!(waited < 200, "the second process got no share");
-    }
+    split_in_two(&schema, "audit").await;
     // Events with different keys (each its own correlation chain) spread
     // over the partitions: some reach the process whose handler waits.
     for id in 0..40 {
@@ -259,12 +268,7 @@ async fn events_with_one_key_stay_in_one_process_in_order() {
         .start()
         .await
         .unwrap();
-    let mut waited = 0;
-    while holders(&schema, "fulfilment").await < 2 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-        assert!(waited < 200, "the second process got no share");
-    }
+    split_in_two(&schema, "fulfilment").await;
     let orders = 30u64;
     for order in 0..orders {
         let paid = OrderPaid::new(order);
@@ -355,16 +359,14 @@ async fn a_process_that_cannot_renew_hands_nothing_out_past_its_lease() {
     let new = replica(&schema, 8).await;
     let fresh = Recorder::new();
     new.subscribe("mail", fresh.clone()).start().await.unwrap();
-    let mut waited = 0;
-    while schema
-        .count("SELECT count(*) FROM {schema}.cursors WHERE subscription = 'mail' AND lease_until > now()")
-        .await
-        < 8
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-        assert!(waited < 200, "the new process did not take the partitions over");
-    }
+    schema
+        .wait_for_count(
+            10,
+            "the new process took every partition over",
+            "SELECT count(*) FROM {schema}.cursors WHERE subscription = 'mail' AND lease_until > now()",
+            8,
+        )
+        .await;
     for id in 0..20 {
         new.notify(OrderPlaced::new(id)).await.unwrap();
     }

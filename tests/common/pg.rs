@@ -79,6 +79,19 @@ impl Schema {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
+
+    /// Waits, up to `secs` seconds, until `count(sql)` is at least `n`;
+    /// fails the test with `what` when it never is.
+    pub async fn wait_for_count(&self, secs: u64, what: &str, sql: &str, n: i64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while self.count(sql).await < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what} within {secs} s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Schema {
