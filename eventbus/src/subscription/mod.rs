@@ -344,6 +344,7 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             ),
             sparse: reader.head().is_some(),
             settles: settler.is_some() || reader.finished_elsewhere(),
+            finished_elsewhere: reader.finished_elsewhere(),
             live_lag: reader.live_lag(),
             reader_lag: AtomicU64::new(reader.lag().unwrap_or(0)),
             accepted_at_lag: AtomicU64::new(inner.writer.accepted()),

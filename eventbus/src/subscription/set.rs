@@ -191,7 +191,7 @@ impl SubscriptionSet {
         // its own, so the stats of each hold the backend's count even when
         // a paused one ends the drain early.
         for state in running.iter().filter(|s| s.settles) {
-            self.settled(state, head).await;
+            self.settled(state, state.asked_up_to(head)).await;
         }
         for state in running {
             let _watching = state.done.watch();
@@ -237,7 +237,7 @@ impl SubscriptionSet {
                 if *paused.borrow_and_update() {
                     // What the backend says now, not at its last answer.
                     if state.settles && settled == Some(false) {
-                        settled = self.settled(&state, head).await;
+                        settled = self.settled(&state, state.asked_up_to(head)).await;
                         if settled == Some(true) && state.replays.load(SeqCst) == 0 {
                             break;
                         }
@@ -249,7 +249,7 @@ impl SubscriptionSet {
                     _ = stall.changed() => {}
                     _ = paused.changed() => {}
                     _ = async { asking.as_mut().expect("checked").tick().await }, if asking.is_some() => {
-                        settled = self.settled(&state, head).await;
+                        settled = self.settled(&state, state.asked_up_to(head)).await;
                     }
                 }
             }

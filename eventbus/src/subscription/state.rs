@@ -90,6 +90,11 @@ pub(crate) struct State {
     /// processes finish part of the subscription, so `done` does not say
     /// what finished: `drain` asks the backend.
     pub(crate) settles: bool,
+    /// Whether other processes finish part of the subscription, on a
+    /// backend whose positions are the same in every process: `drain` then
+    /// asks about everything the backend held at the last commit too, not
+    /// only what this process notified.
+    pub(crate) finished_elsewhere: bool,
     /// How many events this process had accepted when `reader_lag` was
     /// reported: those accepted since are added to it.
     pub(crate) accepted_at_lag: AtomicU64,
@@ -143,6 +148,18 @@ impl State {
             buffered: c.buffered.load(Relaxed),
             stalled: self.stall.get().map(|s| s.reason),
             paused: self.is_paused(),
+        }
+    }
+
+    /// The position `drain` asks the backend about, given `head`, what
+    /// this process notified: also what the backend held at the last
+    /// commit, where other processes finish part of the subscription and
+    /// positions are the same in every process.
+    pub(crate) fn asked_up_to(&self, head: Position) -> Position {
+        if self.finished_elsewhere {
+            head.max(self.known_head.load(Relaxed))
+        } else {
+            head
         }
     }
 
