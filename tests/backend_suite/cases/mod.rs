@@ -101,6 +101,7 @@ pub(crate) fn all() -> Vec<Case> {
         case!(pause_and_resume),
         case!(shutdown_while_paused_keeps_its_events, needs Durable),
         case!(a_shared_subscription_handles_each_event_once, needs Shared),
+        case!(a_shared_subscription_splits_the_work, needs Shared),
         case!(a_shared_subscription_moves_on_when_its_holder_stops, needs Shared),
         case!(a_replay_of_a_shared_subscription_runs_once, needs Shared),
     ]

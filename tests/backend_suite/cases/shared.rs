@@ -35,6 +35,46 @@ pub(crate) async fn a_shared_subscription_handles_each_event_once(harness: &dyn 
     shut_down(&b).await;
 }
 
+/// Two processes run one subscription while events keep coming: both
+/// get a share of the work (the second one from when it joins), and each
+/// event is handled once.
+pub(crate) async fn a_shared_subscription_splits_the_work(harness: &dyn Harness) {
+    let a = harness.open(BusSettings::default()).await;
+    let b = harness.open(BusSettings::default()).await;
+    let (seen_a, seen_b) = (Recorder::new(), Recorder::new());
+    a.subscribe("ledger", seen_a.clone()).start().await.unwrap();
+    b.subscribe("ledger", seen_b.clone()).start().await.unwrap();
+    // Each event is its own chain, so events spread over whatever the
+    // backend splits by.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT_SECS);
+    let mut sent = 0;
+    while seen_a.len() < 5 || seen_b.len() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "one process did all the work: {} and {} of {sent}",
+            seen_a.len(),
+            seen_b.len()
+        );
+        a.notify(credit(sent)).await.unwrap();
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drained(&a).await;
+    drained(&b).await;
+    let counted = counts(seqs(seen_a.events().into_iter().chain(seen_b.events())));
+    assert_eq!(
+        counted.len() as u64,
+        sent,
+        "every event handled: {counted:?}"
+    );
+    assert!(
+        counted.values().all(|&n| n == 1),
+        "each handled once: {counted:?}"
+    );
+    shut_down(&a).await;
+    shut_down(&b).await;
+}
+
 /// The process delivering a shared subscription shuts down; the other
 /// takes over, and nothing accepted by either is lost or handled twice.
 pub(crate) async fn a_shared_subscription_moves_on_when_its_holder_stops(harness: &dyn Harness) {
