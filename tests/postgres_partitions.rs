@@ -253,7 +253,8 @@ async fn an_impossible_partition_count_is_refused_at_connect() {
 
 /// Events of one order, keyed by `#[event(key = order_id)]` but in
 /// separate correlation chains, go to one partition: across two processes
-/// each order's events are handled by one of them, paid before shipped.
+/// (one of them running lanes by the same key) each order's events are
+/// handled by one of them, paid before shipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_with_one_key_stay_in_one_process_in_order() {
     let schema = schema!();
@@ -264,7 +265,10 @@ async fn events_with_one_key_stay_in_one_process_in_order() {
         .start()
         .await
         .unwrap();
+    // The second runs different keys in parallel lanes; each key still
+    // goes to one lane, in order.
     two.subscribe("fulfilment", b.clone())
+        .partitioned(4, |e| e.order_key())
         .start()
         .await
         .unwrap();

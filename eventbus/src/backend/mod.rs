@@ -71,7 +71,10 @@ pub struct Capabilities {
     /// one of them.
     pub shared_subscriptions: bool,
     /// Delivers the events of one subscription in the order they were
-    /// appended, so sequential and partitioned modes keep that order.
+    /// appended, so sequential and partitioned modes keep that order. A
+    /// backend that splits a shared subscription keeps it per
+    /// [order key](crate::Event::order_key) across processes, and whole
+    /// within each process's share.
     pub ordered: bool,
 }
 
