@@ -31,6 +31,8 @@ pub(crate) struct Runner<C> {
     pub(crate) flushes: mpsc::Receiver<oneshot::Sender<()>>,
     /// Everything before this was read from the cursor.
     pub(crate) read: Position,
+    /// The position last given to a commit.
+    pub(crate) released: Position,
     /// Set when the backend said this process lost the subscription: the
     /// runner then stops, and commits nothing more.
     pub(crate) claim_lost: bool,
@@ -176,7 +178,15 @@ impl<C: Consumer> Runner<C> {
     }
 
     async fn release(&mut self, done: Position) {
-        if done <= self.deliverer.state.done.get() {
+        // Positions of a reader that says its head may start over lower
+        // (a partition taken over): what finished there is committed too,
+        // though below what an earlier run committed.
+        let nothing_new = if self.sparse() {
+            done == self.released
+        } else {
+            done <= self.deliverer.state.done.get()
+        };
+        if nothing_new {
             return;
         }
         self.commit(done).await;
@@ -202,6 +212,9 @@ impl<C: Consumer> Runner<C> {
         // event accepted by then was stored before the count, so is in it,
         // and every one accepted after is added to it in the stats.
         let accepted = self.writer.accepted();
+        if done > 0 {
+            self.released = done;
+        }
         while let Err(err) = self.reader.commit(done).await {
             if let ReadError::ClaimLost(reason) = &err {
                 self.lose_claim(reason);
@@ -237,6 +250,32 @@ impl<C: Consumer> Runner<C> {
         }
     }
 
+    /// Counts the lag again, for a reader that counts events itself (a
+    /// shared log whose positions do not add up to a count), when `drain`
+    /// asks for a flush. The count at the last commit may have taken an
+    /// event whose `notify` had not returned yet, and then counted it again
+    /// once it had: every `notify` of this process that `drain` waits for
+    /// has returned by now, so this count is exact.
+    async fn recount(&mut self) {
+        if self.sparse()
+            && self.reader.lag().is_some()
+            && self.deliverer.settler.is_none()
+            && !self.claim_lost
+        {
+            // No position is below 0: nothing is committed, and the reader
+            // counts its lag as after every commit.
+            self.commit(0).await;
+        }
+    }
+
+    /// Whether the reader says its head itself: positions then number
+    /// transactions, not events, and may start over lower after a
+    /// partition is taken over, so the finished position alone is what
+    /// may be committed.
+    fn sparse(&self) -> bool {
+        self.reader.head().is_some()
+    }
+
     /// Shows in the stats why the backend holds events back, or that it no
     /// longer does.
     #[inline]
@@ -268,6 +307,7 @@ impl<C: Consumer> Runner<C> {
     async fn requests(&mut self, mode: &mut Dispatch<C>) {
         while let Ok(ack) = self.flushes.try_recv() {
             self.deliverer.flush().await;
+            self.recount().await;
             let _ = ack.send(());
         }
         let state = Arc::clone(&self.deliverer.state);
@@ -366,12 +406,21 @@ impl<C: Consumer> Runner<C> {
         if !self.claim_lost {
             let read = self.read;
             let done = watermark.map_or(read, |w| w.done(read));
+            // A reader whose positions may start over lower (a partition
+            // taken over) commits what finished here and nothing past it:
+            // read rows between `done` and an earlier run's place were not
+            // handled.
+            let up_to = if self.sparse() {
+                done
+            } else {
+                done.max(self.deliverer.state.done.get())
+            };
             // Committed even where nothing moved, for the lag the final
             // stats report: counted now, every write of this process has
             // returned, where the count at the last commit may have taken
             // an event that was stored but whose write had not returned
             // yet for one not yet counted.
-            self.commit(done.max(self.deliverer.state.done.get())).await;
+            self.commit(up_to).await;
         }
         if !self.claim_lost
             && let Err(err) = self.reader.stop().await
