@@ -397,3 +397,107 @@ async fn a_process_that_cannot_renew_hands_nothing_out_past_its_lease() {
         .exec(&format!("DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}"))
         .await;
 }
+
+/// A process takes over partitions another left behind while nothing new
+/// is written: what it delivers from the older place is committed, so
+/// `drain` returns, instead of waiting for an event that would carry the
+/// commit past the place it had already read to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_taken_over_in_a_quiet_moment_are_committed() {
+    let schema = schema!();
+    let keeper = replica(&schema, 8).await;
+    let leaver = Bus::builder()
+        .backend(schema.builder().connect().await.unwrap())
+        .shutdown_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let kept = Recorder::new();
+    let stuck = Gate::closed();
+    keeper
+        .subscribe("ledger", kept.clone())
+        .start()
+        .await
+        .unwrap();
+    leaver
+        .subscribe("ledger", stuck.clone())
+        .start()
+        .await
+        .unwrap();
+    split_in_two(&schema, "ledger").await;
+    for id in 0..40 {
+        keeper.notify(OrderPlaced::new(id)).await.unwrap();
+    }
+    eventually(10, "the leaver to take one of its share", || {
+        !stuck.started.is_empty()
+    })
+    .await;
+    // Its share stays unfinished: it stops at its deadline, gives its
+    // partitions up at their committed places, and nothing new comes.
+    leaver.shutdown().await;
+    within(
+        20,
+        "drain once the keeper delivered the leaver's share",
+        keeper.drain(),
+    )
+    .await
+    .unwrap();
+    let mut all = order_ids(kept.events());
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all, (0..40).collect::<Vec<_>>());
+    keeper.shutdown().await;
+}
+
+/// A process waiting for a share when another re-bases the subscription
+/// onto another partition count: the re-base is refused while it runs;
+/// one done behind its back (by hand) stops it with an error naming both
+/// counts instead of splitting by the old count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_process_stops_a_rebase_or_refuses_to_read_after_one() {
+    let schema = schema!();
+    let holder = replica(&schema, 1).await;
+    let waiting = replica(&schema, 1).await;
+    let (held, waited) = (Recorder::new(), Recorder::new());
+    holder.subscribe("crm", held.clone()).start().await.unwrap();
+    let sub = waiting
+        .subscribe("crm", waited.clone())
+        .start()
+        .await
+        .unwrap();
+    holder.shutdown().await;
+    // `waiting` takes the only partition over; a process configured with
+    // 3 is refused while it runs, holding or not.
+    let other = replica(&schema, 3).await;
+    let err = other
+        .subscribe("crm", Recorder::new())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        common::chain(&err).contains("configured with 3"),
+        "{}",
+        common::chain(&err)
+    );
+    // Re-based behind its back: it says so and reads nothing.
+    schema
+        .exec(
+            "DELETE FROM {schema}.cursors WHERE subscription = 'crm';
+             INSERT INTO {schema}.cursors (subscription, partition, tx_id, position)
+             SELECT 'crm', p, '0', 0 FROM generate_series(0, 2) AS p",
+        )
+        .await;
+    other.notify(OrderPlaced::new(1)).await.unwrap();
+    eventually(10, "the waiting process to stop reading", || {
+        sub.stats()
+            .stalled
+            .is_some_and(|s| s.contains("split into 3 partitions") || s.contains("lost its claim"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        waited.is_empty(),
+        "read by the old count: {:?}",
+        order_ids(waited.events())
+    );
+    drop(tokio::time::timeout(Duration::from_secs(5), waiting.shutdown()).await);
+}

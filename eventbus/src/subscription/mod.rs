@@ -426,7 +426,6 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             replays: replay_rx,
             flushes: flush_rx,
             read: start,
-            released: start,
             claim_lost: false,
             held_back: false,
         };

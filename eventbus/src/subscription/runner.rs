@@ -31,8 +31,6 @@ pub(crate) struct Runner<C> {
     pub(crate) flushes: mpsc::Receiver<oneshot::Sender<()>>,
     /// Everything before this was read from the cursor.
     pub(crate) read: Position,
-    /// The position last given to a commit.
-    pub(crate) released: Position,
     /// Set when the backend said this process lost the subscription: the
     /// runner then stops, and commits nothing more.
     pub(crate) claim_lost: bool,
@@ -179,14 +177,10 @@ impl<C: Consumer> Runner<C> {
 
     async fn release(&mut self, done: Position) {
         // Positions of a reader that says its head may start over lower
-        // (a partition taken over): what finished there is committed too,
-        // though below what an earlier run committed.
-        let nothing_new = if self.sparse() {
-            done == self.released
-        } else {
-            done <= self.deliverer.state.done.get()
-        };
-        if nothing_new {
+        // (a partition taken over), and a read after it may end where an
+        // earlier one did: such a reader is always asked, and commits what
+        // it holds below `done`, if anything.
+        if !self.sparse() && done <= self.deliverer.state.done.get() {
             return;
         }
         self.commit(done).await;
@@ -212,9 +206,6 @@ impl<C: Consumer> Runner<C> {
         // event accepted by then was stored before the count, so is in it,
         // and every one accepted after is added to it in the stats.
         let accepted = self.writer.accepted();
-        if done > 0 {
-            self.released = done;
-        }
         while let Err(err) = self.reader.commit(done).await {
             if let ReadError::ClaimLost(reason) = &err {
                 self.lose_claim(reason);

@@ -333,6 +333,15 @@ impl PgReader {
         if partitions == 0 {
             return Err(PostgresError::Forgotten(self.subscription.clone()));
         }
+        // Re-based by a process with another count while this one waited
+        // for a share: reading on would split by the wrong count.
+        if usize::try_from(partitions).ok() != Some(total) {
+            return Err(PostgresError::Partitions {
+                subscription: self.subscription.clone(),
+                found: usize::try_from(partitions).unwrap_or(0),
+                configured: total,
+            });
+        }
         let members = usize::try_from(members.max(1)).unwrap_or(1);
         let target = total.div_ceil(members);
         let over = self.held.len().saturating_sub(target);
@@ -799,6 +808,17 @@ async fn prepare_cursors(
         .execute(&mut *tx)
         .await
         .map_err(PostgresError::query("locking a subscription's partitions"))?;
+    // Other processes reading the subscription now, holding partitions
+    // or waiting for a share.
+    let others: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {schema}.members
+         WHERE subscription = $1 AND member <> $2 AND seen_until >= now()"
+    )))
+    .bind(subscription)
+    .bind(owner)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(PostgresError::query("reading a subscription's members"))?;
     let found: Vec<(i32, String, i64, Option<String>, bool)> =
         sqlx::query_as(AssertSqlSafe(format!(
             "SELECT partition, tx_id::text, position, start_snapshot::text,
@@ -835,7 +855,7 @@ async fn prepare_cursors(
             .await
             .map_err(PostgresError::query("recording a new subscription"))?;
     } else if !expected {
-        if found.iter().any(|(.., live)| *live) {
+        if others > 0 || found.iter().any(|(.., live)| *live) {
             return Err(PostgresError::Partitions {
                 subscription: subscription.to_owned(),
                 found: found.len(),
