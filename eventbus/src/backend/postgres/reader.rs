@@ -465,21 +465,11 @@ impl PgReader {
     async fn renew_now(&mut self) -> Result<(), PostgresError> {
         let partitions: Vec<i32> = self.held.keys().copied().collect();
         let sent = tokio::time::Instant::now();
-        let renewed: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "UPDATE {}.cursors SET lease_until = now() + make_interval(secs => $3)
-             WHERE subscription = $1 AND owner = $2 AND partition = ANY($4)
-             RETURNING partition",
-            self.inner.schema
-        )))
-        .bind(&self.subscription)
-        .bind(self.owner)
-        .bind(self.inner.lease.as_secs_f64())
-        .bind(&partitions)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(PostgresError::query(
-            "renewing the subscription's leases, which may have run out",
-        ))?;
+        let renewed = renew_leases(&self.inner, &self.subscription, self.owner, &partitions)
+            .await
+            .map_err(PostgresError::query(
+                "renewing the subscription's leases, which may have run out",
+            ))?;
         if renewed.len() < partitions.len() {
             self.lease.shared.lost.store(true, SeqCst);
         } else {
@@ -743,14 +733,7 @@ impl PgReader {
                 rank: -1,
             });
         };
-        let rank: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT count(*) FROM {schema}.events WHERE tx_id = $1::xid8 AND position < $2"
-        )))
-        .bind(&tx_id)
-        .bind(position)
-        .fetch_one(&self.inner.pool)
-        .await
-        .map_err(PostgresError::query("finding the newest event"))?;
+        let rank = rank_of(&self.inner, &tx_id, position).await?;
         Ok(RowKey {
             tx_id,
             position,
@@ -924,23 +907,7 @@ async fn renew(inner: Arc<Inner>, subscription: String, owner: uuid::Uuid, held:
         tokio::time::sleep(every).await;
         let (version, partitions) = held.partitions.lock().expect("held lock").clone();
         let sent = tokio::time::Instant::now();
-        let renewed = sqlx::query_scalar::<_, i32>(AssertSqlSafe(format!(
-            "WITH member AS (
-                 INSERT INTO {schema}.members (subscription, member, seen_until)
-                 VALUES ($1, $2, now() + make_interval(secs => $3))
-                 ON CONFLICT (subscription, member) DO UPDATE SET seen_until = EXCLUDED.seen_until
-             )
-             UPDATE {schema}.cursors SET lease_until = now() + make_interval(secs => $3)
-             WHERE subscription = $1 AND owner = $2 AND partition = ANY($4)
-             RETURNING partition",
-            schema = inner.schema
-        )))
-        .bind(&subscription)
-        .bind(owner)
-        .bind(inner.lease.as_secs_f64())
-        .bind(&partitions)
-        .fetch_all(&inner.pool)
-        .await;
+        let renewed = renew_leases(&inner, &subscription, owner, &partitions).await;
         match renewed {
             Ok(renewed) => {
                 let unchanged = held.partitions.lock().expect("held lock").0 == version;
@@ -962,6 +929,33 @@ async fn renew(inner: Arc<Inner>, subscription: String, owner: uuid::Uuid, held:
             ),
         }
     }
+}
+
+/// Renews `owner`'s membership of `subscription` and its leases on
+/// `partitions`; the partitions it still held.
+async fn renew_leases(
+    inner: &Inner,
+    subscription: &str,
+    owner: uuid::Uuid,
+    partitions: &[i32],
+) -> Result<Vec<i32>, sqlx::Error> {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "WITH member AS (
+             INSERT INTO {schema}.members (subscription, member, seen_until)
+             VALUES ($1, $2, now() + make_interval(secs => $3))
+             ON CONFLICT (subscription, member) DO UPDATE SET seen_until = EXCLUDED.seen_until
+         )
+         UPDATE {schema}.cursors SET lease_until = now() + make_interval(secs => $3)
+         WHERE subscription = $1 AND owner = $2 AND partition = ANY($4)
+         RETURNING partition",
+        schema = inner.schema
+    )))
+    .bind(subscription)
+    .bind(owner)
+    .bind(inner.lease.as_secs_f64())
+    .bind(partitions)
+    .fetch_all(&inner.pool)
+    .await
 }
 
 /// Gives up every partition `owner` holds of `subscription`, and leaves
