@@ -3,8 +3,8 @@
 //! failing gets its events dead-lettered, ready to replay.
 
 use eventbus::{
-    BatchConfig, BoxError, Bus, ProtocolConsumer, Retry, Sink, Track, Trackable, event, register,
-    sink_fn,
+    BatchConfig, BoxError, Bus, Permanent, ProtocolConsumer, Retry, Sink, Track, Trackable, event,
+    register, sink_fn,
 };
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,7 @@ impl Trackable for PageViewed {
 struct Analytics {
     batches: Arc<Mutex<Vec<Vec<String>>>>,
     down: Arc<AtomicBool>,
+    refusing: Arc<AtomicBool>,
     exploding: Arc<AtomicBool>,
     calls: Arc<AtomicU32>,
 }
@@ -43,6 +44,9 @@ impl Sink<Track> for Analytics {
         }
         if self.down.load(Ordering::SeqCst) {
             return Err("analytics API returned 502".into());
+        }
+        if self.refusing.load(Ordering::SeqCst) {
+            return Err(Permanent::msg("analytics API returned 400: invalid write key").into());
         }
         let ids = batch.iter().map(|t| t.distinct_id.clone()).collect();
         self.batches.lock().unwrap().push(ids);
@@ -153,6 +157,26 @@ async fn a_sink_that_keeps_failing_dead_letters_its_events_for_replay() {
     ids.sort();
     assert_eq!(ids, ["0", "1", "2"]);
     assert!(bus.dead_letters().count().await.unwrap() == 0);
+}
+
+#[tokio::test]
+async fn a_sink_that_fails_for_good_dead_letters_without_retrying() {
+    let sink = Analytics::default();
+    sink.refusing.store(true, Ordering::SeqCst);
+    let bus = tracking_bus(&sink, config(2)).await;
+    for user in 0..2 {
+        bus.notify(PageViewed::new(user)).await.unwrap();
+    }
+    bus.drain().await.unwrap();
+
+    assert_eq!(sink.calls.load(Ordering::SeqCst), 1, "no second attempt");
+    let letters = bus.dead_letters().list_for("tracking").await.unwrap();
+    assert_eq!(letters.len(), 2);
+    assert!(letters.iter().all(|l| l.attempts == 1), "{letters:?}");
+    assert_eq!(
+        letters[0].errors,
+        ["analytics API returned 400: invalid write key"]
+    );
 }
 
 #[tokio::test]

@@ -136,16 +136,46 @@ pub(crate) enum Attempted {
     },
 }
 
+/// A failed attempt.
+pub(crate) struct Failure {
+    /// Its error chain, outermost first, or its panic message.
+    pub(crate) errors: Vec<String>,
+    /// A [`Permanent`](crate::Permanent) error, which no retry fixes.
+    pub(crate) permanent: bool,
+}
+
+impl Failure {
+    /// The failure an error returned by a consumer or a sink makes.
+    pub(crate) fn of(err: &(dyn std::error::Error + 'static)) -> Self {
+        Failure {
+            errors: crate::failure::error_chain(err),
+            permanent: crate::Permanent::is_in(err),
+        }
+    }
+
+    /// The failure a caught panic makes: an ordinary one, since the next
+    /// attempt may not panic.
+    pub(crate) fn panicked(panic: &(dyn std::any::Any + Send)) -> Self {
+        Failure {
+            errors: vec![format!(
+                "panicked: {}",
+                crate::failure::panic_message(panic)
+            )],
+            permanent: false,
+        }
+    }
+}
+
 /// The work a retry loop repeats, and what it records between attempts:
 /// a delivery to a consumer, or a batch to a sink.
 pub(crate) trait Attempts {
     /// Attempt `number` (from 1; `retry` when an earlier one of this run
-    /// failed): the error chain or panic message when it fails.
+    /// failed).
     fn attempt(
         &mut self,
         number: u32,
         retry: bool,
-    ) -> impl Future<Output = Result<(), Vec<String>>> + Send;
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
 
     /// Attempt `number` failed; the next one follows after `delay`.
     fn retrying(
@@ -170,57 +200,54 @@ impl Retry {
         let number = first.max(1);
         match work.attempt(number, false).await {
             Ok(()) => Attempted::Succeeded,
-            Err(errors) => {
-                Box::pin(self.after_failure(work, number, errors, first_failed_at)).await
+            Err(failure) => {
+                Box::pin(self.after_failure(work, number, failure, first_failed_at)).await
             }
         }
     }
 
-    /// Goes on after attempt `number` of `work` failed with `errors`: the
-    /// rest of [`run`](Retry::run). Kept apart (and boxed by callers), so
+    /// Goes on after attempt `number` of `work` failed: the rest of
+    /// [`run`](Retry::run). A permanent failure ends it at once. Kept apart (and boxed by callers), so
     /// the future of a first attempt that succeeds, the path of nearly
     /// every event, stays small.
     pub(crate) async fn after_failure<W: Attempts + Send>(
         &self,
         work: &mut W,
         mut number: u32,
-        mut errors: Vec<String>,
+        mut failure: Failure,
         mut first_failed_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Attempted {
         loop {
             let first_failed_at = *first_failed_at.get_or_insert_with(chrono::Utc::now);
-            if number >= self.attempts() {
+            if failure.permanent || number >= self.attempts() {
                 return Attempted::GaveUp {
                     attempts: number,
-                    errors,
+                    errors: failure.errors,
                     first_failed_at,
                 };
             }
             let delay = self.delay(number);
-            work.retrying(number, &errors, delay, first_failed_at).await;
+            work.retrying(number, &failure.errors, delay, first_failed_at)
+                .await;
             tokio::time::sleep(delay).await;
             number += 1;
             match work.attempt(number, true).await {
                 Ok(()) => return Attempted::Succeeded,
-                Err(next) => errors = next,
+                Err(next) => failure = next,
             }
         }
     }
 }
 
-/// Runs one attempt, catching a panic: the error chain or panic message
-/// when it fails.
-pub(crate) async fn attempt<F>(work: F) -> Result<(), Vec<String>>
+/// Runs one attempt, catching a panic.
+pub(crate) async fn attempt<F>(work: F) -> Result<(), Failure>
 where
     F: Future<Output = Result<(), crate::BoxError>>,
 {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(crate::failure::error_chain(&*err)),
-        Err(panic) => Err(vec![format!(
-            "panicked: {}",
-            crate::failure::panic_message(&*panic)
-        )]),
+        Ok(Err(err)) => Err(Failure::of(&*err)),
+        Err(panic) => Err(Failure::panicked(&*panic)),
     }
 }

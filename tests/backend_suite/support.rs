@@ -232,6 +232,22 @@ impl Consumer for Declines {
     }
 }
 
+/// Fails every event with a [`Permanent`](eventbus::Permanent) error
+/// wrapped in an error of its own, so the mark is found in the chain.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct DeclinesForGood;
+
+impl Consumer for DeclinesForGood {
+    async fn handle(&self, _event: &AnyEvent) -> Result<(), BoxError> {
+        Err(ChargeFailedFor(eventbus::Permanent::new(CardDeclined)).into())
+    }
+}
+
+/// An error whose source is a permanent one.
+#[derive(Debug, thiserror::Error)]
+#[error("charge failed")]
+pub(crate) struct ChargeFailedFor(#[source] pub(crate) eventbus::Permanent);
+
 /// Records each event after yielding a number of times that depends on
 /// it, so lanes and tasks finish in an order of their own.
 #[derive(Clone, Default)]

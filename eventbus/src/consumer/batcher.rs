@@ -5,7 +5,7 @@
 use super::BoxError;
 use crate::dead_letter::DeadLetterWriter;
 use crate::event::AnyEvent;
-use crate::retry::{Attempted, Attempts, Retry};
+use crate::retry::{Attempted, Attempts, Failure, Retry};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -291,7 +291,7 @@ struct Batch<'a, S, T> {
 }
 
 impl<T: Send, S: Sink<T>> Attempts for Batch<'_, S, T> {
-    async fn attempt(&mut self, _number: u32, _retry: bool) -> Result<(), Vec<String>> {
+    async fn attempt(&mut self, _number: u32, _retry: bool) -> Result<(), Failure> {
         crate::retry::attempt(self.sink.write(self.payloads)).await
     }
 

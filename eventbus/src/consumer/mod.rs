@@ -11,9 +11,11 @@
 //! `async_trait` would allocate a box on every call.
 
 mod batcher;
+mod permanent;
 mod protocol;
 
 pub use self::batcher::{BatchConfig, Batcher, BatcherStopped, FnSink, Sink, sink_fn};
+pub use self::permanent::Permanent;
 pub use self::protocol::{ProtocolBatching, ProtocolConsumer};
 
 use crate::dead_letter::DeadLetterWriter;

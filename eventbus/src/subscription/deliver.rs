@@ -8,7 +8,7 @@ use crate::consumer::Consumer;
 use crate::dead_letter::{DeadLetterWriter, Replay};
 use crate::event::AnyEvent;
 use crate::failure::{error_chain, panic_message};
-use crate::retry::{Attempted, Attempts, Retry};
+use crate::retry::{Attempted, Attempts, Failure, Retry};
 use chrono::Utc;
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
@@ -156,7 +156,7 @@ impl<C: Consumer> Deliverer<C> {
                     Box::pin(self.forget_retry(book)).await;
                 }
             }
-            Err(errors) => {
+            Err(failure) => {
                 let delivery = Delivery {
                     deliverer: self,
                     event,
@@ -164,7 +164,7 @@ impl<C: Consumer> Deliverer<C> {
                     book,
                     stored,
                 };
-                Box::pin(delivery.after_failure(first, errors, first_failed_at)).await;
+                Box::pin(delivery.after_failure(first, failure, first_failed_at)).await;
             }
         }
     }
@@ -194,16 +194,16 @@ impl<C: Consumer> Delivery<'_, C> {
     async fn after_failure(
         mut self,
         number: u32,
-        errors: Vec<String>,
+        failure: Failure,
         first_failed_at: Option<chrono::DateTime<Utc>>,
     ) {
         let deliverer = self.deliverer;
         if deliverer.hands_back && self.position.is_some() {
-            return self.hand_back(number, errors, first_failed_at).await;
+            return self.hand_back(number, failure, first_failed_at).await;
         }
         let attempted = deliverer
             .retry
-            .after_failure(&mut self, number, errors, first_failed_at)
+            .after_failure(&mut self, number, failure, first_failed_at)
             .await;
         match attempted {
             Attempted::Succeeded => {
@@ -231,12 +231,13 @@ impl<C: Consumer> Delivery<'_, C> {
 impl<C: Consumer> Delivery<'_, C> {
     /// On a backend that schedules retries: attempt `number` failed, so
     /// the event goes back to the backend with the policy's delay, and
-    /// comes back as attempt `number + 1`; or, out of attempts, it is
-    /// dead-lettered here, since a broker does not dead-letter by itself.
+    /// comes back as attempt `number + 1`; or, out of attempts or failed
+    /// for good, it is dead-lettered here, since a broker does not
+    /// dead-letter by itself.
     async fn hand_back(
         self,
         number: u32,
-        errors: Vec<String>,
+        Failure { errors, permanent }: Failure,
         first_failed_at: Option<chrono::DateTime<Utc>>,
     ) {
         let deliverer = self.deliverer;
@@ -244,7 +245,7 @@ impl<C: Consumer> Delivery<'_, C> {
         // Earlier attempts ran as other deliveries, maybe in other
         // processes: the first failure's time is not known here.
         let first_failed_at = first_failed_at.unwrap_or_else(Utc::now);
-        if number < retry.attempts() {
+        if !permanent && number < retry.attempts() {
             let delay = retry.delay(number);
             tracing::warn!(
                 subscription = %deliverer.state.name,
@@ -267,7 +268,7 @@ impl<C: Consumer> Delivery<'_, C> {
 }
 
 impl<C: Consumer> Attempts for Delivery<'_, C> {
-    async fn attempt(&mut self, number: u32, retry: bool) -> Result<(), Vec<String>> {
+    async fn attempt(&mut self, number: u32, retry: bool) -> Result<(), Failure> {
         let (deliverer, event) = (self.deliverer, self.event);
         if retry {
             deliverer.state.counters.retried.fetch_add(1, Relaxed);
@@ -359,15 +360,15 @@ impl<C> Deliverer<C> {
     fn outcome(
         &self,
         outcome: std::thread::Result<Result<(), crate::BoxError>>,
-    ) -> Result<(), Vec<String>> {
-        let errors = match outcome {
+    ) -> Result<(), Failure> {
+        let failure = match outcome {
             Ok(Ok(())) => return Ok(()),
-            Ok(Err(err)) => error_chain(&*err),
-            Err(panic) => vec![format!("panicked: {}", panic_message(&*panic))],
+            Ok(Err(err)) => Failure::of(&*err),
+            Err(panic) => Failure::panicked(&*panic),
         };
         self.state.counters.failed.fetch_add(1, Relaxed);
         self.metrics.failed.increment(1);
-        Err(errors)
+        Err(failure)
     }
 
     /// A partition key that panicked: it would fail every attempt alike, so

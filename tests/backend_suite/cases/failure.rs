@@ -132,6 +132,51 @@ pub(crate) async fn retry_exhaustion_dead_letters(harness: &dyn Harness) {
     assert!(shut_down(&bus).await.is_clean());
 }
 
+/// A [`Permanent`](eventbus::Permanent) failure, found anywhere in the
+/// error's chain, skips the attempts the policy has left, in every mode:
+/// one attempt, then the dead letter, with the wrapped error's own text.
+pub(crate) async fn a_permanent_failure_dead_letters_at_once(harness: &dyn Harness) {
+    let bus = harness.open(BusSettings::default()).await;
+    let mut failing = Vec::new();
+    for (name, mode) in MODES {
+        let sub = mode
+            .apply(bus.subscribe(name, DeclinesForGood))
+            .retry(quick_retry(5))
+            .start()
+            .await
+            .unwrap();
+        failing.push(sub);
+    }
+    let sent: Vec<_> = (1..=2).map(credit).collect();
+    for event in &sent {
+        bus.notify(event.clone()).await.unwrap();
+    }
+    drained(&bus).await;
+
+    for sub in &failing {
+        let name = sub.name();
+        let letters = bus.dead_letters().list_for(name).await.unwrap();
+        assert_eq!(letters.len(), 2, "{name}: {letters:?}");
+        for letter in &letters {
+            assert_eq!(letter.attempts, 1, "{name}: {letter:?}");
+            assert_eq!(letter.errors, ["charge failed", "card declined"]);
+        }
+        let stats = sub.stats();
+        assert_eq!(
+            (
+                stats.delivered,
+                stats.failed,
+                stats.retried,
+                stats.dead_lettered
+            ),
+            (0, 2, 0, 2),
+            "{name}: {stats:?}"
+        );
+        assert_eq!(stats.lag, 0, "{name}: a dead letter finishes its event");
+    }
+    assert!(shut_down(&bus).await.is_clean());
+}
+
 /// A retry cut short by a shutdown goes on after a reopen, in every mode,
 /// with the attempts made before it counted: the event gets only the
 /// attempts it had left, then becomes a dead letter.

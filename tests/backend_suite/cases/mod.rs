@@ -92,6 +92,7 @@ pub(crate) fn all() -> Vec<Case> {
         case!(late_subscription_from_beginning_gets_the_history, needs Durable),
         case!(retry_after_a_failure_counts_the_attempt),
         case!(retry_exhaustion_dead_letters),
+        case!(a_permanent_failure_dead_letters_at_once),
         case!(retry_attempts_survive_close_and_reopen, needs Durable),
         case!(replay_from_the_dead_letter_store),
         case!(replay_after_close_and_reopen, needs Durable),

@@ -1,0 +1,89 @@
+//! Failures that retrying cannot fix.
+
+use super::BoxError;
+use std::error::Error;
+use std::fmt;
+
+/// An error that retrying will not fix: return it from a consumer (or a
+/// [`Sink`](crate::Sink)) and the bus dead-letters the event (or the
+/// batch's events) at once, without the attempts its [`Retry`](crate::Retry)
+/// policy has left.
+///
+/// It reads as the error it wraps: the dead letter's error chain is the
+/// wrapped error's own. The bus finds it anywhere in a returned error's
+/// chain of sources, so it may be wrapped again (in an error of your own,
+/// say) on its way out.
+///
+/// # Examples
+///
+/// ```
+/// use eventbus::{AnyEvent, BoxError, Consumer, Permanent};
+///
+/// struct Mailer;
+///
+/// impl Consumer for Mailer {
+///     async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
+///         let address = event.to_json()?["email"].as_str().unwrap_or_default().to_owned();
+///         if !address.contains('@') {
+///             // No retry makes this address valid.
+///             return Err(Permanent::msg(format!("invalid address {address:?}")).into());
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub struct Permanent {
+    inner: BoxError,
+}
+
+impl Permanent {
+    /// Marks `error` as one retrying will not fix.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Permanent {
+            inner: error.into(),
+        }
+    }
+
+    /// A permanent failure with `message` as its text.
+    pub fn msg(message: impl Into<String>) -> Self {
+        Permanent::new(message.into())
+    }
+
+    /// The error it wraps.
+    pub fn into_inner(self) -> BoxError {
+        self.inner
+    }
+
+    /// Whether `error`, or any error in its chain of sources, is a
+    /// `Permanent`.
+    pub fn is_in(error: &(dyn Error + 'static)) -> bool {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if error.is::<Permanent>() {
+                return true;
+            }
+            next = error.source();
+        }
+        false
+    }
+}
+
+impl fmt::Debug for Permanent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Permanent").field(&self.inner).finish()
+    }
+}
+
+/// The wrapped error's own text: the mark changes what the bus does, not
+/// what the failure says.
+impl fmt::Display for Permanent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+impl Error for Permanent {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.inner.source()
+    }
+}
