@@ -114,6 +114,8 @@ mod signal;
 mod stall;
 pub mod subscription;
 pub mod testing;
+#[cfg(feature = "webhooks")]
+pub mod webhooks;
 
 #[cfg(feature = "sqlite")]
 pub use crate::backend::SqliteLog;
