@@ -518,6 +518,50 @@ async fn a_server_that_is_down_is_retried_then_dead_lettered() {
 }
 
 #[tokio::test]
+async fn a_server_that_answers_garbage_is_retried_then_dead_lettered() {
+    // Answers every connection with bytes that are not HTTP, then closes it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/batch", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket.write_all(b"\x00\x01 this is not http\r\n\r\n").await;
+        }
+    });
+    let bus = subscribed(Segment::new(WRITE_KEY).endpoint(&url).batch(batch(10, 2))).await;
+    bus.notify(PlanUpgraded::new(1, "pro".into()))
+        .await
+        .unwrap();
+    drain(&bus).await;
+    server.abort();
+
+    let letters = letters(&bus).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 2, "retried by the batch's policy");
+    let error = letters[0].errors.join(": ");
+    assert!(
+        error.contains(&format!(
+            "the analytics endpoint {url} gave no complete HTTP answer"
+        )),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_2xx_is_taken_whatever_its_body() {
+    let endpoint = Endpoint::start([Reply::Status(202, "not json at all")]).await;
+    let bus = subscribed(Segment::new(WRITE_KEY).endpoint(&endpoint.url)).await;
+    let event = PlanUpgraded::new(1, "pro".into());
+    bus.notify(event.clone()).await.unwrap();
+    drain(&bus).await;
+
+    assert_eq!(endpoint.delivered_ids(), ids(&[event]));
+    assert!(letters(&bus).await.is_empty());
+}
+
+#[tokio::test]
 async fn a_slow_server_times_out_and_the_retry_delivers() {
     let endpoint = Endpoint::start([Reply::Slow(Duration::from_secs(5))]).await;
     let bus = subscribed(
@@ -708,6 +752,12 @@ async fn bad_settings_stop_the_subscription_from_starting() {
         let message = refused(segment).await;
         assert!(message.contains(expected), "{message:?} lacks {expected:?}");
     }
+}
+
+#[test]
+fn the_settings_are_a_handle_to_share() {
+    fn assert_handle<T: Clone + Send + Sync + 'static>() {}
+    assert_handle::<Segment>();
 }
 
 #[test]

@@ -189,10 +189,20 @@ pub enum SendError {
         #[source]
         source: BoxError,
     },
-    /// The request could not be sent, or its answer not read: the
-    /// endpoint is down, refused the connection, or cut it.
+    /// No connection could be made: the endpoint is down, refuses
+    /// connections, or its name does not resolve.
     #[error("could not reach the analytics endpoint {url}")]
     Unreachable {
+        /// The endpoint.
+        url: String,
+        /// The HTTP client's error, with its causes.
+        #[source]
+        source: BoxError,
+    },
+    /// The connection was made, but no complete HTTP answer came back: the
+    /// endpoint cut it, or answered something that is not HTTP.
+    #[error("the analytics endpoint {url} gave no complete HTTP answer")]
+    NoAnswer {
         /// The endpoint.
         url: String,
         /// The HTTP client's error, with its causes.

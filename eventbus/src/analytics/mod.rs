@@ -82,7 +82,8 @@
 //! policy, then its events are dead-lettered with the last error:
 //! - **retried:** a 5xx or 429 answer ([`SendError::Unavailable`]), no
 //!   answer within [`Segment::timeout`] ([`SendError::Timeout`]), and a
-//!   connection refused or cut ([`SendError::Unreachable`]). A
+//!   connection refused ([`SendError::Unreachable`]) or cut before a whole
+//!   HTTP answer ([`SendError::NoAnswer`]). A
 //!   `Retry-After` (in seconds) on a 429 or 503 is waited out, up to
 //!   [`Segment::max_retry_after`], before the policy's own delay;
 //! - **dead-lettered at once:** any other answer that is not 2xx, a 4xx or

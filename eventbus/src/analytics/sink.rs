@@ -160,8 +160,13 @@ impl SegmentSink {
                 timeout: self.timeout,
                 source: Box::new(err.without_url()),
             }
-        } else {
+        } else if err.is_connect() {
             SendError::Unreachable {
+                url,
+                source: Box::new(err.without_url()),
+            }
+        } else {
+            SendError::NoAnswer {
                 url,
                 source: Box::new(err.without_url()),
             }
