@@ -100,6 +100,8 @@
 // crates, whose paths start with `::eventbus`.
 extern crate self as eventbus;
 
+#[cfg(feature = "analytics")]
+pub mod analytics;
 pub mod backend;
 pub mod bus;
 pub mod consumer;
