@@ -8,7 +8,7 @@ mod smtp;
 
 use eventbus::email::{ConfigError, Mailer, MailerBuilder, RenderError, Rendered, Tls, render_fn};
 use eventbus::{Bus, DeadLetter, Event, Notifiable, Notification, Retry, event, register};
-use mail_parser::MessageParser;
+use mail_parser::{MessageParser, MimeHeaders};
 use smtp::SmtpServer;
 use std::future::Future;
 use std::time::Duration;
