@@ -74,18 +74,25 @@ fn announce(recipients: &[&str], template: &str) -> AnnouncementMade {
 fn templates() -> impl eventbus::email::Render {
     render_fn(|n: &Notification| match n.template.as_str() {
         "welcome" => {
-            let name = n.data.get("name").and_then(|v| v.as_str()).ok_or_else(|| {
-                RenderError::failed("welcome", "the `name` value is missing")
-            })?;
+            let name = n
+                .data
+                .get("name")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| RenderError::failed("welcome", "the `name` value is missing"))?;
             Ok(Rendered::new(
                 format!("Welcome, {name}!"),
                 format!("Hello {name}, your account is ready."),
             )
-            .html(format!("<p>Hello <b>{name}</b>, your account is ready.</p>"))
+            .html(format!(
+                "<p>Hello <b>{name}</b>, your account is ready.</p>"
+            ))
             .reply_to("Support <support@example.com>")
             .header("X-Campaign", "onboarding"))
         }
-        "new-comment" => Ok(Rendered::new("New comment", "Someone commented on your post.")),
+        "new-comment" => Ok(Rendered::new(
+            "New comment",
+            "Someone commented on your post.",
+        )),
         "news" => Ok(Rendered::new("News", "Something happened.")),
         "huge" => Ok(Rendered::new("Huge", "x".repeat(200_000))),
         "bad-reply-to" => Ok(Rendered::new("Hi", "Hi").reply_to("support at example")),
@@ -186,9 +193,7 @@ async fn an_email_notification_arrives_with_its_headers_and_bodies() {
         Some("<p>Hello <b>Ada</b>, your account is ready.</p>")
     );
     assert_eq!(
-        parsed
-            .header_raw("X-Campaign")
-            .map(str::trim),
+        parsed.header_raw("X-Campaign").map(str::trim),
         Some("onboarding")
     );
     assert_eq!(
@@ -242,7 +247,11 @@ async fn other_channels_are_skipped_and_events_without_notifications_ignored() {
     drain(&bus).await;
 
     let received = server.received();
-    assert_eq!(received.len(), 1, "the push and the text message are not sent");
+    assert_eq!(
+        received.len(),
+        1,
+        "the push and the text message are not sent"
+    );
     assert_eq!(received[0].envelope_to, ["owner@example.com"]);
     assert_eq!(parse(&received[0].data).subject(), Some("New comment"));
     assert!(letters(&bus).await.is_empty());
@@ -286,8 +295,14 @@ async fn a_4xx_reply_every_time_dead_letters_after_the_last_attempt() {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 3);
     let errors = letters[0].errors.join(": ");
-    assert!(errors.contains("deferred email 0 (template `welcome`) to `ada@example.com`"), "{errors}");
-    assert!(errors.contains("452") && errors.contains("4.2.2 mailbox full"), "{errors}");
+    assert!(
+        errors.contains("deferred email 0 (template `welcome`) to `ada@example.com`"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("452") && errors.contains("4.2.2 mailbox full"),
+        "{errors}"
+    );
 }
 
 #[tokio::test]
@@ -336,7 +351,10 @@ async fn a_message_over_the_servers_size_limit_dead_letters_with_its_reply() {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 1);
     let errors = letters[0].errors.join(": ");
-    assert!(errors.contains("552") && errors.contains("message size exceeds fixed limit"), "{errors}");
+    assert!(
+        errors.contains("552") && errors.contains("message size exceeds fixed limit"),
+        "{errors}"
+    );
 }
 
 #[tokio::test]
@@ -357,7 +375,11 @@ async fn a_retry_sends_only_the_emails_not_yet_sent() {
         assert_eq!(server.received_by(to).len(), 1, "{to} gets exactly one");
     }
     assert_eq!(server.rcpt_attempts("a@example.com"), 1, "not resent");
-    assert_eq!(server.rcpt_attempts("c@example.com"), 1, "not held back, not resent");
+    assert_eq!(
+        server.rcpt_attempts("c@example.com"),
+        1,
+        "not held back, not resent"
+    );
     assert_eq!(server.rcpt_attempts("b@example.com"), 2);
     assert!(letters(&bus).await.is_empty());
 }
@@ -382,7 +404,12 @@ async fn a_5xx_among_several_sends_the_rest_and_a_replay_sends_only_it() {
     let dead = letters(&bus).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 1, "dead-lettered at once");
-    assert!(dead[0].errors.join(": ").contains("5.7.1 relaying denied for now"));
+    assert!(
+        dead[0]
+            .errors
+            .join(": ")
+            .contains("5.7.1 relaying denied for now")
+    );
 
     // The server takes it now: the replay sends only the email that failed.
     bus.dead_letters().replay(dead[0].id).await.unwrap();
@@ -473,7 +500,11 @@ async fn an_unknown_template_dead_letters_at_once_naming_it() {
         .unwrap();
     drain(&bus).await;
 
-    assert_eq!(server.connections(), 0, "nothing to send, nothing connected");
+    assert_eq!(
+        server.connections(),
+        0,
+        "nothing to send, nothing connected"
+    );
     let letters = letters(&bus).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 1);
@@ -499,7 +530,10 @@ async fn a_template_that_fails_dead_letters_naming_it_and_why() {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 1);
     let errors = letters[0].errors.join(": ");
-    assert!(errors.contains("email template `welcome` failed to render"), "{errors}");
+    assert!(
+        errors.contains("email template `welcome` failed to render"),
+        "{errors}"
+    );
     assert!(errors.contains("the `name` value is missing"), "{errors}");
 }
 
@@ -547,7 +581,10 @@ async fn a_bad_reply_to_or_a_header_the_mailer_owns_dead_letters() {
         "{first}"
     );
     let second = letters[1].errors.join(": ");
-    assert!(second.contains("header `From` is set by the mailer"), "{second}");
+    assert!(
+        second.contains("header `From` is set by the mailer"),
+        "{second}"
+    );
 }
 
 #[tokio::test]
@@ -579,7 +616,10 @@ async fn credentials_log_in_and_wrong_ones_dead_letter_with_the_reply() {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 1, "a 535 is permanent");
     let errors = letters[0].errors.join(": ");
-    assert!(errors.contains("535") && errors.contains("Invalid credentials"), "{errors}");
+    assert!(
+        errors.contains("535") && errors.contains("Invalid credentials"),
+        "{errors}"
+    );
 }
 
 #[tokio::test]
@@ -613,28 +653,44 @@ fn bad_settings_are_refused_at_build_naming_the_setting() {
     }
     let ok = || mailer_for(2525);
 
-    assert!(err(Mailer::builder(" ").from("a@example.com").render(templates()))
-        .starts_with("the smtp server's host is empty"));
+    assert!(
+        err(Mailer::builder(" ")
+            .from("a@example.com")
+            .render(templates()))
+        .starts_with("the smtp server's host is empty")
+    );
     assert!(err(ok().port(0)).starts_with("`port` is 0"));
     assert!(
         err(Mailer::builder("localhost").render(templates()))
             .starts_with("no sender address; call `from`")
     );
-    assert!(err(ok().from("shop.example.com"))
-        .starts_with("`from` address `shop.example.com` is not an email address"));
-    assert!(err(Mailer::builder("localhost").from("a@example.com"))
-        .starts_with("no renderer; call `render`"));
+    assert!(
+        err(ok().from("shop.example.com"))
+            .starts_with("`from` address `shop.example.com` is not an email address")
+    );
+    assert!(
+        err(Mailer::builder("localhost").from("a@example.com"))
+            .starts_with("no renderer; call `render`")
+    );
     assert!(err(ok().pool_size(0)).starts_with("`pool_size` must be at least 1"));
     assert!(err(ok().timeout(Duration::ZERO)).starts_with("`timeout` must be above zero"));
     assert!(err(ok().progress_capacity(0)).starts_with("`progress_capacity` must be at least 1"));
-    assert!(err(ok().root_certificate("-----BEGIN CERTIFICATE-----"))
-        .starts_with("`root_certificate` is set but `tls` is `Tls::None`"));
-    assert!(err(ok().tls(Tls::StartTls).root_certificate("not a certificate"))
-        .starts_with("`root_certificate` holds no PEM certificate"));
-    assert!(err(ok()
-        .tls(Tls::Implicit)
-        .root_certificate("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"))
-    .starts_with("`root_certificate` holds no PEM certificate"));
+    assert!(
+        err(ok().root_certificate("-----BEGIN CERTIFICATE-----"))
+            .starts_with("`root_certificate` is set but `tls` is `Tls::None`")
+    );
+    assert!(
+        err(ok()
+            .tls(Tls::StartTls)
+            .root_certificate("not a certificate"))
+        .starts_with("`root_certificate` holds no PEM certificate")
+    );
+    assert!(
+        err(ok().tls(Tls::Implicit).root_certificate(
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"
+        ))
+        .starts_with("`root_certificate` holds no PEM certificate")
+    );
 
     // The usual settings build, with every TLS mode.
     for tls in [Tls::None, Tls::StartTls, Tls::Implicit] {

@@ -150,7 +150,9 @@ impl Drop for SmtpServer {
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One connection: lines in, mailin's replies out.
@@ -212,10 +214,7 @@ impl Handler for Session {
     fn rcpt(&mut self, to: &str) -> Response {
         let mut state = lock(&self.state);
         *state.rcpt_attempts.entry(to.to_owned()).or_default() += 1;
-        if let Some((code, message)) = state
-            .rcpt_replies
-            .get_mut(to)
-            .and_then(VecDeque::pop_front)
+        if let Some((code, message)) = state.rcpt_replies.get_mut(to).and_then(VecDeque::pop_front)
         {
             return Response::custom(code, message);
         }
@@ -223,7 +222,13 @@ impl Handler for Session {
         response::OK
     }
 
-    fn data_start(&mut self, _domain: &str, _from: &str, _is8bit: bool, _to: &[String]) -> Response {
+    fn data_start(
+        &mut self,
+        _domain: &str,
+        _from: &str,
+        _is8bit: bool,
+        _to: &[String],
+    ) -> Response {
         self.data.clear();
         response::OK
     }

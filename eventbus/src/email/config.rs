@@ -313,9 +313,7 @@ impl MailerBuilder {
                 return Err(ConfigError::RootCertificateWithoutTls);
             }
             Tls::None => None,
-            Tls::StartTls | Tls::Implicit => {
-                Some(tls_parameters(&host, &self.root_certificates)?)
-            }
+            Tls::StartTls | Tls::Implicit => Some(tls_parameters(&host, &self.root_certificates)?),
         };
         Ok(Mailer {
             settings: Arc::new(Settings {
@@ -345,8 +343,8 @@ fn tls_parameters(host: &str, roots: &[Vec<u8>]) -> Result<TlsParameters, Config
         if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
             return Err(ConfigError::InvalidRootCertificate { source: None });
         }
-        let certificate = Certificate::from_pem(pem)
-            .map_err(|source| ConfigError::InvalidRootCertificate {
+        let certificate =
+            Certificate::from_pem(pem).map_err(|source| ConfigError::InvalidRootCertificate {
                 source: Some(source),
             })?;
         builder = builder.add_root_certificate(certificate);

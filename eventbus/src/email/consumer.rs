@@ -59,15 +59,16 @@ fn transport(settings: &Settings) -> AsyncSmtpTransport<Tokio1Executor> {
         // `build` makes parameters for every mode but `None`.
         _ => LettreTls::None,
     };
-    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(settings.host.clone())
-        .port(settings.port)
-        .tls(tls)
-        .timeout(Some(settings.timeout))
-        .pool_config(
-            PoolConfig::new()
-                .max_size(settings.pool_size)
-                .idle_timeout(settings.pool_idle_timeout),
-        );
+    let mut builder =
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(settings.host.clone())
+            .port(settings.port)
+            .tls(tls)
+            .timeout(Some(settings.timeout))
+            .pool_config(
+                PoolConfig::new()
+                    .max_size(settings.pool_size)
+                    .idle_timeout(settings.pool_idle_timeout),
+            );
     if let Some((user, password)) = &settings.credentials {
         builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
     }
@@ -100,7 +101,12 @@ impl MailerConsumer {
 
     /// The transport to send on.
     fn transport(&self) -> Arc<AsyncSmtpTransport<Tokio1Executor>> {
-        Arc::clone(&self.transport.lock().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .transport
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Sends one message within the timeout.
@@ -167,33 +173,31 @@ impl MailerConsumer {
                 recipient,
                 after: self.settings.timeout,
             }),
-            Err(Delivery::Smtp(source)) => {
-                Err(if source.is_permanent() {
-                    SendError::Rejected {
-                        server,
-                        index,
-                        template,
-                        recipient,
-                        source,
-                    }
-                } else if source.is_transient() {
-                    SendError::Deferred {
-                        server,
-                        index,
-                        template,
-                        recipient,
-                        source,
-                    }
-                } else {
-                    SendError::Unreachable {
-                        server,
-                        index,
-                        template,
-                        recipient,
-                        source,
-                    }
-                })
-            }
+            Err(Delivery::Smtp(source)) => Err(if source.is_permanent() {
+                SendError::Rejected {
+                    server,
+                    index,
+                    template,
+                    recipient,
+                    source,
+                }
+            } else if source.is_transient() {
+                SendError::Deferred {
+                    server,
+                    index,
+                    template,
+                    recipient,
+                    source,
+                }
+            } else {
+                SendError::Unreachable {
+                    server,
+                    index,
+                    template,
+                    recipient,
+                    source,
+                }
+            }),
         }
     }
 
@@ -233,7 +237,9 @@ impl MailerConsumer {
         for (name, value) in rendered.headers {
             if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
                 return Err(invalid(
-                    format!("header `{name}` is set by the mailer; use the `Rendered` field for it or leave it out"),
+                    format!(
+                        "header `{name}` is set by the mailer; use the `Rendered` field for it or leave it out"
+                    ),
                     None,
                 ));
             }
@@ -249,7 +255,12 @@ impl MailerConsumer {
             None => builder.singlepart(SinglePart::plain(rendered.text)),
             Some(html) => builder.multipart(MultiPart::alternative_plain_html(rendered.text, html)),
         };
-        built.map_err(|err| invalid("the message could not be built".to_owned(), Some(Box::new(err))))
+        built.map_err(|err| {
+            invalid(
+                "the message could not be built".to_owned(),
+                Some(Box::new(err)),
+            )
+        })
     }
 }
 

@@ -22,7 +22,9 @@ pub enum ConfigError {
     #[error("no sender address; call `from` with the address emails are sent from")]
     MissingFrom,
     /// The [`from`](super::MailerBuilder::from) address does not parse.
-    #[error("`from` address `{address}` is not an email address; write it as `name@example.com` or `Name <name@example.com>`")]
+    #[error(
+        "`from` address `{address}` is not an email address; write it as `name@example.com` or `Name <name@example.com>`"
+    )]
     InvalidFrom {
         /// The address as given.
         address: String,
@@ -165,7 +167,9 @@ pub enum SendError {
     },
     /// The server answered with a 5xx reply: it will not take the email.
     /// Permanent. The server's code and message are in the source.
-    #[error("smtp server {server} rejected email {index} (template `{template}`) to `{recipient}` for good")]
+    #[error(
+        "smtp server {server} rejected email {index} (template `{template}`) to `{recipient}` for good"
+    )]
     Rejected {
         /// `host:port`.
         server: String,
@@ -213,7 +217,9 @@ pub enum SendError {
     },
     /// The server could not be reached or the exchange broke off: refused,
     /// timed out, a TLS failure, a reply that is not SMTP. Retried.
-    #[error("could not send email {index} (template `{template}`) to `{recipient}` through smtp server {server}")]
+    #[error(
+        "could not send email {index} (template `{template}`) to `{recipient}` through smtp server {server}"
+    )]
     Unreachable {
         /// `host:port`.
         server: String,
