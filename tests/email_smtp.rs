@@ -645,6 +645,132 @@ async fn starttls_required_on_a_server_without_it_never_falls_back_to_plain_text
     assert!(errors.to_lowercase().contains("starttls"), "{errors}");
 }
 
+#[tokio::test]
+async fn starttls_with_a_private_authority_encrypts_then_logs_in() {
+    let ca = smtp::TestCa::new();
+    // mailin offers AUTH only once the connection is encrypted: a message
+    // that arrives proves STARTTLS, the certificate check and the login.
+    let server = SmtpServer::with_starttls(&ca, "app", "s3cret").await;
+    let mailer = mailer_for(server.port())
+        .tls(Tls::StartTls)
+        .root_certificate(ca.ca_pem.as_str())
+        .credentials("app", "s3cret")
+        .build()
+        .unwrap();
+    let bus = bus_with(mailer, fast_retry(2)).await;
+
+    bus.notify(UserCreated::new("ada@example.com".into(), "Ada".into()))
+        .await
+        .unwrap();
+    drain(&bus).await;
+
+    assert!(letters(&bus).await.is_empty());
+    let received = server.received_by("ada@example.com");
+    assert_eq!(received.len(), 1);
+    assert_eq!(parse(&received[0].data).subject(), Some("Welcome, Ada!"));
+}
+
+#[tokio::test]
+async fn implicit_tls_with_a_private_authority_delivers() {
+    let ca = smtp::TestCa::new();
+    let server = SmtpServer::with_implicit_tls(&ca).await;
+    let mailer = mailer_for(server.port())
+        .tls(Tls::Implicit)
+        .root_certificate(ca.ca_pem.as_str())
+        .build()
+        .unwrap();
+    let bus = bus_with(mailer, fast_retry(2)).await;
+
+    bus.notify(UserCreated::new("ada@example.com".into(), "Ada".into()))
+        .await
+        .unwrap();
+    drain(&bus).await;
+
+    assert!(letters(&bus).await.is_empty());
+    assert_eq!(server.received_by("ada@example.com").len(), 1);
+}
+
+#[tokio::test]
+async fn a_certificate_from_an_unknown_authority_is_refused_and_nothing_is_sent() {
+    let ca = smtp::TestCa::new();
+    let server = SmtpServer::with_starttls(&ca, "app", "s3cret").await;
+    // The server's authority is not among the trusted ones.
+    let mailer = mailer_for(server.port())
+        .tls(Tls::StartTls)
+        .credentials("app", "s3cret")
+        .build()
+        .unwrap();
+    let bus = bus_with(mailer, fast_retry(2)).await;
+
+    bus.notify(UserCreated::new("ada@example.com".into(), "Ada".into()))
+        .await
+        .unwrap();
+    drain(&bus).await;
+
+    assert!(server.received().is_empty());
+    let letters = letters(&bus).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].attempts, 2,
+        "retried: the server may fix its certificate"
+    );
+    let errors = letters[0].errors.join(": ");
+    assert!(errors.contains("through smtp server 127.0.0.1"), "{errors}");
+    assert!(errors.contains("UnknownIssuer"), "{errors}");
+}
+
+#[tokio::test]
+async fn emails_reuse_a_pooled_connection() {
+    let server = SmtpServer::start().await;
+    let bus = bus_with(mailer_for(server.port()).build().unwrap(), fast_retry(2)).await;
+
+    // One at a time: lettre puts a connection back in the pool from a task
+    // of its own after the send, so back-to-back sends may open a second.
+    for name in ["a", "b", "c", "d"] {
+        bus.notify(UserCreated::new(format!("{name}@example.com"), name.into()))
+            .await
+            .unwrap();
+        drain(&bus).await;
+    }
+
+    assert_eq!(server.received().len(), 4);
+    assert_eq!(
+        server.connections(),
+        1,
+        "one connection, kept between emails"
+    );
+}
+
+#[tokio::test]
+async fn a_concurrent_subscription_sends_every_email_once() {
+    let server = SmtpServer::start().await;
+    let bus = Bus::builder().build().unwrap();
+    bus.subscribe(
+        "email",
+        mailer_for(server.port()).pool_size(3).build().unwrap(),
+    )
+    .concurrent(8)
+    .retry(fast_retry(2))
+    .start()
+    .await
+    .unwrap();
+
+    for i in 0..20 {
+        bus.notify(UserCreated::new(
+            format!("user{i}@example.com"),
+            format!("User {i}"),
+        ))
+        .await
+        .unwrap();
+    }
+    drain(&bus).await;
+
+    assert!(letters(&bus).await.is_empty());
+    for i in 0..20 {
+        assert_eq!(server.received_by(&format!("user{i}@example.com")).len(), 1);
+    }
+}
+
 #[test]
 fn bad_settings_are_refused_at_build_naming_the_setting() {
     fn err(builder: MailerBuilder) -> String {

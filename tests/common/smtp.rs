@@ -1,18 +1,22 @@
 //! A real SMTP server for the email tests, in-process on 127.0.0.1 and a
 //! port of its own: mailin runs the SMTP session (commands, replies, dot
-//! stuffing, AUTH), this file only moves its lines over tokio sockets and
-//! lets a test choose replies. Stops when dropped.
+//! stuffing, AUTH, STARTTLS), this file only moves its lines over tokio
+//! sockets (through rustls where asked) and lets a test choose replies.
+//! Stops when dropped.
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 use mailin::{Action, AuthMechanism, Handler, Response, SessionBuilder, response};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::PrivateKeyDer;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_rustls::{TlsAcceptor, rustls};
 
 /// One message the server accepted.
 #[derive(Debug, Clone)]
@@ -46,14 +50,69 @@ pub struct SmtpServer {
     accept: JoinHandle<()>,
 }
 
+/// How the server encrypts, with the certificate it shows.
+#[derive(Clone)]
+enum Encryption {
+    None,
+    StartTls(TlsAcceptor),
+    Implicit(TlsAcceptor),
+}
+
+/// A certificate authority made for one test, and a server certificate for
+/// 127.0.0.1 and `localhost` that it signed.
+pub struct TestCa {
+    /// The authority's certificate, PEM: what a client trusts.
+    pub ca_pem: String,
+    acceptor: TlsAcceptor,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "eventbus test authority");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .unwrap()
+                .signed_by(&server_key, &issuer)
+                .unwrap();
+        // ring named outright: rustls picks no provider by itself when a
+        // build has two.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        TestCa {
+            ca_pem: ca_cert.pem(),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        }
+    }
+}
+
 impl SmtpServer {
-    /// A server that takes every message.
+    /// A server that takes every message, in plain text.
     pub async fn start() -> Self {
-        Self::start_with(SessionBuilder::new("test.smtp"), State::default()).await
+        Self::start_with(
+            SessionBuilder::new("test.smtp"),
+            State::default(),
+            Encryption::None,
+        )
+        .await
     }
 
     /// A server that asks for `AUTH PLAIN` or `LOGIN` with this user and
-    /// password, offered over plain text (the test has no TLS).
+    /// password, offered over plain text.
     pub async fn with_login(user: &str, password: &str) -> Self {
         let mut session = SessionBuilder::new("test.smtp");
         session
@@ -64,10 +123,36 @@ impl SmtpServer {
             login: Some((user.to_owned(), password.to_owned())),
             ..State::default()
         };
-        Self::start_with(session, state).await
+        Self::start_with(session, state, Encryption::None).await
     }
 
-    async fn start_with(session: SessionBuilder, state: State) -> Self {
+    /// A server that offers `STARTTLS` with `ca`'s server certificate,
+    /// and `AUTH` with this user and password once encrypted.
+    pub async fn with_starttls(ca: &TestCa, user: &str, password: &str) -> Self {
+        let mut session = SessionBuilder::new("test.smtp");
+        session
+            .enable_start_tls()
+            .enable_auth(AuthMechanism::Plain)
+            .enable_auth(AuthMechanism::Login);
+        let state = State {
+            login: Some((user.to_owned(), password.to_owned())),
+            ..State::default()
+        };
+        Self::start_with(session, state, Encryption::StartTls(ca.acceptor.clone())).await
+    }
+
+    /// A server that speaks TLS from the first byte, with `ca`'s server
+    /// certificate.
+    pub async fn with_implicit_tls(ca: &TestCa) -> Self {
+        Self::start_with(
+            SessionBuilder::new("test.smtp"),
+            State::default(),
+            Encryption::Implicit(ca.acceptor.clone()),
+        )
+        .await
+    }
+
+    async fn start_with(session: SessionBuilder, state: State, encryption: Encryption) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(state));
@@ -85,7 +170,7 @@ impl SmtpServer {
                     hang_up: Arc::clone(&hang_up),
                 };
                 let session = session.build(peer.ip(), handler);
-                sessions.spawn(serve(stream, session, hang_up));
+                sessions.spawn(serve(stream, session, hang_up, encryption.clone()));
             }
         });
         SmtpServer {
@@ -155,39 +240,85 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// One connection: lines in, mailin's replies out.
-async fn serve(stream: TcpStream, mut session: mailin::Session<Session>, hang_up: Arc<AtomicBool>) {
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    if write
-        .write_all(&session.greeting().buffer().unwrap())
-        .await
-        .is_err()
-    {
+/// One connection: lines in, mailin's replies out, through TLS where the
+/// server is set up for it.
+async fn serve(
+    stream: TcpStream,
+    mut session: mailin::Session<Session>,
+    hang_up: Arc<AtomicBool>,
+    encryption: Encryption,
+) {
+    let acceptor = match encryption {
+        Encryption::Implicit(acceptor) => {
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let mut tls = BufReader::new(tls);
+            if greet(&mut tls, &session).await {
+                converse(&mut tls, &mut session, &hang_up).await;
+            }
+            return;
+        }
+        Encryption::StartTls(acceptor) => Some(acceptor),
+        Encryption::None => None,
+    };
+    let mut plain = BufReader::new(stream);
+    if !greet(&mut plain, &session).await {
         return;
     }
+    if converse(&mut plain, &mut session, &hang_up).await == Ended::Upgrade {
+        // mailin offers STARTTLS only when it was enabled, so there is an
+        // acceptor. The client waits for the 220 before its handshake, so
+        // nothing is left in the read buffer.
+        let acceptor = acceptor.expect("STARTTLS offered without TLS settings");
+        let Ok(tls) = acceptor.accept(plain.into_inner()).await else {
+            return;
+        };
+        session.tls_active();
+        converse(&mut BufReader::new(tls), &mut session, &hang_up).await;
+    }
+}
+
+async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut BufReader<S>,
+    session: &mailin::Session<Session>,
+) -> bool {
+    stream
+        .write_all(&session.greeting().buffer().unwrap())
+        .await
+        .is_ok()
+}
+
+#[derive(PartialEq)]
+enum Ended {
+    Closed,
+    Upgrade,
+}
+
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut BufReader<S>,
+    session: &mut mailin::Session<Session>,
+    hang_up: &AtomicBool,
+) -> Ended {
     let mut line = Vec::new();
     loop {
         line.clear();
-        match read.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
+        match stream.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return Ended::Closed,
             Ok(_) => {}
         }
         let reply = session.process(&line);
+        if reply.action != Action::NoReply
+            && (stream.write_all(&reply.buffer().unwrap()).await.is_err()
+                || stream.flush().await.is_err())
+        {
+            return Ended::Closed;
+        }
         match reply.action {
             Action::NoReply => {}
-            Action::Reply => {
-                if write.write_all(&reply.buffer().unwrap()).await.is_err()
-                    || hang_up.load(Ordering::SeqCst)
-                {
-                    return;
-                }
-            }
-            // This server offers no STARTTLS, so an upgrade is never agreed.
-            Action::Close | Action::UpgradeTls => {
-                let _ = write.write_all(&reply.buffer().unwrap()).await;
-                return;
-            }
+            Action::Reply if !hang_up.load(Ordering::SeqCst) => {}
+            Action::Reply | Action::Close => return Ended::Closed,
+            Action::UpgradeTls => return Ended::Upgrade,
         }
     }
 }
