@@ -491,6 +491,68 @@ async fn a_server_that_never_answers_times_out_and_is_retried() {
 }
 
 #[tokio::test]
+async fn a_reply_later_than_the_timeout_is_retried_on_a_fresh_connection() {
+    let server = SmtpServer::start().await;
+    // The first message is taken, but its 250 comes after the timeout.
+    server.delay_next_acceptance(Duration::from_millis(800));
+    let mailer = mailer_for(server.port())
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let bus = bus_with(mailer, fast_retry(3)).await;
+
+    bus.notify(UserCreated::new("ada@example.com".into(), "Ada".into()))
+        .await
+        .unwrap();
+    drain(&bus).await;
+    bus.notify(UserCreated::new("bo@example.com".into(), "Bo".into()))
+        .await
+        .unwrap();
+    drain(&bus).await;
+
+    assert!(letters(&bus).await.is_empty());
+    assert_eq!(bus.stats()[0].failed, 1, "the first attempt timed out");
+    // The retry cannot know the server took the first copy: SMTP has no way
+    // to ask. Both copies carry one Message-ID, for the receiver to tell.
+    let ada = server.received_by("ada@example.com");
+    assert_eq!(ada.len(), 2);
+    assert_eq!(
+        parse(&ada[0].data).message_id(),
+        parse(&ada[1].data).message_id()
+    );
+    // The connection whose reply was late is not reused: its late 250
+    // would be read as the answer to the next email's first command.
+    assert!(server.connections() >= 2);
+    assert_eq!(server.received_by("bo@example.com").len(), 1);
+    assert_eq!(server.received().len(), 3);
+}
+
+#[tokio::test]
+async fn non_ascii_subjects_and_bodies_arrive_intact() {
+    let server = SmtpServer::start().await;
+    let bus = bus_with(mailer_for(server.port()).build().unwrap(), fast_retry(2)).await;
+
+    bus.notify(UserCreated::new(
+        "zoe@example.com".into(),
+        "Zoë Grüße 日本".into(),
+    ))
+    .await
+    .unwrap();
+    drain(&bus).await;
+
+    assert!(letters(&bus).await.is_empty());
+    let received = server.received_by("zoe@example.com");
+    assert_eq!(received.len(), 1);
+    assert!(received[0].data.is_ascii(), "encoded for any server");
+    let parsed = parse(&received[0].data);
+    assert_eq!(parsed.subject(), Some("Welcome, Zoë Grüße 日本!"));
+    assert_eq!(
+        parsed.body_text(0).as_deref().map(str::trim_end),
+        Some("Hello Zoë Grüße 日本, your account is ready.")
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_template_dead_letters_at_once_naming_it() {
     let server = SmtpServer::start().await;
     let bus = bus_with(mailer_for(server.port()).build().unwrap(), fast_retry(5)).await;

@@ -13,6 +13,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -38,6 +39,8 @@ struct State {
     rcpt_attempts: HashMap<String, u32>,
     /// Above this many bytes of message, the end of `DATA` gets a 552.
     max_size: Option<usize>,
+    /// The reply at the end of the next message waits this long first.
+    slow_data_end: Option<Duration>,
     /// `AUTH` accepts only this user and password.
     login: Option<(String, String)>,
     connections: u32,
@@ -161,16 +164,16 @@ impl SmtpServer {
             let mut sessions = tokio::task::JoinSet::new();
             while let Ok((stream, peer)) = listener.accept().await {
                 lock(&shared).connections += 1;
-                let hang_up = Arc::new(AtomicBool::new(false));
+                let control = Arc::new(Control::default());
                 let handler = Session {
                     state: Arc::clone(&shared),
                     from: String::new(),
                     to: Vec::new(),
                     data: Vec::new(),
-                    hang_up: Arc::clone(&hang_up),
+                    control: Arc::clone(&control),
                 };
                 let session = session.build(peer.ip(), handler);
-                sessions.spawn(serve(stream, session, hang_up, encryption.clone()));
+                sessions.spawn(serve(stream, session, control, encryption.clone()));
             }
         });
         SmtpServer {
@@ -192,6 +195,12 @@ impl SmtpServer {
             .entry(recipient.to_owned())
             .or_default()
             .push_back((code, message.to_owned()));
+    }
+
+    /// The next message's final reply (its `250`) comes only after `delay`:
+    /// a server that is slow, or a reply held up on the network.
+    pub fn delay_next_acceptance(&self, delay: Duration) {
+        lock(&self.state).slow_data_end = Some(delay);
     }
 
     /// Refuses messages of more than `bytes` with a 552, as a server with a
@@ -245,7 +254,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 async fn serve(
     stream: TcpStream,
     mut session: mailin::Session<Session>,
-    hang_up: Arc<AtomicBool>,
+    control: Arc<Control>,
     encryption: Encryption,
 ) {
     let acceptor = match encryption {
@@ -255,7 +264,7 @@ async fn serve(
             };
             let mut tls = BufReader::new(tls);
             if greet(&mut tls, &session).await {
-                converse(&mut tls, &mut session, &hang_up).await;
+                converse(&mut tls, &mut session, &control).await;
             }
             return;
         }
@@ -266,7 +275,7 @@ async fn serve(
     if !greet(&mut plain, &session).await {
         return;
     }
-    if converse(&mut plain, &mut session, &hang_up).await == Ended::Upgrade {
+    if converse(&mut plain, &mut session, &control).await == Ended::Upgrade {
         // mailin offers STARTTLS only when it was enabled, so there is an
         // acceptor. The client waits for the 220 before its handshake, so
         // nothing is left in the read buffer.
@@ -275,7 +284,7 @@ async fn serve(
             return;
         };
         session.tls_active();
-        converse(&mut BufReader::new(tls), &mut session, &hang_up).await;
+        converse(&mut BufReader::new(tls), &mut session, &control).await;
     }
 }
 
@@ -298,7 +307,7 @@ enum Ended {
 async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut BufReader<S>,
     session: &mut mailin::Session<Session>,
-    hang_up: &AtomicBool,
+    control: &Control,
 ) -> Ended {
     let mut line = Vec::new();
     loop {
@@ -308,6 +317,10 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(_) => {}
         }
         let reply = session.process(&line);
+        let delay = control.delay.lock().unwrap().take();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         if reply.action != Action::NoReply
             && (stream.write_all(&reply.buffer().unwrap()).await.is_err()
                 || stream.flush().await.is_err())
@@ -316,7 +329,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         }
         match reply.action {
             Action::NoReply => {}
-            Action::Reply if !hang_up.load(Ordering::SeqCst) => {}
+            Action::Reply if !control.hang_up.load(Ordering::SeqCst) => {}
             Action::Reply | Action::Close => return Ended::Closed,
             Action::UpgradeTls => return Ended::Upgrade,
         }
@@ -329,10 +342,19 @@ struct Session {
     from: String,
     to: Vec<String>,
     data: Vec<u8>,
-    /// Set to close the connection after the reply: mailin stays in its
-    /// `DATA` state after an error at the end of a message, so the session
-    /// cannot go on.
-    hang_up: Arc<AtomicBool>,
+    control: Arc<Control>,
+}
+
+/// What a session's callbacks ask of the loop that carries its replies.
+#[derive(Default)]
+struct Control {
+    /// Close the connection after the reply: mailin stays in its `DATA`
+    /// state after an error at the end of a message, so the session cannot
+    /// go on.
+    hang_up: AtomicBool,
+    /// Wait this long before sending the reply. The callbacks cannot wait
+    /// themselves: they are not async.
+    delay: Mutex<Option<Duration>>,
 }
 
 impl Handler for Session {
@@ -372,8 +394,11 @@ impl Handler for Session {
     fn data_end(&mut self) -> Response {
         let mut state = lock(&self.state);
         if state.max_size.is_some_and(|max| self.data.len() > max) {
-            self.hang_up.store(true, Ordering::SeqCst);
+            self.control.hang_up.store(true, Ordering::SeqCst);
             return Response::custom(552, "5.3.4 message size exceeds fixed limit".to_owned());
+        }
+        if let Some(delay) = state.slow_data_end.take() {
+            *self.control.delay.lock().unwrap() = Some(delay);
         }
         state.received.push(Received {
             envelope_from: self.from.clone(),
