@@ -494,9 +494,9 @@ async fn a_server_that_never_answers_times_out_and_is_retried() {
 async fn a_reply_later_than_the_timeout_is_retried_on_a_fresh_connection() {
     let server = SmtpServer::start().await;
     // The first message is taken, but its 250 comes after the timeout.
-    server.delay_next_acceptance(Duration::from_millis(800));
+    server.delay_next_acceptance(Duration::from_millis(2500));
     let mailer = mailer_for(server.port())
-        .timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
     let bus = bus_with(mailer, fast_retry(3)).await;
