@@ -78,6 +78,21 @@ fn transport(settings: &Settings) -> AsyncSmtpTransport<Tokio1Executor> {
     builder.build()
 }
 
+/// Retires the pool of a send dropped before it finished; see `deliver`.
+struct Unfinished<'a> {
+    consumer: &'a MailerConsumer,
+    transport: &'a Arc<AsyncSmtpTransport<Tokio1Executor>>,
+    armed: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.consumer.retire(self.transport);
+        }
+    }
+}
+
 impl fmt::Debug for MailerConsumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MailerConsumer")
@@ -117,25 +132,44 @@ impl MailerConsumer {
     /// the pool with a reply possibly still on its way, to be read as the
     /// answer to the next email's command. So the whole pool is retired
     /// first (a fresh one takes its place), and the dropped connection is
-    /// closed instead of reused.
+    /// closed instead of reused. A send cut short from outside (a shutdown
+    /// deadline dropping the handler) retires it the same way, through a
+    /// drop guard.
     async fn deliver(&self, message: Message) -> Result<(), Delivery> {
         let transport = self.transport();
         let send = transport.send(message);
         tokio::pin!(send);
-        tokio::select! {
+        // Declared after `send`, so dropped before it.
+        let mut unfinished = Unfinished {
+            consumer: self,
+            transport: &transport,
+            armed: true,
+        };
+        let result = tokio::select! {
             result = &mut send => result.map(drop).map_err(Delivery::Smtp),
             () = tokio::time::sleep(self.settings.timeout) => {
-                {
-                    let mut current = self.transport.lock().unwrap_or_else(PoisonError::into_inner);
-                    if Arc::ptr_eq(&current, &transport) {
-                        *current = Arc::new(self::transport(&self.settings));
-                    }
-                }
-                // Closing the retired pool says QUIT on its idle connections,
+                self.retire(&transport);
+                // Shut before the send is dropped, so its connection finds
+                // the pool closed. Closing says QUIT on the idle connections,
                 // which a stuck server may never answer: bounded too.
                 let _ = tokio::time::timeout(self.settings.timeout, transport.shutdown()).await;
                 Err(Delivery::TimedOut)
             }
+        };
+        unfinished.armed = false;
+        result
+    }
+
+    /// Puts a fresh pool in place of `transport`, unless that was done
+    /// already. The old one closes its connections once the sends still on
+    /// it let it go.
+    fn retire(&self, transport: &Arc<AsyncSmtpTransport<Tokio1Executor>>) {
+        let mut current = self
+            .transport
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if Arc::ptr_eq(&current, transport) {
+            *current = Arc::new(self::transport(&self.settings));
         }
     }
 
