@@ -106,6 +106,8 @@ pub mod backend;
 pub mod bus;
 pub mod consumer;
 pub mod dead_letter;
+#[cfg(feature = "email")]
+pub mod email;
 pub mod event;
 mod failure;
 mod handling;
