@@ -86,7 +86,10 @@ async fn receive(State(seen): State<Arc<Seen>>, request: Request) -> StatusCode 
         .and_then(|v| v["data"]["sent_us"].as_u64());
     let now = now_us();
     if let Some(sent) = sent {
-        seen.latencies.lock().unwrap().push(now.saturating_sub(sent));
+        seen.latencies
+            .lock()
+            .unwrap()
+            .push(now.saturating_sub(sent));
     }
     seen.healthy.fetch_add(1, SeqCst);
     seen.last_us.fetch_max(now, SeqCst);
@@ -137,7 +140,9 @@ async fn throughput(events: u64, bad: bool) -> f64 {
     let healthy = if bad { ENDPOINTS - 2 } else { ENDPOINTS } as u64;
     let start = now_us();
     for order in 0..events {
-        bus.notify(OrderShipped::new(order, now_us())).await.unwrap();
+        bus.notify(OrderShipped::new(order, now_us()))
+            .await
+            .unwrap();
     }
     while seen.healthy.load(SeqCst) < events * healthy {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -195,7 +200,9 @@ async fn latency(secs: u64, bad: bool) -> (Duration, Duration) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     for order in 0..events {
         tick.tick().await;
-        bus.notify(OrderShipped::new(order, now_us())).await.unwrap();
+        bus.notify(OrderShipped::new(order, now_us()))
+            .await
+            .unwrap();
     }
     while seen.healthy.load(SeqCst) < events * healthy {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -218,7 +225,9 @@ async fn main() {
     let (runs, events, secs) = if quick { (1, 30, 3) } else { (3, 100, 5) };
     epoch();
     let deliveries = events * ENDPOINTS as u64;
-    println!("{events} events x {ENDPOINTS} endpoints = {deliveries} deliveries per run, median of {runs}");
+    println!(
+        "{events} events x {ENDPOINTS} endpoints = {deliveries} deliveries per run, median of {runs}"
+    );
 
     let (mut base, mut good, mut bad) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
@@ -231,7 +240,10 @@ async fn main() {
     println!("| measurement | deliveries/s | vs raw reqwest |");
     println!("| --- | --- | --- |");
     println!("| raw reqwest posts, 64 tasks | {base:.0} | 1.00x |");
-    println!("| webhooks, 100 healthy endpoints | {good:.0} | {:.2}x |", good / base);
+    println!(
+        "| webhooks, 100 healthy endpoints | {good:.0} | {:.2}x |",
+        good / base
+    );
     println!(
         "| webhooks, 98 healthy + 1 failing + 1 slow (healthy counted) | {bad:.0} | {:.2}x |",
         bad / base
@@ -251,7 +263,9 @@ async fn main() {
     let (p50_good, p99_good, p50_bad, p99_bad) =
         (ms(p50_good), ms(p99_good), ms(p50_bad), ms(p99_bad));
     println!();
-    println!("Latency at 2,000 deliveries/s (20 events/s x 100 endpoints), notify to request, healthy endpoints:");
+    println!(
+        "Latency at 2,000 deliveries/s (20 events/s x 100 endpoints), notify to request, healthy endpoints:"
+    );
     println!();
     println!("| endpoints | p50 | p99 |");
     println!("| --- | --- | --- |");

@@ -180,6 +180,7 @@ fn quick() -> Vec<Duration> {
 /// Webhooks allowed to reach the loopback receivers.
 fn webhooks(endpoints: &StaticEndpoints) -> eventbus::webhooks::WebhooksBuilder {
     Webhooks::builder(endpoints.clone())
+        .in_memory()
         .allow("127.0.0.1/32".parse().unwrap())
         .schedule(quick())
         .timeout(Duration::from_secs(5))
@@ -576,6 +577,7 @@ async fn the_guard_refuses_private_addresses_before_any_connect() {
     }
     // No allowlist: the guard as it ships.
     let webhooks = Webhooks::builder(endpoints.clone())
+        .in_memory()
         .resolver(PointsAt("127.0.0.1".parse().unwrap()))
         .schedule([Duration::ZERO])
         .build()
@@ -731,7 +733,7 @@ impl EndpointSource for Unreachable {
 
 #[tokio::test]
 async fn an_unreadable_endpoint_source_fails_the_event_and_loses_it_not() {
-    let webhooks = Webhooks::builder(Unreachable).build().unwrap();
+    let webhooks = Webhooks::builder(Unreachable).in_memory().build().unwrap();
     let bus = bus_with(&webhooks).await;
     bus.notify(UserCreated::new(1)).await.unwrap();
     bus.drain().await.unwrap();
@@ -748,18 +750,41 @@ async fn an_unreadable_endpoint_source_fails_the_event_and_loses_it_not() {
 #[tokio::test]
 async fn impossible_settings_are_refused_with_the_fix() {
     let endpoints = StaticEndpoints::new();
+    let err = Webhooks::builder(endpoints.clone()).build().unwrap_err();
+    assert!(
+        err.to_string().contains("`store_path(file)`") && err.to_string().contains("`in_memory()`"),
+        "{err}"
+    );
     let err = Webhooks::builder(endpoints.clone())
+        .in_memory()
         .schedule([])
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("at least one delay"), "{err}");
     let err = Webhooks::builder(endpoints.clone())
+        .in_memory()
+        .schedule([Duration::ZERO, Duration::MAX])
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("over the 30 days"), "{err}");
+    let err = Webhooks::builder(endpoints.clone())
+        .in_memory()
         .per_endpoint(0)
         .build()
         .unwrap_err();
     assert_eq!(
         err.to_string(),
         "webhook setting `per_endpoint` must be above zero"
+    );
+    let err = Webhooks::builder(endpoints.clone())
+        .in_memory()
+        .concurrency(4)
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`per_endpoint` (4) is over half of `concurrency` (4)"),
+        "{err}"
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -786,4 +811,137 @@ async fn impossible_settings_are_refused_with_the_fix() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("file of their own"), "{err}");
+}
+
+/// A source whose lookups panic a few times, then work.
+struct PanicsFirst {
+    inner: StaticEndpoints,
+    panics: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl EndpointSource for PanicsFirst {
+    async fn endpoints(
+        &self,
+        topic: &str,
+        account: Option<&str>,
+    ) -> Result<Vec<Endpoint>, BoxError> {
+        self.inner.endpoints(topic, account).await
+    }
+
+    async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, BoxError> {
+        if self.panics.fetch_sub(1, SeqCst) > 0 {
+            panic!("endpoint cache corrupted");
+        }
+        self.inner.endpoint(id).await
+    }
+
+    async fn disable(&self, id: &str, reason: &str) -> Result<(), BoxError> {
+        self.inner.disable(id, reason).await
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_attempt_is_a_failed_attempt_and_the_schedule_goes_on() {
+    let receiver = Receiver::start(ok).await;
+    let inner = StaticEndpoints::new();
+    inner.insert(Endpoint::new("ep", &receiver.url("/hook"), SECRET).unwrap());
+    let source = PanicsFirst {
+        inner,
+        panics: AtomicUsize::new(2),
+    };
+    let webhooks = Webhooks::builder(source)
+        .in_memory()
+        .allow("127.0.0.1/32".parse().unwrap())
+        .schedule([
+            Duration::from_millis(150),
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+        ])
+        .build()
+        .unwrap();
+    let bus = bus_with(&webhooks).await;
+    let event = UserCreated::new(1);
+    let (id, occurred_at) = (event.meta.id, event.meta.occurred_at);
+    bus.notify(event).await.unwrap();
+    until("the request", || receiver.on("/hook").len() == 1).await;
+    webhooks.idle().await.unwrap();
+
+    let attempts = webhooks.attempts_of_event(id).await.unwrap();
+    let errors: Vec<_> = attempts.iter().map(|a| a.error.clone()).collect();
+    assert_eq!(
+        errors,
+        [
+            Some("panicked: endpoint cache corrupted".to_owned()),
+            Some("panicked: endpoint cache corrupted".to_owned()),
+            None
+        ]
+    );
+    // The first delay of the schedule comes before the first attempt.
+    assert!(
+        attempts[0].at - occurred_at >= chrono::Duration::milliseconds(130),
+        "first attempt {} after the event",
+        attempts[0].at - occurred_at
+    );
+    assert!(matches!(
+        webhooks.deliveries_of_event(id).await.unwrap()[0].state,
+        DeliveryState::Delivered
+    ));
+    assert!(bus.shutdown().await.is_clean());
+}
+
+#[tokio::test]
+async fn pruning_deletes_finished_deliveries_and_their_attempts() {
+    let receiver = Receiver::start(|path, _| match path {
+        "/down" => Reply::status(500),
+        _ => Reply::status(200),
+    })
+    .await;
+    let endpoints = StaticEndpoints::new();
+    endpoints.insert(Endpoint::new("up", &receiver.url("/up"), SECRET).unwrap());
+    endpoints.insert(Endpoint::new("down", &receiver.url("/down"), SECRET).unwrap());
+    let webhooks = webhooks(&endpoints)
+        .schedule([Duration::ZERO, Duration::from_secs(3600)])
+        .build()
+        .unwrap();
+    let bus = bus_with(&webhooks).await;
+    bus.notify(UserCreated::new(1)).await.unwrap();
+    until("both first attempts", || {
+        receiver.on("/up").len() == 1 && receiver.on("/down").len() == 1
+    })
+    .await;
+    webhooks.idle().await.unwrap();
+
+    assert_eq!(
+        webhooks.prune(Duration::from_secs(60)).await.unwrap(),
+        0,
+        "too recent"
+    );
+    assert_eq!(
+        webhooks.prune(Duration::ZERO).await.unwrap(),
+        1,
+        "the delivered one"
+    );
+    let left = webhooks.deliveries(None, None, 0, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].endpoint.as_str(), left[0].state),
+        ("down", DeliveryState::Pending)
+    );
+    assert!(
+        webhooks
+            .attempts_of_endpoint("up", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        webhooks
+            .attempts_of_endpoint("down", 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(bus.shutdown().await.is_clean());
 }

@@ -55,11 +55,18 @@ impl Permanent {
     }
 
     /// Whether `error`, or any error in its chain of sources, is a
-    /// `Permanent`.
+    /// `Permanent`. An `io::Error` made with `io::Error::other(permanent)`
+    /// counts too, though it does not give its inner error as a source.
     pub fn is_in(error: &(dyn Error + 'static)) -> bool {
         let mut next = Some(error);
         while let Some(error) = next {
             if error.is::<Permanent>() {
+                return true;
+            }
+            if let Some(io) = error.downcast_ref::<std::io::Error>()
+                && let Some(inner) = io.get_ref()
+                && Permanent::is_in(inner)
+            {
                 return true;
             }
             next = error.source();
@@ -85,5 +92,23 @@ impl fmt::Display for Permanent {
 impl Error for Permanent {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         self.inner.source()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn found_through_sources_and_inside_io_errors() {
+        let plain: BoxError = "timeout".into();
+        assert!(!Permanent::is_in(&*plain));
+        let marked: BoxError = Permanent::msg("550 no such mailbox").into();
+        assert!(Permanent::is_in(&*marked));
+        assert_eq!(marked.to_string(), "550 no such mailbox");
+        let io = std::io::Error::other(Permanent::msg("refused"));
+        assert!(Permanent::is_in(&io));
+        let io = std::io::Error::other("refused");
+        assert!(!Permanent::is_in(&io));
     }
 }

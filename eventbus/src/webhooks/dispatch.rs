@@ -8,7 +8,9 @@ use super::sign::signature_header;
 use super::store::{Claimed, DeliveryState, Finished};
 use super::{EndpointDisabled, Inner};
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -28,7 +30,10 @@ pub(crate) async fn run(inner: Arc<Inner>, stop: Arc<tokio::sync::Notify>) {
     if let Err(err) = inner.store.recover().await {
         tracing::error!(error = %crate::failure::error_chain(&err).join(": "), "webhook store: could not recover deliveries left sending");
     }
-    let mut running: JoinSet<String> = JoinSet::new();
+    let mut running: JoinSet<()> = JoinSet::new();
+    // The endpoint of each running attempt, by task: a task that panics
+    // still frees its endpoint's slot.
+    let mut endpoints: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut busy: HashMap<String, usize> = HashMap::new();
     let stopped = stop.notified();
     tokio::pin!(stopped);
@@ -45,12 +50,10 @@ pub(crate) async fn run(inner: Arc<Inner>, stop: Arc<tokio::sync::Notify>) {
                 Ok(claimed) => {
                     for delivery in claimed {
                         *busy.entry(delivery.endpoint.clone()).or_insert(0) += 1;
+                        let endpoint = delivery.endpoint.clone();
                         let inner = Arc::clone(&inner);
-                        running.spawn(async move {
-                            let endpoint = delivery.endpoint.clone();
-                            attempt(&inner, delivery).await;
-                            endpoint
-                        });
+                        let task = running.spawn(async move { attempt(&inner, delivery).await });
+                        endpoints.insert(task.id(), endpoint);
                     }
                 }
                 Err(err) => {
@@ -75,20 +78,24 @@ pub(crate) async fn run(inner: Arc<Inner>, stop: Arc<tokio::sync::Notify>) {
         tokio::select! {
             () = &mut stopped => break,
             () = inner.wake.notified() => {}
-            Some(done) = running.join_next() => {
-                if let Ok(endpoint) = done {
-                    if let Some(n) = busy.get_mut(&endpoint) {
-                        *n -= 1;
-                        if *n == 0 {
-                            busy.remove(&endpoint);
-                        }
+            Some(done) = running.join_next_with_id() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(err) => {
+                        // Attempts catch their own panics; this is one
+                        // in recording it, which leaves the delivery
+                        // `sending` until the next start.
+                        tracing::error!(error = %err, "a webhook attempt panicked");
+                        err.id()
                     }
-                } else {
-                    // A panicking attempt: its delivery stays `sending`
-                    // until the next start, and its endpoint's count is
-                    // rebuilt from what is still running.
-                    busy.clear();
-                    tracing::error!("a webhook attempt panicked");
+                };
+                if let Some(endpoint) = endpoints.remove(&id)
+                    && let Some(n) = busy.get_mut(&endpoint)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        busy.remove(&endpoint);
+                    }
                 }
             }
             () = sleep, if wait.is_some() => {}
@@ -102,10 +109,19 @@ pub(crate) async fn run(inner: Arc<Inner>, stop: Arc<tokio::sync::Notify>) {
 async fn attempt(inner: &Inner, delivery: Claimed) {
     let at = Utc::now();
     let started = std::time::Instant::now();
-    let outcome = send(inner, &delivery).await;
+    let outcome = AssertUnwindSafe(send(inner, &delivery))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Outcome::failed(format!(
+                "panicked: {}",
+                crate::failure::panic_message(&*panic)
+            ))
+        });
     let latency = started.elapsed();
     let attempts = delivery.attempts + 1;
     let schedule = &inner.settings.schedule;
+    let gone = matches!(outcome, Outcome::Gone { .. });
     let (state, next_at, status, response, error, disable) = match outcome {
         Outcome::Delivered { status, response } => (
             DeliveryState::Delivered,
@@ -115,14 +131,9 @@ async fn attempt(inner: &Inner, delivery: Claimed) {
             None,
             None,
         ),
-        Outcome::Gone { reason } => (
-            DeliveryState::Failed,
-            at,
-            None,
-            None,
-            Some(reason.clone()),
-            Some(reason),
-        ),
+        // Disabled or deleted at its source: nothing more to do, and
+        // nothing to say; whoever did it knows.
+        Outcome::Gone { reason } => (DeliveryState::Failed, at, None, None, Some(reason), None),
         Outcome::Gave {
             status: Some(410),
             response,
@@ -152,7 +163,10 @@ async fn attempt(inner: &Inner, delivery: Claimed) {
                     }
                     (
                         DeliveryState::Pending,
-                        at + chrono::Duration::from_std(delay).unwrap_or_default(),
+                        at.checked_add_signed(
+                            chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+                        )
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC),
                         status,
                         response,
                         Some(error),
@@ -170,6 +184,7 @@ async fn attempt(inner: &Inner, delivery: Claimed) {
             }
         }
     };
+    let failing = error.is_some() && !gone;
     let finished = Finished {
         delivery: delivery.id,
         endpoint: delivery.endpoint.clone(),
@@ -183,8 +198,9 @@ async fn attempt(inner: &Inner, delivery: Claimed) {
         state,
         attempts,
         next_at,
+        failing,
     };
-    match inner.store.finish(finished).await {
+    match record(inner, finished).await {
         Ok(Some(since)) if disable.is_none() => {
             let failing_for = (Utc::now() - since).to_std().unwrap_or_default();
             if failing_for >= inner.settings.disable_after {
@@ -198,18 +214,34 @@ async fn attempt(inner: &Inner, delivery: Claimed) {
             }
         }
         Ok(_) => {}
-        Err(err) => tracing::error!(
-            delivery = delivery.id,
-            error = %crate::failure::error_chain(&err).join(": "),
-            "webhook store: could not record an attempt; the delivery goes again at the next start",
-        ),
+        Err(()) => return,
     }
     if let Some(reason) = disable {
         disable_endpoint(inner, &delivery.endpoint, reason, None).await;
     }
 }
 
-/// Disables an endpoint at its source, and says so on the bus.
+/// Records an attempt, trying again while the store refuses (a lock held
+/// elsewhere, a full disk): the attempt keeps its endpoint's slot until
+/// then. `Err` only when the dispatcher stops first, which leaves the
+/// delivery `sending`, to go again at the next start.
+async fn record(inner: &Inner, finished: Finished) -> Result<Option<DateTime<Utc>>, ()> {
+    loop {
+        match inner.store.finish(finished.clone()).await {
+            Ok(since) => return Ok(since),
+            Err(err) => {
+                tracing::error!(
+                    delivery = finished.delivery,
+                    error = %crate::failure::error_chain(&err).join(": "),
+                    "webhook store: could not record an attempt; trying again",
+                );
+                tokio::time::sleep(STORE_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Disables an endpoint at its source, and says so on the bus once.
 async fn disable_endpoint(
     inner: &Inner,
     endpoint: &str,
@@ -220,7 +252,14 @@ async fn disable_endpoint(
     if let Err(err) = inner.source.disable(endpoint, &reason).await {
         tracing::error!(endpoint, error = %crate::failure::error_chain(&*err).join(": "), "the endpoint source could not disable an endpoint");
     }
-    let _ = inner.store.forget_health(endpoint.to_owned()).await;
+    match inner.store.mark_disabled(endpoint.to_owned()).await {
+        Ok(true) => {}
+        // Disabled already: announced then.
+        Ok(false) => return,
+        Err(err) => {
+            tracing::error!(endpoint, error = %crate::failure::error_chain(&err).join(": "), "webhook store: could not mark an endpoint disabled");
+        }
+    }
     let bus = inner.announce.lock().expect("announce lock").clone();
     if let Some(bus) = bus {
         let event = EndpointDisabled::new(endpoint.to_owned(), reason, failing_since);
@@ -232,7 +271,7 @@ async fn disable_endpoint(
 
 /// Spreads retries by ±10%, so endpoints that failed together do not all
 /// come back in the same instant.
-fn jitter(delay: Duration) -> Duration {
+pub(crate) fn jitter(delay: Duration) -> Duration {
     delay.mul_f64(0.9 + 0.2 * fastrand::f64())
 }
 

@@ -172,7 +172,8 @@ pub trait EndpointSource: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// Any error is logged; the endpoint's deliveries stop anyway.
+    /// Any error is logged. The endpoint's next failure tries again; its
+    /// disabling is announced once all the same.
     async fn disable(&self, id: &str, reason: &str) -> Result<(), BoxError>;
 }
 

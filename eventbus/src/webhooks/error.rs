@@ -25,7 +25,23 @@ pub enum EndpointError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WebhooksError {
-    /// The retry schedule is empty or too long.
+    /// Neither a file nor memory was chosen for the deliveries.
+    #[error(
+        "choose where webhook deliveries are kept: `store_path(file)` so they survive a restart, or `in_memory()`"
+    )]
+    NoStore,
+    /// A per-endpoint limit over half the concurrency, which would let one
+    /// slow endpoint hold most of the slots.
+    #[error(
+        "webhook setting `per_endpoint` ({per_endpoint}) is over half of `concurrency` ({concurrency}); one slow endpoint would hold most of the slots"
+    )]
+    PerEndpoint {
+        /// The per-endpoint limit.
+        per_endpoint: usize,
+        /// The limit across endpoints.
+        concurrency: usize,
+    },
+    /// The retry schedule is empty, too long, or has too long a delay.
     #[error("webhook schedule: {0}")]
     Schedule(String),
     /// A limit or timeout of zero.

@@ -37,8 +37,8 @@
 //!
 //! Delivery is at least once: a process killed mid-attempt sends that
 //! delivery again at its next start. With the store in a file, pending
-//! deliveries and their schedules survive a restart; in memory (the
-//! default) they do not.
+//! deliveries and their schedules survive a restart; in memory (chosen
+//! with [`in_memory`](WebhooksBuilder::in_memory)) they do not.
 //!
 //! # Examples
 //!
@@ -122,6 +122,9 @@ pub struct EndpointDisabled {
     pub failing_since: Option<DateTime<Utc>>,
 }
 
+/// The longest delay a schedule may have.
+const MAX_DELAY: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The default schedule: the delay before each attempt.
 const SCHEDULE: [u64; 8] = [
     0,
@@ -162,7 +165,7 @@ struct Inner {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct WebhooksBuilder {
     source: Box<dyn EndpointSource>,
-    store: Option<PathBuf>,
+    store: Option<Option<PathBuf>>,
     schedule: Vec<Duration>,
     concurrency: usize,
     per_endpoint: usize,
@@ -192,15 +195,23 @@ impl fmt::Debug for WebhooksBuilder {
 impl WebhooksBuilder {
     /// Keeps the deliveries in a SQLite file at `path`, created if missing,
     /// so they survive a restart. Give the webhooks a file of their own.
-    /// The default keeps them in memory.
+    /// This or [`in_memory`](Self::in_memory) is required.
     pub fn store_path(mut self, path: impl Into<PathBuf>) -> Self {
-        self.store = Some(path.into());
+        self.store = Some(Some(path.into()));
+        self
+    }
+
+    /// Keeps the deliveries in memory: those not yet delivered when the
+    /// process stops are lost, though their events were finished. For
+    /// tests, and webhooks nobody minds losing.
+    pub fn in_memory(mut self) -> Self {
+        self.store = Some(None);
         self
     }
 
     /// The delay before each attempt, from the first: as many attempts as
-    /// delays. Each is spread by ±10%. The default is 0, 5 s, 5 min,
-    /// 30 min, 2 h, 5 h, 10 h, 10 h.
+    /// delays, each at most 30 days. Each is spread by ±10%. The default
+    /// is 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
     pub fn schedule(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
         self.schedule = delays.into_iter().collect();
         self
@@ -213,7 +224,9 @@ impl WebhooksBuilder {
     }
 
     /// Attempts in flight to one endpoint. Default 4: a slow endpoint holds
-    /// at most this many of the [`concurrency`](Self::concurrency) slots.
+    /// at most this many of the [`concurrency`](Self::concurrency) slots,
+    /// of which it may have at most half. Note that `concurrency /
+    /// per_endpoint` slow endpoints together still hold every slot.
     pub fn per_endpoint(mut self, attempts: usize) -> Self {
         self.per_endpoint = attempts;
         self
@@ -269,12 +282,24 @@ impl WebhooksBuilder {
     ///
     /// # Errors
     ///
-    /// [`WebhooksError::Schedule`] for an empty schedule or one of more than
-    /// 100 attempts, [`WebhooksError::Zero`] for a limit or timeout of
-    /// zero, [`WebhooksError::Store`] or [`WebhooksError::Layout`] for a
-    /// store that cannot be opened, [`WebhooksError::Client`] for a client
-    /// that cannot be built.
+    /// [`WebhooksError::NoStore`] when neither
+    /// [`store_path`](Self::store_path) nor [`in_memory`](Self::in_memory)
+    /// was chosen, [`WebhooksError::Schedule`] for an empty schedule, one of
+    /// more than 100 attempts or a delay over 30 days,
+    /// [`WebhooksError::Zero`] for a limit or timeout of zero,
+    /// [`WebhooksError::PerEndpoint`] for a per-endpoint limit over half
+    /// the concurrency, [`WebhooksError::Store`] or
+    /// [`WebhooksError::Layout`] for a store that cannot be opened,
+    /// [`WebhooksError::Client`] for a client that cannot be built.
     pub fn build(self) -> Result<Webhooks, WebhooksError> {
+        let Some(store) = self.store else {
+            return Err(WebhooksError::NoStore);
+        };
+        if let Some(long) = self.schedule.iter().find(|d| **d > MAX_DELAY) {
+            return Err(WebhooksError::Schedule(format!(
+                "a delay of {long:?} is over the 30 days allowed"
+            )));
+        }
         if self.schedule.is_empty() {
             return Err(WebhooksError::Schedule(
                 "it is empty; give at least one delay (`Duration::ZERO` for at once)".to_owned(),
@@ -296,10 +321,16 @@ impl WebhooksBuilder {
                 return Err(WebhooksError::Zero { setting });
             }
         }
+        if self.per_endpoint > (self.concurrency / 2).max(1) {
+            return Err(WebhooksError::PerEndpoint {
+                per_endpoint: self.per_endpoint,
+                concurrency: self.concurrency,
+            });
+        }
         let guard = Guard::new(self.guarded, self.allowed, self.resolver);
         let client = dispatch::client(&guard, self.timeout, self.connect_timeout)
             .map_err(WebhooksError::Client)?;
-        let store = Store::open(self.store.as_deref())?;
+        let store = Store::open(store.as_deref())?;
         Ok(Webhooks {
             inner: Arc::new(Inner {
                 source: self.source,
@@ -477,6 +508,18 @@ impl Webhooks {
         Ok(())
     }
 
+    /// Deletes the deliveries that finished (delivered or failed) before
+    /// `age` ago, with their attempts: the store keeps every delivery and
+    /// attempt until then. Returns how many deliveries it deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`WebhooksError::Store`] when the store cannot be written.
+    pub async fn prune(&self, age: Duration) -> Result<u64, WebhooksError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        self.inner.store.prune(cutoff).await
+    }
+
     /// Waits until no delivery is being sent or due: what is left waits
     /// for a later attempt. For tests and examples; a service does not need
     /// to wait for its webhooks.
@@ -548,7 +591,7 @@ impl IntoConsumer for WebhookConsumer {
     }
 
     fn describe(&self) -> Option<String> {
-        Some("Webhooks".to_owned())
+        Some("webhooks::Webhooks".to_owned())
     }
 }
 
@@ -574,6 +617,7 @@ impl Consumer for Started {
             .source
             .endpoints(&hook.topic, hook.account.as_deref())
             .await?;
+        let first = self.inner.settings.schedule[0];
         let meta = event.meta();
         let body: Arc<[u8]> = serde_json::to_vec(&serde_json::json!({
             "type": hook.topic,
@@ -596,12 +640,15 @@ impl Consumer for Started {
         if deliveries.is_empty() {
             return Ok(());
         }
-        self.inner.store.enqueue(deliveries).await?;
+        self.inner
+            .store
+            .enqueue(deliveries, dispatch::jitter(first))
+            .await?;
         self.inner.wake.notify_one();
         Ok(())
     }
 
     fn describe(&self) -> Option<String> {
-        Some("Webhooks".to_owned())
+        Some("webhooks::Webhooks".to_owned())
     }
 }

@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
 CREATE INDEX IF NOT EXISTS deliveries_endpoint ON deliveries (endpoint, state, id);
+CREATE INDEX IF NOT EXISTS deliveries_endpoint_id ON deliveries (endpoint, id);
+CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (state, created_at);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
     delivery INTEGER NOT NULL,
@@ -50,9 +52,11 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 CREATE INDEX IF NOT EXISTS attempts_endpoint ON attempts (endpoint, id);
 CREATE INDEX IF NOT EXISTS attempts_event ON attempts (event_id, id);
+CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery, id);
 CREATE TABLE IF NOT EXISTS endpoint_health (
     endpoint TEXT PRIMARY KEY,
-    failing_since INTEGER
+    failing_since INTEGER,
+    disabled_at INTEGER
 );
 ";
 
@@ -162,6 +166,7 @@ pub(crate) struct Claimed {
 }
 
 /// What became of an attempt.
+#[derive(Clone)]
 pub(crate) struct Finished {
     pub(crate) delivery: i64,
     pub(crate) endpoint: String,
@@ -176,6 +181,9 @@ pub(crate) struct Finished {
     pub(crate) state: DeliveryState,
     pub(crate) attempts: u32,
     pub(crate) next_at: DateTime<Utc>,
+    /// Whether it counts against the endpoint's health: a failed request,
+    /// not an endpoint disabled or deleted at its source.
+    pub(crate) failing: bool,
 }
 
 /// The SQLite file, shared by the consumer, the dispatcher and the handle.
@@ -271,13 +279,15 @@ impl Store {
         })
     }
 
-    /// Adds the deliveries of one webhook, due now; those already there
-    /// (the event handled again) are left as they are.
+    /// Adds the deliveries of one webhook, due after `delay`; those
+    /// already there (the event handled again) are left as they are.
     pub(crate) async fn enqueue(
         &self,
         deliveries: Vec<NewDeliveryOwned>,
+        delay: Duration,
     ) -> Result<usize, WebhooksError> {
         let now = millis(Utc::now());
+        let due = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         self.run(move |conn| {
             let tx = conn.transaction()?;
             let mut added = 0;
@@ -285,7 +295,7 @@ impl Store {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO deliveries
                          (endpoint, message, event_id, topic, body, state, next_at, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)
                      ON CONFLICT (message, endpoint) DO NOTHING",
                 )?;
                 for d in &deliveries {
@@ -295,6 +305,7 @@ impl Store {
                         d.event_id.to_string(),
                         d.topic,
                         &d.body[..],
+                        due,
                         now
                     ])?;
                 }
@@ -451,10 +462,11 @@ impl Store {
                     [&done.endpoint],
                 )?;
                 None
-            } else if done.error.is_some() {
+            } else if done.failing {
                 tx.execute(
                     "INSERT INTO endpoint_health (endpoint, failing_since) VALUES (?1, ?2)
-                     ON CONFLICT (endpoint) DO NOTHING",
+                     ON CONFLICT (endpoint) DO UPDATE
+                     SET failing_since = coalesce(failing_since, excluded.failing_since)",
                     params![done.endpoint, millis(done.at)],
                 )?;
                 tx.query_row(
@@ -473,15 +485,44 @@ impl Store {
         .await
     }
 
-    /// Forgets an endpoint's failures, once it is disabled: enabled again,
-    /// it starts with a clean record.
-    pub(crate) async fn forget_health(&self, endpoint: String) -> Result<(), WebhooksError> {
+    /// Marks an endpoint disabled and forgets its failures, so that enabled
+    /// again it starts with a clean record: `true` when it was not marked
+    /// already, the one time its disabling is announced. The mark goes
+    /// with its next success.
+    pub(crate) async fn mark_disabled(&self, endpoint: String) -> Result<bool, WebhooksError> {
+        let now = millis(Utc::now());
         self.run(move |conn| {
-            conn.execute(
-                "DELETE FROM endpoint_health WHERE endpoint = ?1",
-                [endpoint],
+            let changed = conn.execute(
+                "INSERT INTO endpoint_health (endpoint, failing_since, disabled_at)
+                 VALUES (?1, NULL, ?2)
+                 ON CONFLICT (endpoint) DO UPDATE
+                 SET failing_since = NULL, disabled_at = excluded.disabled_at
+                 WHERE disabled_at IS NULL",
+                params![endpoint, now],
             )?;
-            Ok(())
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    /// Deletes deliveries that finished before `cutoff`, and their
+    /// attempts.
+    pub(crate) async fn prune(&self, cutoff: DateTime<Utc>) -> Result<u64, WebhooksError> {
+        let cutoff = millis(cutoff);
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "DELETE FROM attempts WHERE delivery IN (
+                     SELECT id FROM deliveries
+                     WHERE state IN ('delivered', 'failed') AND created_at < ?1)",
+                [cutoff],
+            )?;
+            let deleted = tx.execute(
+                "DELETE FROM deliveries WHERE state IN ('delivered', 'failed') AND created_at < ?1",
+                [cutoff],
+            )?;
+            tx.commit()?;
+            Ok(deleted as u64)
         })
         .await
     }
