@@ -102,25 +102,25 @@ async fn each_event_lists_the_subscriptions_it_reaches() {
         grep("invoice.paid"),
         [
             "route invoice.paid v1 -> alerts via Notifiable",
-            "route invoice.paid v1 -> analytics via Trackable",
-            "route invoice.paid v1 -> billing",
-            "route invoice.paid v1 -> everything",
+            "route invoice.paid v1 -> analytics via Trackable consumer=ProtocolConsumer<Trackable>",
+            "route invoice.paid v1 -> billing consumer=Recorder",
+            "route invoice.paid v1 -> everything consumer=Recorder",
         ]
     );
     // No protocol impl: not tracked, and no notification to alert on.
     assert_eq!(
         grep("invoice.voided"),
         [
-            "route invoice.voided v1 -> billing",
-            "route invoice.voided v1 -> everything",
+            "route invoice.voided v1 -> billing consumer=Recorder",
+            "route invoice.voided v1 -> everything consumer=Recorder",
         ]
     );
     // Its name passes `alerts`' patterns, but it is not Notifiable.
     assert_eq!(
         grep("user.created"),
         [
-            "route user.created v1 -> analytics via Trackable",
-            "route user.created v1 -> everything",
+            "route user.created v1 -> analytics via Trackable consumer=ProtocolConsumer<Trackable>",
+            "route user.created v1 -> everything consumer=Recorder",
         ]
     );
     // The lines sit under their event, after its impls.

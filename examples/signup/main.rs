@@ -1,26 +1,33 @@
 //! The signup example: a small accounts service posts events after its
-//! business logic, and four consumers turn them into analytics, emails,
-//! webhooks and an audit log, each on its own subscription.
+//! business logic, and four consumers turn them into analytics batches,
+//! emails over SMTP, signed webhooks and an audit log, each on its own
+//! subscription. The far ends (an analytics collector, an SMTP server and a
+//! customer's webhook endpoint that checks every signature) are started by
+//! the example itself, on 127.0.0.1.
 //!
-//! Run it with `cargo run --example signup`, then run it again. Events live
-//! in a SQLite file, and the customers' webhook endpoint is slow, so the
-//! first run shuts down before every webhook went out; the second run
-//! reports that backlog and delivers it.
+//! Run it with `cargo run --example signup`, then run it again. Events and
+//! webhook deliveries live in SQLite files, and the customer's webhook
+//! endpoint is slow, so the first run shuts down before every webhook went
+//! out; the second run reports that backlog and delivers it.
 
 mod events;
 mod protocols;
+mod receivers;
 mod service;
 mod sinks;
 #[cfg(test)]
 mod tests;
 
 use crate::protocols::Auditable;
+use crate::receivers::{Receivers, WEBHOOK_SECRET};
 use crate::service::Accounts;
-use crate::sinks::{JsonLines, Outbox, SlowEndpoint, Stdout};
-use eventbus::{BatchConfig, Bus, Notifiable, ProtocolConsumer, SqliteLog, Trackable, Webhookable};
+use crate::sinks::Stdout;
+use eventbus::analytics::Segment;
+use eventbus::email::{Mailer, RenderError, Rendered, Tls, render_fn};
+use eventbus::webhooks::{DeliveryState, Endpoint, StaticEndpoints, Webhooks};
+use eventbus::{BatchConfig, Bus, ProtocolConsumer, SqliteLog};
 use std::error::Error;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::main]
@@ -39,13 +46,18 @@ async fn main() -> Result<(), Box<dyn Error>> {
         db.display()
     );
 
-    let sinks = subscribe(&bus, &out).await?;
+    let receivers = Receivers::start(Duration::from_millis(150)).await?;
+    let webhooks = subscribe(&bus, &out, &receivers).await?;
 
     for s in bus.stats().iter().filter(|s| s.lag > 0) {
         println!(
             "resuming: `{}` is {} event(s) behind from the last run",
             s.name, s.lag
         );
+    }
+    let backlog = unsent(&webhooks).await?;
+    if backlog > 0 {
+        println!("resuming: {backlog} webhook deliveries were still pending from the last run");
     }
 
     println!("signing up 12 users...");
@@ -79,9 +91,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         // whatever is not finished within the shutdown timeout stays in
         // the log for the next run.
         println!("first run: shutting down without waiting for the slow webhook endpoint...");
+        bus.drain().await?;
     } else {
         println!("draining...");
-        bus.drain().await.unwrap();
+        bus.drain().await?;
+        webhooks.idle().await?;
     }
     let stats = bus.stats();
     let report = bus.shutdown().await;
@@ -104,59 +118,101 @@ async fn main() -> Result<(), Box<dyn Error>> {
             db.display()
         );
     }
-    println!("analytics: {}", sinks.analytics.path().display());
-    println!("webhooks:  {}", sinks.webhooks.path().display());
-    println!("registry:  examples/signup/events.registry (`grep user.created` it)");
+    let pending = unsent(&webhooks).await?;
+    let (verified, refused) = receivers.webhooks.counts();
+    println!();
+    println!(
+        "customer endpoint: {verified} webhook(s) with a verified signature, {refused} refused; {pending} still pending in {}",
+        out.join("webhooks.db").display()
+    );
+    println!(
+        "analytics collector: {} track call(s)",
+        receivers.analytics.calls().len()
+    );
+    let mails = receivers.smtp.received();
+    println!("SMTP server: {} message(s)", mails.len());
+    for mail in &mails {
+        let text = String::from_utf8_lossy(&mail.data);
+        let subject = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap_or("?");
+        println!("  to {}: {subject}", mail.envelope_to.join(", "));
+    }
+    println!("registry: examples/signup/events.registry (`grep user.created` it)");
     Ok(())
 }
 
-/// The files the side effects write to.
-struct Sinks {
-    analytics: Arc<JsonLines>,
-    webhooks: Arc<SlowEndpoint>,
+/// Webhook deliveries not sent yet: pending, or cut short mid-attempt by
+/// the last stop (those go again first).
+async fn unsent(webhooks: &Webhooks) -> Result<usize, Box<dyn Error>> {
+    let mut unsent = 0;
+    for state in [DeliveryState::Pending, DeliveryState::Sending] {
+        unsent += webhooks.deliveries(None, Some(state), 0, 1000).await?.len();
+    }
+    Ok(unsent)
 }
 
 /// Starts one subscription per side effect. Each sees only the events of
 /// its protocol, in batches where the sink prefers them. The example's test
 /// wires a bus with it too, to keep the routes in `events.registry` current.
-async fn subscribe(bus: &Bus, out: &Path) -> Result<Sinks, Box<dyn Error>> {
-    let analytics = Arc::new(JsonLines::create(out.join("analytics.jsonl"))?);
+async fn subscribe(
+    bus: &Bus,
+    out: &Path,
+    receivers: &Receivers,
+) -> Result<Webhooks, Box<dyn Error>> {
     bus.subscribe(
         "analytics",
-        ProtocolConsumer::<dyn Trackable, _>::new(Arc::clone(&analytics)).batch(BatchConfig {
-            size: 5,
-            timeout: Duration::from_millis(200),
-            ..BatchConfig::default()
-        }),
+        Segment::new("signup-example-write-key")
+            .endpoint(receivers.analytics.url())
+            .batch(BatchConfig {
+                size: 5,
+                timeout: Duration::from_millis(200),
+                ..BatchConfig::default()
+            }),
     )
     .start()
     .await?;
-    bus.subscribe("email", ProtocolConsumer::<dyn Notifiable, _>::new(Outbox))
-        .concurrent(8)
+
+    let mailer = Mailer::builder("127.0.0.1")
+        .port(receivers.smtp.port())
+        .tls(Tls::None) // a local relay; use `Tls::StartTls` (the default) for a provider
+        .from("Accounts <accounts@example.com>")
+        .render(render_fn(|note| match note.template.as_str() {
+            "welcome" => Ok(Rendered::new(
+                "Welcome aboard",
+                format!("Hello! Your account {} is ready.", note.data["user_id"]),
+            )),
+            "password-reset" => Ok(Rendered::new(
+                "Reset your password",
+                "Follow the link we sent to reset your password.",
+            )),
+            other => Err(RenderError::unknown_template(other)),
+        }))
+        .build()?;
+    bus.subscribe("email", mailer).concurrent(8).start().await?;
+
+    let endpoints = StaticEndpoints::new();
+    endpoints.insert(Endpoint::new(
+        "acme",
+        &receivers.webhooks.url(),
+        WEBHOOK_SECRET,
+    )?);
+    let webhooks = Webhooks::builder(endpoints)
+        .store_path(out.join("webhooks.db"))
+        // The example's customer endpoint is on this machine.
+        .allow("127.0.0.1/32".parse()?)
+        .per_endpoint(1)
+        .build()?;
+    bus.subscribe("webhooks", webhooks.consumer())
         .start()
         .await?;
-    let webhooks = Arc::new(SlowEndpoint::new(
-        JsonLines::create(out.join("webhooks.jsonl"))?,
-        Duration::from_millis(250),
-    ));
-    bus.subscribe(
-        "webhooks",
-        ProtocolConsumer::<dyn Webhookable, _>::new(Arc::clone(&webhooks)).batch(BatchConfig {
-            size: 1,
-            ..BatchConfig::default()
-        }),
-    )
-    .start()
-    .await?;
+
     bus.subscribe(
         "audit",
         ProtocolConsumer::<dyn Auditable, _>::new(Stdout("audit")),
     )
     .start()
     .await?;
-
-    Ok(Sinks {
-        analytics,
-        webhooks,
-    })
+    Ok(webhooks)
 }

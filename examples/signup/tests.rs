@@ -21,7 +21,12 @@ fn samples() -> Vec<AnyEvent> {
 async fn registry_file_is_current() {
     let out = tempfile::tempdir().unwrap();
     let bus = eventbus::Bus::builder().build().unwrap();
-    crate::subscribe(&bus, out.path()).await.unwrap();
+    let receivers = crate::receivers::Receivers::start(std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    crate::subscribe(&bus, out.path(), &receivers)
+        .await
+        .unwrap();
     eventbus::registry::assert_fresh_with(&bus, "examples/signup/events.registry");
     bus.shutdown().await;
 }
@@ -91,5 +96,37 @@ mod end_to_end {
         assert_eq!(names, ["user.created", "subscription.started"]);
         assert_eq!(audit.names(), ["subscription.started", "user.deleted"]);
         audit.assert_not_received::<UserCreated>(|_| true);
+    }
+
+    /// The real side effects, against the receivers the example starts:
+    /// the email reaches the SMTP server, the track calls the collector,
+    /// and the webhook the customer endpoint, which verifies its signature.
+    #[tokio::test]
+    async fn the_built_in_side_effects_reach_their_receivers() {
+        let out = tempfile::tempdir().unwrap();
+        let receivers = crate::receivers::Receivers::start(std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        let bus = Bus::builder().build().unwrap();
+        let webhooks = crate::subscribe(&bus, out.path(), &receivers)
+            .await
+            .unwrap();
+        let accounts = Accounts::new(bus.clone());
+        let signup = accounts.sign_up(7, "ada@example.com", "web").await.unwrap();
+        accounts.subscribe(&signup, "pro", 2_900).await.unwrap();
+        bus.drain().await.unwrap();
+        webhooks.idle().await.unwrap();
+
+        let mails = receivers.smtp.received();
+        assert_eq!(mails.len(), 1, "{mails:?}");
+        assert_eq!(mails[0].envelope_to, ["ada@example.com"]);
+        let text = String::from_utf8_lossy(&mails[0].data);
+        assert!(text.contains("Subject: Welcome aboard"), "{text}");
+        assert_eq!(
+            receivers.analytics.calls(),
+            ["user.created(7)", "subscription.started(7)"]
+        );
+        assert_eq!(receivers.webhooks.counts(), (1, 0), "one verified webhook");
+        assert!(bus.shutdown().await.is_clean());
     }
 }

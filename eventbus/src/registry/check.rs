@@ -121,7 +121,8 @@ pub fn assert_fresh(path: impl AsRef<Path>) {
 /// async fn events_registry_is_current() {
 ///     let bus = Bus::builder().build().unwrap();
 ///     wire(&bus).await.unwrap();
-///     // Lines such as `route user.created v1 -> analytics via Trackable`.
+///     // Lines such as `route user.created v1 -> analytics via Trackable
+///     // consumer=..`.
 ///     eventbus::registry::assert_fresh_with(&bus, "events.registry");
 ///     bus.shutdown().await;
 /// }

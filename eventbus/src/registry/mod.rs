@@ -257,7 +257,7 @@ impl Registry {
     ///
     /// ```text
     /// subscription analytics mode=sequential protocols=Trackable consumer=ProtocolConsumer<Trackable>
-    /// route user.created v1 -> analytics via Trackable
+    /// route user.created v1 -> analytics via Trackable consumer=ProtocolConsumer<Trackable>
     /// ```
     ///
     /// [`assert_fresh_with`] keeps a committed file of it current.
@@ -304,11 +304,17 @@ impl Registry {
         routes.render_subscriptions(&mut out);
         for e in &self.events {
             let (name, version) = (e.name(), e.version());
+            // eventbus's own events are placed by crate only, so a change
+            // inside eventbus leaves a service's committed file as it is.
+            let location = if e.type_path().starts_with("eventbus::") {
+                "eventbus".to_owned()
+            } else {
+                e.location()
+            };
             let _ = write!(
                 out,
-                "event {name} v{version} type={} at={}",
+                "event {name} v{version} type={} at={location}",
                 e.type_path(),
-                e.location()
             );
             if e.has_upcast() {
                 out.push_str(" upcasts-older-versions");

@@ -68,9 +68,11 @@ impl Routes {
         }
     }
 
-    /// `route user.created v1 -> analytics via Trackable`, one line per
-    /// subscription the event reaches; `via` names the protocols of the
-    /// filter that let it through.
+    /// `route user.created v1 -> analytics via Trackable
+    /// consumer=ProtocolConsumer<Trackable>`, one line per subscription the
+    /// event reaches; `via` names the protocols of the filter that let it
+    /// through, `consumer` the side effect, when its consumer describes
+    /// itself.
     pub(crate) fn render_routes(&self, event: &EventInfo, out: &mut String) {
         for w in &self.subscriptions {
             let Some((_, via)) = w.reaches.iter().find(|(ty, _)| *ty == event.type_id()) else {
@@ -85,6 +87,11 @@ impl Routes {
             );
             if !via.is_empty() {
                 let _ = write!(out, " via {}", via.join(","));
+            }
+            // What the event becomes there: `Webhooks`, `email::Mailer`,
+            // `ProtocolConsumer<Trackable>`, when the consumer says.
+            if let Some(consumer) = &w.consumer {
+                let _ = write!(out, " consumer={consumer}");
             }
             out.push('\n');
         }
