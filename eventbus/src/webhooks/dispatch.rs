@@ -25,29 +25,63 @@ const RETRY_AFTER_CAP: Duration = Duration::from_secs(24 * 60 * 60);
 /// failed.
 const STORE_BACKOFF: Duration = Duration::from_secs(1);
 
+/// What an attempt came to, for the dispatcher to record.
+pub(crate) struct Done {
+    finished: Finished,
+    /// Why the endpoint is to be disabled (it answered 410).
+    disable: Option<String>,
+}
+
 /// The dispatcher's loop, until `stop` is told.
+///
+/// Attempts run as tasks; what they come to is recorded by the loop, all
+/// that finished since the last round in one transaction, so the store
+/// commits once per round rather than once per request. An attempt holds
+/// its endpoint's slot until it is recorded.
 pub(crate) async fn run(inner: Arc<Inner>, stop: Arc<tokio::sync::Notify>) {
     if let Err(err) = inner.store.recover().await {
         tracing::error!(error = %crate::failure::error_chain(&err).join(": "), "webhook store: could not recover deliveries left sending");
     }
-    let mut running: JoinSet<()> = JoinSet::new();
+    let mut running: JoinSet<Done> = JoinSet::new();
     // The endpoint of each running attempt, by task: a task that panics
     // still frees its endpoint's slot.
     let mut endpoints: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut busy: HashMap<String, usize> = HashMap::new();
+    let mut done: Vec<Done> = Vec::new();
     let stopped = stop.notified();
     tokio::pin!(stopped);
     loop {
-        // Claim what is due, as far as the limits allow.
-        let room = inner.settings.concurrency.saturating_sub(running.len());
         let mut wait = None;
-        if room > 0 {
+        // Record what finished.
+        if !done.is_empty() {
+            let batch: Vec<Finished> = done.iter().map(|d| d.finished.clone()).collect();
+            match inner.store.finish_all(batch).await {
+                Ok(failing) => {
+                    for (d, since) in done.drain(..).zip(failing) {
+                        free(&mut busy, &d.finished.endpoint);
+                        after_recording(&inner, d, since);
+                    }
+                }
+                Err(err) => {
+                    // A lock held elsewhere, a full disk: the attempts
+                    // keep their slots and are recorded next round.
+                    tracing::error!(error = %crate::failure::error_chain(&err).join(": "), "webhook store: could not record attempts; trying again");
+                    wait = Some(STORE_BACKOFF);
+                }
+            }
+        }
+        // Claim what is due, as far as the limits allow.
+        let room = inner
+            .settings
+            .concurrency
+            .saturating_sub(running.len() + done.len());
+        if room > 0 && wait.is_none() {
             match inner
                 .store
                 .claim(room, inner.settings.per_endpoint, busy.clone())
                 .await
             {
-                Ok(claimed) => {
+                Ok((claimed, next)) => {
                     for delivery in claimed {
                         *busy.entry(delivery.endpoint.clone()).or_insert(0) += 1;
                         let endpoint = delivery.endpoint.clone();
@@ -55,6 +89,7 @@ pub(crate) async fn run(inner: Arc<Inner>, stop: Arc<tokio::sync::Notify>) {
                         let task = running.spawn(async move { attempt(&inner, delivery).await });
                         endpoints.insert(task.id(), endpoint);
                     }
+                    wait = next.map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
                 }
                 Err(err) => {
                     tracing::error!(error = %crate::failure::error_chain(&err).join(": "), "webhook store: could not claim due deliveries");
@@ -62,51 +97,77 @@ pub(crate) async fn run(inner: Arc<Inner>, stop: Arc<tokio::sync::Notify>) {
                 }
             }
         }
-        if wait.is_none() && running.len() < inner.settings.concurrency {
-            let full: Vec<String> = busy
-                .iter()
-                .filter(|(_, n)| **n >= inner.settings.per_endpoint)
-                .map(|(e, _)| e.clone())
-                .collect();
-            wait = match inner.store.next_due(full).await {
-                Ok(Some(at)) => Some((at - Utc::now()).to_std().unwrap_or(Duration::ZERO)),
-                Ok(None) => None,
-                Err(_) => Some(STORE_BACKOFF),
-            };
-        }
         let sleep = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600)));
         tokio::select! {
             () = &mut stopped => break,
             () = inner.wake.notified() => {}
-            Some(done) = running.join_next_with_id() => {
-                let id = match done {
-                    Ok((id, ())) => id,
-                    Err(err) => {
-                        // Attempts catch their own panics; this is one
-                        // in recording it, which leaves the delivery
-                        // `sending` until the next start.
-                        tracing::error!(error = %err, "a webhook attempt panicked");
-                        err.id()
+            Some(first) = running.join_next_with_id() => {
+                let mut next = Some(first);
+                while let Some(joined) = next {
+                    match joined {
+                        Ok((id, d)) => {
+                            endpoints.remove(&id);
+                            done.push(d);
+                        }
+                        Err(err) => {
+                            // Attempts catch their own panics; this is one
+                            // outside, which leaves the delivery `sending`
+                            // until the next start.
+                            tracing::error!(error = %err, "a webhook attempt panicked");
+                            if let Some(endpoint) = endpoints.remove(&err.id()) {
+                                free(&mut busy, &endpoint);
+                            }
+                        }
                     }
-                };
-                if let Some(endpoint) = endpoints.remove(&id)
-                    && let Some(n) = busy.get_mut(&endpoint)
-                {
-                    *n -= 1;
-                    if *n == 0 {
-                        busy.remove(&endpoint);
-                    }
+                    next = running.try_join_next_with_id();
                 }
             }
             () = sleep, if wait.is_some() => {}
         }
     }
-    // Attempts cut short stay `sending`, and go again at the next start.
+    // Attempts cut short, and those finished but not recorded, stay
+    // `sending`, and go again at the next start.
     running.abort_all();
 }
 
-/// Runs one attempt at `delivery` and records it.
-async fn attempt(inner: &Inner, delivery: Claimed) {
+/// An attempt at `endpoint` no longer holds its slot.
+fn free(busy: &mut HashMap<String, usize>, endpoint: &str) {
+    if let Some(n) = busy.get_mut(endpoint) {
+        *n -= 1;
+        if *n == 0 {
+            busy.remove(endpoint);
+        }
+    }
+}
+
+/// Disables the endpoint of a recorded attempt if it answered 410 or has
+/// been failing for too long, in a task of its own: its source and the bus
+/// may take their time.
+fn after_recording(inner: &Arc<Inner>, done: Done, failing_since: Option<DateTime<Utc>>) {
+    let endpoint = done.finished.endpoint;
+    let (reason, since) = match (done.disable, failing_since) {
+        (Some(reason), _) => (reason, None),
+        (None, Some(since)) => {
+            let failing_for = (Utc::now() - since).to_std().unwrap_or_default();
+            if failing_for < inner.settings.disable_after {
+                return;
+            }
+            let reason = format!(
+                "failing since {} ({}s), longer than the {}s allowed",
+                since.to_rfc3339(),
+                failing_for.as_secs(),
+                inner.settings.disable_after.as_secs()
+            );
+            (reason, Some(since))
+        }
+        (None, None) => return,
+    };
+    let inner = Arc::clone(inner);
+    tokio::spawn(async move { disable_endpoint(&inner, &endpoint, reason, since).await });
+}
+
+/// Runs one attempt at `delivery`: what it came to.
+async fn attempt(inner: &Inner, delivery: Claimed) -> Done {
     let at = Utc::now();
     let started = std::time::Instant::now();
     let outcome = AssertUnwindSafe(send(inner, &delivery))
@@ -200,45 +261,7 @@ async fn attempt(inner: &Inner, delivery: Claimed) {
         next_at,
         failing,
     };
-    match record(inner, finished).await {
-        Ok(Some(since)) if disable.is_none() => {
-            let failing_for = (Utc::now() - since).to_std().unwrap_or_default();
-            if failing_for >= inner.settings.disable_after {
-                let reason = format!(
-                    "failing since {} ({}s), longer than the {}s allowed",
-                    since.to_rfc3339(),
-                    failing_for.as_secs(),
-                    inner.settings.disable_after.as_secs()
-                );
-                disable_endpoint(inner, &delivery.endpoint, reason, Some(since)).await;
-            }
-        }
-        Ok(_) => {}
-        Err(()) => return,
-    }
-    if let Some(reason) = disable {
-        disable_endpoint(inner, &delivery.endpoint, reason, None).await;
-    }
-}
-
-/// Records an attempt, trying again while the store refuses (a lock held
-/// elsewhere, a full disk): the attempt keeps its endpoint's slot until
-/// then. `Err` only when the dispatcher stops first, which leaves the
-/// delivery `sending`, to go again at the next start.
-async fn record(inner: &Inner, finished: Finished) -> Result<Option<DateTime<Utc>>, ()> {
-    loop {
-        match inner.store.finish(finished.clone()).await {
-            Ok(since) => return Ok(since),
-            Err(err) => {
-                tracing::error!(
-                    delivery = finished.delivery,
-                    error = %crate::failure::error_chain(&err).join(": "),
-                    "webhook store: could not record an attempt; trying again",
-                );
-                tokio::time::sleep(STORE_BACKOFF).await;
-            }
-        }
-    }
+    Done { finished, disable }
 }
 
 /// Disables an endpoint at its source, and says so on the bus once.

@@ -329,13 +329,14 @@ impl Store {
     }
 
     /// Claims up to `room` due deliveries, at most `per_endpoint` in flight
-    /// per endpoint counting `busy`, and marks them `sending`.
+    /// per endpoint counting `busy`, and marks them `sending`; and says
+    /// when the next delivery of an endpoint with room left is due.
     pub(crate) async fn claim(
         &self,
         room: usize,
         per_endpoint: usize,
         busy: HashMap<String, usize>,
-    ) -> Result<Vec<Claimed>, WebhooksError> {
+    ) -> Result<(Vec<Claimed>, Option<DateTime<Utc>>), WebhooksError> {
         let now = millis(Utc::now());
         self.run(move |conn| {
             let mut busy = busy;
@@ -396,91 +397,93 @@ impl Store {
                     break;
                 }
             }
-            tx.commit()?;
-            Ok(claimed)
-        })
-        .await
-    }
-
-    /// When the next pending delivery of an endpoint not in `full` is due.
-    pub(crate) async fn next_due(
-        &self,
-        full: Vec<String>,
-    ) -> Result<Option<DateTime<Utc>>, WebhooksError> {
-        self.run(move |conn| {
+            // When the next delivery of an endpoint with room is due.
+            let full: Vec<&String> = busy
+                .iter()
+                .filter(|(_, n)| **n >= per_endpoint)
+                .map(|(e, _)| e)
+                .collect();
             let marks = vec!["?"; full.len()].join(",");
-            let sql = format!(
-                "SELECT min(next_at) FROM deliveries
-                 WHERE state = 'pending' AND endpoint NOT IN ({marks})"
-            );
-            let next: Option<i64> =
-                conn.query_row(&sql, rusqlite::params_from_iter(full.iter()), |r| r.get(0))?;
-            Ok(next.map(from_millis))
+            let next: Option<i64> = tx.query_row(
+                &format!(
+                    "SELECT min(next_at) FROM deliveries
+                     WHERE state = 'pending' AND endpoint NOT IN ({marks})"
+                ),
+                rusqlite::params_from_iter(full.iter()),
+                |r| r.get(0),
+            )?;
+            tx.commit()?;
+            Ok((claimed, next.map(from_millis)))
         })
         .await
     }
 
-    /// Records an attempt and the delivery's new state; returns when the
-    /// endpoint started failing (`None`: it is healthy again).
-    pub(crate) async fn finish(
+    /// Records attempts and their deliveries' new states, in one
+    /// transaction; for each, when its endpoint started failing (`None`:
+    /// it is healthy, or the attempt does not count against it).
+    pub(crate) async fn finish_all(
         &self,
-        done: Finished,
-    ) -> Result<Option<DateTime<Utc>>, WebhooksError> {
+        batch: Vec<Finished>,
+    ) -> Result<Vec<Option<DateTime<Utc>>>, WebhooksError> {
         self.run(move |conn| {
             let tx = conn.transaction()?;
-            tx.execute(
-                "INSERT INTO attempts
+            let mut failing = Vec::with_capacity(batch.len());
+            for done in batch {
+                tx.execute(
+                    "INSERT INTO attempts
                      (delivery, endpoint, event_id, at, status, latency_us, response, error, manual)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    done.delivery,
-                    done.endpoint,
-                    done.event_id,
-                    millis(done.at),
-                    done.status,
-                    i64::try_from(done.latency.as_micros()).unwrap_or(i64::MAX),
-                    done.response,
-                    done.error,
-                    done.manual,
-                ],
-            )?;
-            tx.execute(
-                "UPDATE deliveries
+                    params![
+                        done.delivery,
+                        done.endpoint,
+                        done.event_id,
+                        millis(done.at),
+                        done.status,
+                        i64::try_from(done.latency.as_micros()).unwrap_or(i64::MAX),
+                        done.response,
+                        done.error,
+                        done.manual,
+                    ],
+                )?;
+                tx.execute(
+                    "UPDATE deliveries
                  SET state = ?2, attempts = ?3, next_at = ?4, manual = 0, last_error = ?5
                  WHERE id = ?1",
-                params![
-                    done.delivery,
-                    done.state.as_str(),
-                    done.attempts,
-                    millis(done.next_at),
-                    done.error,
-                ],
-            )?;
-            let failing_since = if done.state == DeliveryState::Delivered {
-                tx.execute(
-                    "DELETE FROM endpoint_health WHERE endpoint = ?1",
-                    [&done.endpoint],
+                    params![
+                        done.delivery,
+                        done.state.as_str(),
+                        done.attempts,
+                        millis(done.next_at),
+                        done.error,
+                    ],
                 )?;
-                None
-            } else if done.failing {
-                tx.execute(
-                    "INSERT INTO endpoint_health (endpoint, failing_since) VALUES (?1, ?2)
+                let failing_since = if done.state == DeliveryState::Delivered {
+                    tx.execute(
+                        "DELETE FROM endpoint_health WHERE endpoint = ?1",
+                        [&done.endpoint],
+                    )?;
+                    None
+                } else if done.failing {
+                    tx.execute(
+                        "INSERT INTO endpoint_health (endpoint, failing_since) VALUES (?1, ?2)
                      ON CONFLICT (endpoint) DO UPDATE
                      SET failing_since = coalesce(failing_since, excluded.failing_since)",
-                    params![done.endpoint, millis(done.at)],
-                )?;
-                tx.query_row(
-                    "SELECT failing_since FROM endpoint_health WHERE endpoint = ?1",
-                    [&done.endpoint],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()?
-                .map(from_millis)
-            } else {
-                None
-            };
+                        params![done.endpoint, millis(done.at)],
+                    )?;
+                    tx.query_row(
+                        "SELECT failing_since FROM endpoint_health WHERE endpoint = ?1",
+                        [&done.endpoint],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .optional()?
+                    .map(from_millis)
+                } else {
+                    None
+                };
+                failing.push(failing_since);
+            }
             tx.commit()?;
-            Ok(failing_since)
+            Ok(failing)
         })
         .await
     }
