@@ -102,7 +102,8 @@ pub enum Discarded {
 }
 
 /// A dead letter as a store keeps it: the event as its name, version and
-/// JSON, and the errors as a JSON list.
+/// JSON, and the errors as a JSON list. Used by the durable backends' stores.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "nats"))]
 pub(crate) struct StoredLetter<'a> {
     pub(crate) id: u64,
     pub(crate) subscription: String,
@@ -118,6 +119,7 @@ pub(crate) struct StoredLetter<'a> {
     pub(crate) replaying: bool,
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "nats"))]
 impl StoredLetter<'_> {
     /// The letter as the bus sees it, or `None` (logged) when its event no
     /// longer decodes, such as one written by a newer version. It stays
