@@ -105,6 +105,8 @@ pub mod analytics;
 pub mod backend;
 pub mod bus;
 pub mod consumer;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 pub mod dead_letter;
 #[cfg(feature = "email")]
 pub mod email;

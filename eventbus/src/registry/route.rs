@@ -47,6 +47,12 @@ impl Routes {
         self.subscriptions.is_empty()
     }
 
+    /// Each subscription's wiring, by name.
+    #[cfg_attr(not(feature = "dashboard"), allow(dead_code))]
+    pub(crate) fn wirings(&self) -> &[Wiring] {
+        &self.subscriptions
+    }
+
     /// `subscription analytics mode=sequential protocols=Trackable consumer=..`,
     /// one line per subscription.
     pub(crate) fn render_subscriptions(&self, out: &mut String) {
