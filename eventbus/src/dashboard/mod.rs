@@ -18,8 +18,8 @@
 //!
 //! # Examples
 //!
-//! ```no_run
-//! # async fn run(bus: eventbus::Bus) -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # fn run(bus: eventbus::Bus) {
 //! use eventbus::dashboard::Dashboard;
 //!
 //! let ops = Dashboard::new(bus.clone())
@@ -27,10 +27,10 @@
 //!         request.headers.get("x-operator").is_some() // your own check here
 //!     })
 //!     .router();
-//! let app = axum::Router::new().nest("/ops/events", ops);
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, app).await?;
-//! # Ok(()) }
+//! // Your service's routes, served as they are now (`axum::serve`).
+//! let app: axum::Router = axum::Router::new().nest("/ops/events", ops);
+//! # let _ = app;
+//! # }
 //! ```
 
 mod assets;
