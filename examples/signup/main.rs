@@ -5,7 +5,9 @@
 //! customer's webhook endpoint that checks every signature) are started by
 //! the example itself, on 127.0.0.1.
 //!
-//! Run it with `cargo run --example signup`, then run it again. Events and
+//! Run it with `cargo run --example signup`, then run it again; with
+//! `-- --dashboard` it then serves its dashboard on 127.0.0.1:8080/ops
+//! until Ctrl-C. Events and
 //! webhook deliveries live in SQLite files, and the customer's webhook
 //! endpoint is slow, so the first run shuts down before every webhook went
 //! out; the second run reports that backlog and delivers it.
@@ -23,6 +25,7 @@ use crate::receivers::{Receivers, WEBHOOK_SECRET};
 use crate::service::Accounts;
 use crate::sinks::Stdout;
 use eventbus::analytics::Segment;
+use eventbus::dashboard::Dashboard;
 use eventbus::email::{Mailer, RenderError, Rendered, Tls, render_fn};
 use eventbus::webhooks::{DeliveryState, Endpoint, StaticEndpoints, Webhooks};
 use eventbus::{BatchConfig, Bus, ProtocolConsumer, SqliteLog};
@@ -97,6 +100,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         bus.drain().await?;
         webhooks.idle().await?;
     }
+    if let Some(address) = dashboard_address() {
+        serve_dashboard(&bus, &address).await?;
+    }
     let stats = bus.stats();
     let report = bus.shutdown().await;
 
@@ -140,6 +146,34 @@ async fn main() -> Result<(), Box<dyn Error>> {
         println!("  to {}: {subject}", mail.envelope_to.join(", "));
     }
     println!("registry: examples/signup/events.registry (`grep user.created` it)");
+    Ok(())
+}
+
+/// `--dashboard` (on 127.0.0.1:8080) or `--dashboard ADDRESS`.
+fn dashboard_address() -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--dashboard")?;
+    Some(
+        args.get(at + 1)
+            .filter(|a| !a.starts_with("--"))
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
+    )
+}
+
+/// Serves the bus's dashboard at `/ops` until Ctrl-C.
+async fn serve_dashboard(bus: &Bus, address: &str) -> Result<(), Box<dyn Error>> {
+    let app = axum::Router::new().nest("/ops", Dashboard::new(bus.clone()).router());
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    println!(
+        "dashboard: http://{}/ops (Ctrl-C to stop)",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }
 
