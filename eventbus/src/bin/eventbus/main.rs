@@ -364,6 +364,16 @@ async fn subscriptions(log: &Log, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The event's own fields: its metadata (id, name, time) has columns of
+/// its own in a table.
+fn without_meta(payload: &serde_json::Value) -> serde_json::Value {
+    let mut payload = payload.clone();
+    if let Some(fields) = payload.as_object_mut() {
+        fields.remove("meta");
+    }
+    payload
+}
+
 fn print_event(event: &EventRow, as_json: bool) {
     if as_json {
         json_line(event);
@@ -375,7 +385,7 @@ fn print_event(event: &EventRow, as_json: bool) {
             event.name,
             event.version,
             event.id,
-            clip(&event.payload.to_string(), 200)
+            clip(&without_meta(&event.payload).to_string(), 200)
         );
     }
 }

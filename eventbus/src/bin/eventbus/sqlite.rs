@@ -28,6 +28,8 @@ use std::time::Duration;
 const APPLICATION_ID: i64 = 0x4556_4253;
 /// The layout this tool reads: the library's current one.
 const SCHEMA_VERSION: i64 = 3;
+/// How long a lock held by a stopping service is waited for.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Rows one prune statement deletes, as the service's own pruning does.
 const PRUNE_SLICE: i64 = 10_000;
 
@@ -107,13 +109,26 @@ impl Sqlite {
             context: format!("opening {}", self.path.display()),
             source: Box::new(e),
         })?;
-        match file.try_lock() {
-            Ok(()) => Ok(None),
-            Err(TryLockError::WouldBlock) => Ok(Some(lock_holder(&self.path))),
-            Err(TryLockError::Error(e)) => Err(CliError::Database {
-                context: format!("checking whether a process holds {}", self.path.display()),
-                source: Box::new(e),
-            }),
+        // A service that is stopping lets go within moments: wait that
+        // long, as the library's own `open` does, before calling it held.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(None),
+                Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(TryLockError::WouldBlock) => return Ok(Some(lock_holder(&self.path))),
+                Err(TryLockError::Error(e)) => {
+                    return Err(CliError::Database {
+                        context: format!(
+                            "checking whether a process holds {}",
+                            self.path.display()
+                        ),
+                        source: Box::new(e),
+                    });
+                }
+            }
         }
     }
 
