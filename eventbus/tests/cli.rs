@@ -245,6 +245,59 @@ async fn sqlite_subscriptions_events_and_letters_as_tables_and_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_tail_follow_prints_events_as_they_are_appended() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    sqlite_log_with_letters(&path).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventbus"))
+        .args([
+            path.to_str().unwrap(),
+            "tail",
+            "--follow",
+            "--json",
+            "--limit",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a line within 10 s");
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    assert_eq!(next()["position"], 3);
+    // A service appends while the tool follows.
+    let bus = Bus::builder()
+        .backend(SqliteLog::open(&path).await.unwrap())
+        .build()
+        .unwrap();
+    for id in 4..=5 {
+        bus.notify(OrderPlaced::new(id)).await.unwrap();
+    }
+    let (fourth, fifth) = (next(), next());
+    assert_eq!(fourth["position"], 4);
+    assert_eq!(fourth["payload"]["order_id"], 4);
+    assert_eq!(fifth["position"], 5);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(bus.shutdown().await.is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_quarantined_rows_are_listed_and_shown() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");

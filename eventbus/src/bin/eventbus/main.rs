@@ -188,6 +188,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(number.saturating_mul(seconds)))
 }
 
+/// How often `tail --follow` looks for new events.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
 /// The log named on the command line.
 #[derive(Debug)]
 enum Log {
@@ -420,11 +423,13 @@ async fn tail(
                 print_event(event, as_json);
             }
             printed += events.len();
-            while follow {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                for event in log.events(next, name_like, 500, false)? {
-                    next = event.position + 1;
-                    print_event(&event, as_json);
+            if follow {
+                loop {
+                    tokio::time::sleep(FOLLOW_POLL).await;
+                    for event in log.events(next, name_like, 500, false)? {
+                        next = event.position + 1;
+                        print_event(&event, as_json);
+                    }
                 }
             }
         }
@@ -443,14 +448,16 @@ async fn tail(
                 print_event(event, as_json);
             }
             printed += events.len();
-            while follow {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                for (tx, event) in log
-                    .events((&after.0, after.1), name_like, 500, false)
-                    .await?
-                {
-                    print_event(&event, as_json);
-                    after = (tx, event.position as i64);
+            if follow {
+                loop {
+                    tokio::time::sleep(FOLLOW_POLL).await;
+                    for (tx, event) in log
+                        .events((&after.0, after.1), name_like, 500, false)
+                        .await?
+                    {
+                        print_event(&event, as_json);
+                        after = (tx, event.position as i64);
+                    }
                 }
             }
         }
