@@ -641,7 +641,7 @@ async fn act(log: &Log, as_json: bool, selection: Selection, action: Action) -> 
                     "they are replayed when the service next starts with their subscription"
                 ),
                 Log::Postgres(_) => println!(
-                    "the process holding each subscription replays them within about a second"
+                    "the process holding their subscription replays them within about a second (or the next one to start it)"
                 ),
             }
         }

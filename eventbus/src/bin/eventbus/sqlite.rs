@@ -66,10 +66,18 @@ impl Sqlite {
             path: path.to_owned(),
             found: format!("SQLite says: {e}"),
         };
+        // Read-only when the file may not be written: everything but the
+        // writes still works, and those say why they fail.
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
+        .or_else(|_| {
+            Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+        })
         .map_err(not_a_log)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(not_a_log)?;
@@ -238,7 +246,7 @@ impl Sqlite {
                         version: r.get(2)?,
                         id: r.get(3)?,
                         time: time(r.get(4)?),
-                        payload: payload_value(&r.get::<_, Vec<u8>>(5)?),
+                        payload: stored_payload(r, 5)?,
                     })
                 },
             )
@@ -322,7 +330,7 @@ impl Sqlite {
                     position: r.get::<_, i64>(1)? as u64,
                     name: r.get(2)?,
                     version: r.get(3)?,
-                    payload: payload_value(&r.get::<_, Vec<u8>>(4)?),
+                    payload: stored_payload(r, 4)?,
                     reason: r.get(5)?,
                     quarantined_at: time(r.get(6)?),
                 })
@@ -524,13 +532,25 @@ fn where_letters(filter: &LetterFilter) -> (String, Vec<Sql>) {
     (clause.join(" AND "), args)
 }
 
+/// A payload column as JSON: stored as a blob, but read whatever SQLite
+/// holds, since a row written by hand or by an older tool may be text.
+fn stored_payload(r: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<serde_json::Value> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(column)? {
+        ValueRef::Blob(bytes) | ValueRef::Text(bytes) => payload_value(bytes),
+        ValueRef::Null => serde_json::Value::Null,
+        ValueRef::Integer(n) => n.into(),
+        ValueRef::Real(x) => x.into(),
+    })
+}
+
 fn letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LetterRow> {
     Ok(LetterRow {
         id: r.get::<_, i64>(0)? as u64,
         subscription: r.get(1)?,
         name: r.get(2)?,
         version: r.get(3)?,
-        payload: payload_value(&r.get::<_, Vec<u8>>(4)?),
+        payload: stored_payload(r, 4)?,
         errors: errors_list(&r.get::<_, String>(5)?),
         attempts: r.get(6)?,
         first_failed_at: time(r.get(7)?),
