@@ -161,6 +161,10 @@ async fn sqlite_subscriptions_events_and_letters_as_tables_and_json() {
             .eq(["payments", "4", "4", "0", "3", "0"])),
         "{table}"
     );
+    assert!(
+        table.ends_with("\nno process has the log open\n"),
+        "{table}"
+    );
     let subs = json(&[log, "subscriptions", "--json"]);
     assert_eq!(subs[1]["name"], "payments");
     assert_eq!(subs[1]["dead_letters"], 3);
@@ -496,6 +500,13 @@ async fn sqlite_writes_are_refused_while_a_bus_holds_the_log() {
     assert_eq!(
         json(&[log, "prune", "--dry-run", "--max-age", "0s", "--json"])["dry_run"],
         true
+    );
+    let table = ok(&[log, "subscriptions"]);
+    let pid = std::process::id();
+    assert!(
+        table.ends_with(&format!("\nopen in process {pid}\n"))
+            || table.contains(&format!("\nopen in process {pid} (")),
+        "{table}"
     );
     let subs = json(&[log, "subscriptions", "--json"]);
     assert_eq!(subs[1]["name"], "payments");

@@ -364,6 +364,12 @@ async fn subscriptions(log: &Log, as_json: bool) -> Result<()> {
         })
         .collect();
     table(&header, &cells, "no subscriptions have run on this log yet");
+    if let Log::Sqlite(log) = log {
+        match log.holder(Duration::ZERO)? {
+            Some(holder) => println!("\nopen in {holder}"),
+            None => println!("\nno process has the log open"),
+        }
+    }
     Ok(())
 }
 
@@ -567,6 +573,14 @@ async fn act(log: &Log, as_json: bool, selection: Selection, action: Action) -> 
         Action::Replay => ("replay", "replayed"),
         Action::Discard => ("discard", "discarded"),
     };
+    // Refused before asking anything, rather than after a confirmation.
+    if let Log::Sqlite(log) = log {
+        let what = match action {
+            Action::Replay => "a replay",
+            Action::Discard => "a discard",
+        };
+        log.refuse_if_owned(what, sqlite::ASK_THE_SERVICE)?;
+    }
     let ids: Vec<u64> = if selection.all_matching {
         let filter = selection.filter.filter();
         let count = log.count_letters(&filter).await?;

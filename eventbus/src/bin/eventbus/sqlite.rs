@@ -28,6 +28,9 @@ use std::time::Duration;
 const APPLICATION_ID: i64 = 0x4556_4253;
 /// The layout this tool reads: the library's current one.
 const SCHEMA_VERSION: i64 = 3;
+/// What to do instead of a dead-letter write while a service runs.
+pub(crate) const ASK_THE_SERVICE: &str =
+    "ask the running service (its dashboard, or `bus.dead_letters()`)";
 /// How long a lock held by a stopping service is waited for.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Rows one prune statement deletes, as the service's own pruning does.
@@ -111,15 +114,16 @@ impl Sqlite {
         })
     }
 
-    /// The process holding the file, if one does: `None` when it is free.
-    pub(crate) fn holder(&self) -> Result<Option<String>> {
+    /// The process holding the file, if one does, after waiting up to
+    /// `wait` for one that is stopping to let go.
+    pub(crate) fn holder(&self, wait: Duration) -> Result<Option<String>> {
         let file = File::open(&self.path).map_err(|e| CliError::Database {
             context: format!("opening {}", self.path.display()),
             source: Box::new(e),
         })?;
         // A service that is stopping lets go within moments: wait that
         // long, as the library's own `open` does, before calling it held.
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let deadline = std::time::Instant::now() + wait;
         loop {
             match file.try_lock() {
                 Ok(()) => return Ok(None),
@@ -141,8 +145,8 @@ impl Sqlite {
     }
 
     /// Refuses `what` while a process holds the file.
-    fn refuse_if_owned(&self, what: &'static str, instead: &'static str) -> Result<()> {
-        match self.holder()? {
+    pub(crate) fn refuse_if_owned(&self, what: &'static str, instead: &'static str) -> Result<()> {
+        match self.holder(LOCK_WAIT)? {
             None => Ok(()),
             Some(holder) => Err(CliError::Owned {
                 path: self.path.clone(),
@@ -342,7 +346,7 @@ impl Sqlite {
 
     /// The log for writing, through the library, once no process holds it.
     async fn writable(&self, what: &'static str) -> Result<SqliteLog> {
-        const INSTEAD: &str = "ask the running service (its dashboard, or `bus.dead_letters()`)";
+        const INSTEAD: &str = ASK_THE_SERVICE;
         self.refuse_if_owned(what, INSTEAD)?;
         // Never prunes by itself: the tool must not apply a retention the
         // service was not configured with.
