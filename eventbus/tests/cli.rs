@@ -125,6 +125,14 @@ async fn sqlite_log_with_letters(path: &Path) {
     bus.drain().await.unwrap();
     assert_eq!(bus.dead_letters().count().await.unwrap(), 3);
     assert!(bus.shutdown().await.is_clean());
+    drop(bus);
+    // The log's writer thread lets go of the file moments after the last
+    // handle is gone: wait for it, as a service that stopped.
+    let file = std::fs::File::open(path).unwrap();
+    wait_until(10, "the stopped bus lets go of the file", || {
+        file.try_lock().is_ok()
+    })
+    .await;
 }
 
 fn letter_ids(value: &Value) -> Vec<u64> {
@@ -604,6 +612,17 @@ fn wrong_paths_urls_and_files_are_clear_errors() {
     let err = fails(2, &[dir.path().to_str().unwrap(), "subscriptions"]);
     assert!(err.contains("not an eventbus log (a directory)"), "{err}");
 
+    let newer = dir.path().join("newer.db");
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .execute_batch("PRAGMA application_id = 1163280979; PRAGMA user_version = 99; CREATE TABLE events (position INTEGER)")
+        .unwrap();
+    let err = fails(2, &[newer.to_str().unwrap(), "subscriptions"]);
+    assert!(
+        err.contains("has layout version 99, and this tool reads version 3; use the `eventbus` tool of the same release as the service"),
+        "{err}"
+    );
+
     let err = fails(2, &["http://127.0.0.1/events", "subscriptions"]);
     assert!(
         err.contains("neither a file path nor a postgres:// URL"),
@@ -631,6 +650,47 @@ fn wrong_paths_urls_and_files_are_clear_errors() {
         ],
     );
     assert!(err.contains("`--schema Bad-Name` is not a schema"), "{err}");
+}
+
+#[test]
+fn a_server_that_answers_garbage_or_nothing_is_a_clear_error() {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    // Answers anything with bytes that are not the PostgreSQL protocol.
+    let garbage = TcpListener::bind("127.0.0.1:0").unwrap();
+    let garbage_port = garbage.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in garbage.incoming().take(4) {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = [0u8; 512];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\nnot postgres");
+        }
+    });
+    let url = format!("postgres://app@127.0.0.1:{garbage_port}/db");
+    let err = fails(2, &[&url, "subscriptions"]);
+    assert!(
+        err.contains(&format!("cannot reach PostgreSQL at {url}: ")),
+        "{err}"
+    );
+
+    // Accepts, then never says a word: the tool gives up after its wait.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let (stream, _) = silent.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(8));
+        drop(stream);
+    });
+    let started = std::time::Instant::now();
+    let url = format!("postgres://app@127.0.0.1:{silent_port}/db");
+    let err = fails(2, &[&url, "subscriptions"]);
+    assert!(err.contains("no answer within 5s"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the tool must not hang"
+    );
+    held.join().unwrap();
 }
 
 // ---- PostgreSQL ------------------------------------------------------
