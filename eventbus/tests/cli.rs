@@ -925,6 +925,46 @@ async fn postgres_replay_is_delivered_by_the_running_bus() {
     );
 
     assert!(bus.shutdown().await.is_clean());
+    drop(bus);
+
+    // With `payments` stopped, new events are its lag, and no one holds it.
+    let producer = PostgresLog::builder()
+        .url(&url)
+        .schema(&schema.name)
+        .connect()
+        .await
+        .unwrap();
+    let bus = Bus::builder().backend(producer).build().unwrap();
+    for id in 4..=5 {
+        bus.notify(OrderPlaced::new(id)).await.unwrap();
+    }
+    let mut subs = Value::Null;
+    for _ in 0..100 {
+        subs = run_json(&["subscriptions", "--json"]);
+        let partitions = subs.as_array().unwrap();
+        let lag: u64 = partitions.iter().map(|p| p["lag"].as_u64().unwrap()).sum();
+        if lag == 2 && partitions.iter().all(|p| p.get("holder").is_none()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let partitions = subs.as_array().unwrap();
+    assert_eq!(
+        partitions
+            .iter()
+            .map(|p| p["lag"].as_u64().unwrap())
+            .sum::<u64>(),
+        2,
+        "{subs}"
+    );
+    assert!(
+        partitions
+            .iter()
+            .all(|p| p.get("holder").is_none() && p["members"] == 0),
+        "{subs}"
+    );
+    assert!(run_ok(&["subscriptions"]).contains("(none)"));
+    assert!(bus.shutdown().await.is_clean());
     drop(schema);
 }
 
