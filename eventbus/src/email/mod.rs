@@ -106,5 +106,5 @@ mod render;
 
 pub use self::config::{Mailer, MailerBuilder, Tls};
 pub use self::consumer::MailerConsumer;
-pub use self::error::{ConfigError, RenderError, SendError};
+pub use self::error::{ConfigError, EmailsFailed, RenderError, SendError};
 pub use self::render::{FnRender, Render, Rendered, render_fn};
