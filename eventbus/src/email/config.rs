@@ -241,6 +241,11 @@ impl MailerBuilder {
     /// connection) to the server's last reply, before the attempt fails and
     /// is retried. Default 30 s; raise it for large messages on a slow
     /// link.
+    ///
+    /// A timed-out attempt takes the timeout plus at most 250 ms to close
+    /// the pool's other connections. After a 5xx reply one more connection,
+    /// bounded by the timeout too, asks whether the server refuses the
+    /// session itself (a wrong login) or only the email, to tell which.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
