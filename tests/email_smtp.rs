@@ -1130,3 +1130,29 @@ async fn an_address_literal_hello_name_is_accepted_by_a_server() {
     assert!(letters(&bus).await.is_empty());
     assert_eq!(server.received_by("ada@example.com").len(), 1);
 }
+
+#[tokio::test]
+async fn a_5xx_greeting_is_told_as_a_refused_session_once() {
+    let (port, connections, _server) = smtp::garbage_server(b"554 no service for you\r\n").await;
+    let bus = bus_with(mailer_for(port).build().unwrap(), fast_retry(3)).await;
+
+    bus.notify(UserCreated::new("ada@example.com".into(), "Ada".into()))
+        .await
+        .unwrap();
+    drain(&bus).await;
+
+    let dead = letters(&bus).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 1, "a 5xx greeting is permanent");
+    let errors = dead[0].errors.join(": ");
+    assert!(
+        errors.contains("refused the session (its greeting, `EHLO`, `STARTTLS` or the login) before email 0 (template `welcome`) to `ada@example.com`"),
+        "{errors}"
+    );
+    assert!(!errors.contains("rejected email"), "{errors}");
+    assert!(errors.contains("554"), "{errors}");
+    assert_eq!(errors.matches("no service for you").count(), 1, "{errors}");
+    // The send, and the probe that tells a refused session from a refused
+    // email.
+    assert_eq!(*connections.lock().unwrap(), 2);
+}
