@@ -701,10 +701,16 @@ async fn starttls_required_on_a_server_without_it_never_falls_back_to_plain_text
     assert!(server.received().is_empty(), "nothing sent in plain text");
     let letters = letters(&bus).await;
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].attempts, 2);
+    assert_eq!(
+        letters[0].attempts, 1,
+        "a server without STARTTLS will not grow it on a retry"
+    );
     let errors = letters[0].errors.join(": ");
     assert!(errors.contains("through smtp server 127.0.0.1"), "{errors}");
-    assert!(errors.to_lowercase().contains("starttls"), "{errors}");
+    assert!(
+        errors.contains("STARTTLS is not supported on this server"),
+        "{errors}"
+    );
 }
 
 #[tokio::test]
@@ -890,4 +896,263 @@ fn bad_settings_are_refused_at_build_naming_the_setting() {
 fn the_mailer_is_a_clone_send_sync_handle() {
     fn assert_handle<T: Clone + Send + Sync + 'static>() {}
     assert_handle::<Mailer>();
+}
+
+#[tokio::test]
+async fn a_5xx_and_a_4xx_in_one_event_both_reach_the_letter_and_the_5xx_is_not_retried() {
+    let server = SmtpServer::start().await;
+    server.reply_to_rcpt("b@example.com", 550, "5.1.1 no such user here");
+    server.reply_to_rcpt("b@example.com", 550, "5.1.1 no such user here");
+    server.reply_to_rcpt("c@example.com", 451, "4.3.0 try again later");
+    server.reply_to_rcpt("c@example.com", 451, "4.3.0 try again later");
+    let bus = bus_with(mailer_for(server.port()).build().unwrap(), fast_retry(2)).await;
+
+    bus.notify(announce(
+        &["a@example.com", "b@example.com", "c@example.com"],
+        "news",
+    ))
+    .await
+    .unwrap();
+    drain(&bus).await;
+
+    assert_eq!(server.received_by("a@example.com").len(), 1);
+    assert_eq!(
+        server.rcpt_attempts("b@example.com"),
+        1,
+        "a recipient refused for good is not tried again on the retry"
+    );
+    assert_eq!(
+        server.rcpt_attempts("c@example.com"),
+        2,
+        "the 4xx is retried"
+    );
+    let dead = letters(&bus).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 2);
+    let errors = dead[0].errors.join(": ");
+    for wanted in [
+        "2 emails of the event failed",
+        "email 1 (template `news`) to `b@example.com`",
+        "550",
+        "5.1.1 no such user here",
+        "email 2 (template `news`) to `c@example.com`",
+        "451",
+        "4.3.0 try again later",
+    ] {
+        assert!(errors.contains(wanted), "`{wanted}` missing from: {errors}");
+    }
+}
+
+/// Two emails whose list comes back reversed on every call, as one built
+/// from a `HashMap` may.
+#[event(name = "digest.ready")]
+struct DigestReady {
+    recipients: Vec<String>,
+}
+
+static DIGEST_REVERSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[register]
+impl Notifiable for DigestReady {
+    fn notifications(&self) -> Vec<Notification> {
+        let reversed = DIGEST_REVERSED.fetch_xor(true, std::sync::atomic::Ordering::SeqCst);
+        let mut list: Vec<Notification> = self
+            .recipients
+            .iter()
+            .map(|to| Notification::email(to, "news"))
+            .collect();
+        if reversed {
+            list.reverse();
+        }
+        list
+    }
+}
+
+#[tokio::test]
+async fn a_list_in_another_order_on_the_retry_sends_every_email_at_least_once() {
+    let server = SmtpServer::start().await;
+    server.reply_to_rcpt("y@example.com", 451, "4.3.0 try again later");
+    let bus = bus_with(mailer_for(server.port()).build().unwrap(), fast_retry(3)).await;
+
+    bus.notify(DigestReady::new(vec![
+        "x@example.com".to_owned(),
+        "y@example.com".to_owned(),
+    ]))
+    .await
+    .unwrap();
+    drain(&bus).await;
+
+    assert!(letters(&bus).await.is_empty());
+    assert_eq!(
+        server.received_by("y@example.com").len(),
+        1,
+        "the deferred email is not skipped because another took its place"
+    );
+    // Sent again rather than risk never: the record no longer matched.
+    assert_eq!(server.received_by("x@example.com").len(), 2);
+}
+
+#[tokio::test]
+async fn a_5xx_reply_is_not_told_twice_in_the_letter() {
+    let server = SmtpServer::start().await;
+    server.reply_to_rcpt("ada@example.com", 554, "no service for you");
+    let bus = bus_with(mailer_for(server.port()).build().unwrap(), fast_retry(3)).await;
+
+    bus.notify(UserCreated::new("ada@example.com".into(), "Ada".into()))
+        .await
+        .unwrap();
+    drain(&bus).await;
+
+    let dead = letters(&bus).await;
+    assert_eq!(dead.len(), 1);
+    let errors = dead[0].errors.join(": ");
+    assert_eq!(errors.matches("no service for you").count(), 1, "{errors}");
+    assert!(errors.contains("rejected email 0"), "{errors}");
+}
+
+#[tokio::test]
+async fn a_refused_login_is_told_as_such_not_as_a_refused_recipient() {
+    let server = SmtpServer::with_login("app", "s3cret").await;
+    let bad = mailer_for(server.port())
+        .credentials("app", "wrong")
+        .build()
+        .unwrap();
+    let bus = bus_with(bad, fast_retry(3)).await;
+    bus.notify(UserCreated::new("bo@example.com".into(), "Bo".into()))
+        .await
+        .unwrap();
+    drain(&bus).await;
+
+    let dead = letters(&bus).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 1);
+    let errors = dead[0].errors.join(": ");
+    assert!(
+        errors.contains(
+            "refused the session (its greeting, `EHLO`, `STARTTLS` or the login) before email 0"
+        ),
+        "{errors}"
+    );
+    assert!(errors.contains("check `credentials`"), "{errors}");
+    assert!(!errors.contains("rejected email"), "{errors}");
+    assert!(errors.contains("535"), "{errors}");
+}
+
+#[tokio::test]
+async fn a_non_ascii_address_to_a_server_without_smtputf8_dead_letters_at_once() {
+    let server = SmtpServer::start().await;
+    let bus = bus_with(mailer_for(server.port()).build().unwrap(), fast_retry(3)).await;
+
+    bus.notify(UserCreated::new("zoë@example.com".into(), "Zoë".into()))
+        .await
+        .unwrap();
+    drain(&bus).await;
+
+    assert!(server.received().is_empty());
+    let dead = letters(&bus).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 1, "it can never succeed: not retried");
+    let errors = dead[0].errors.join(": ");
+    assert!(
+        errors.contains("email 0 (template `welcome`) to `zoë@example.com` cannot be sent"),
+        "{errors}"
+    );
+    assert!(errors.contains("SMTPUTF8"), "{errors}");
+    assert!(errors.contains("non-ascii"), "lettre's own words: {errors}");
+}
+
+#[test]
+fn a_hello_name_or_host_that_is_not_a_name_is_refused_at_build() {
+    fn err(builder: MailerBuilder) -> String {
+        let err: ConfigError = builder.build().unwrap_err();
+        err.to_string()
+    }
+    for name in [
+        "app.example.com\r\nRCPT TO:<victim@example.com>",
+        "app example.com",
+        "-app.example.com",
+        "[not an address]",
+        "",
+    ] {
+        let message = err(mailer_for(2525).hello_name(name));
+        assert!(message.starts_with("`hello_name` `"), "{message}");
+        assert!(!message.contains('\n'), "the name is escaped: {message}");
+    }
+    for name in [
+        "app.example.com",
+        "localhost",
+        "[192.0.2.1]",
+        "[IPv6:2001:db8::1]",
+        "192.0.2.1",
+    ] {
+        mailer_for(2525).hello_name(name).build().unwrap();
+    }
+
+    for host in [
+        "127.0.0.1:2525",
+        "smtp://mail.example.com",
+        "mail example.com",
+    ] {
+        let message = err(Mailer::builder(host)
+            .tls(Tls::None)
+            .from("a@example.com")
+            .render(templates()));
+        assert!(
+            message.starts_with(&format!(
+                "the smtp server's host `{host}` is not a host name or an ip address"
+            )),
+            "{message}"
+        );
+        assert!(message.contains("`.port()`"), "{message}");
+    }
+    for host in ["mail.example.com", "localhost", "127.0.0.1", "::1"] {
+        Mailer::builder(host)
+            .tls(Tls::None)
+            .from("a@example.com")
+            .render(templates())
+            .build()
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_address_literal_hello_name_is_accepted_by_a_server() {
+    let server = SmtpServer::start().await;
+    let mailer = mailer_for(server.port())
+        .hello_name("[127.0.0.1]")
+        .build()
+        .unwrap();
+    let bus = bus_with(mailer, fast_retry(2)).await;
+    bus.notify(UserCreated::new("ada@example.com".into(), "Ada".into()))
+        .await
+        .unwrap();
+    drain(&bus).await;
+    assert!(letters(&bus).await.is_empty());
+    assert_eq!(server.received_by("ada@example.com").len(), 1);
+}
+
+#[tokio::test]
+async fn a_5xx_greeting_is_told_as_a_refused_session_once() {
+    let (port, connections, _server) = smtp::garbage_server(b"554 no service for you\r\n").await;
+    let bus = bus_with(mailer_for(port).build().unwrap(), fast_retry(3)).await;
+
+    bus.notify(UserCreated::new("ada@example.com".into(), "Ada".into()))
+        .await
+        .unwrap();
+    drain(&bus).await;
+
+    let dead = letters(&bus).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 1, "a 5xx greeting is permanent");
+    let errors = dead[0].errors.join(": ");
+    assert!(
+        errors.contains("refused the session (its greeting, `EHLO`, `STARTTLS` or the login) before email 0 (template `welcome`) to `ada@example.com`"),
+        "{errors}"
+    );
+    assert!(!errors.contains("rejected email"), "{errors}");
+    assert!(errors.contains("554"), "{errors}");
+    assert_eq!(errors.matches("no service for you").count(), 1, "{errors}");
+    // The send, and the probe that tells a refused session from a refused
+    // email.
+    assert_eq!(*connections.lock().unwrap(), 2);
 }

@@ -9,7 +9,9 @@ use crate::protocol::Notifiable;
 use crate::subscription::Filter;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::client::{Certificate, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +64,7 @@ pub(super) struct Settings {
     pub(super) timeout: Duration,
     pub(super) pool_size: u32,
     pub(super) pool_idle_timeout: Duration,
-    pub(super) hello_name: Option<String>,
+    pub(super) hello_name: Option<ClientId>,
     pub(super) progress_capacity: usize,
 }
 
@@ -239,6 +241,11 @@ impl MailerBuilder {
     /// connection) to the server's last reply, before the attempt fails and
     /// is retried. Default 30 s; raise it for large messages on a slow
     /// link.
+    ///
+    /// A timed-out attempt takes the timeout plus at most 250 ms to close
+    /// the pool's other connections. After a 5xx reply one more connection,
+    /// bounded by the timeout too, asks whether the server refuses the
+    /// session itself (a wrong login) or only the email, to tell which.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -263,7 +270,9 @@ impl MailerBuilder {
         self
     }
 
-    /// The name given in `EHLO`. Default: this machine's host name.
+    /// The name given in `EHLO`: a domain name (`app.example.com`) or an
+    /// address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`). Default: this
+    /// machine's host name.
     #[must_use]
     pub fn hello_name(mut self, name: impl Into<String>) -> Self {
         self.hello_name = Some(name.into());
@@ -271,8 +280,16 @@ impl MailerBuilder {
     }
 
     /// How many events with several emails remember which of them were
-    /// sent, so that a retry or a replay in this process does not send
-    /// them again. Default 10,000; past it the oldest is forgotten.
+    /// sent (or refused for good), so that a retry or a replay in this
+    /// process does not send them again. Default 10,000.
+    ///
+    /// It counts every event with several emails from its first email sent
+    /// until all its emails are: the ones failed and waiting for a retry or
+    /// a replay, and also the ones still being sent. Past it the oldest is
+    /// forgotten, even one still being sent, and a retry of a forgotten
+    /// event sends all its emails again. Keep it well above the
+    /// subscription's concurrency plus the failed events you expect to
+    /// replay.
     #[must_use]
     pub fn progress_capacity(mut self, events: usize) -> Self {
         self.progress_capacity = events;
@@ -291,6 +308,17 @@ impl MailerBuilder {
         if host.is_empty() {
             return Err(ConfigError::EmptyHost);
         }
+        if host.parse::<IpAddr>().is_err() && !is_domain(&host) {
+            return Err(ConfigError::InvalidHost { host });
+        }
+        let hello_name = match self.hello_name {
+            None => None,
+            Some(name) => Some(
+                client_id(&name).ok_or_else(|| ConfigError::InvalidHelloName {
+                    name: name.escape_debug().to_string(),
+                })?,
+            ),
+        };
         if self.port == Some(0) {
             return Err(ConfigError::ZeroPort);
         }
@@ -326,7 +354,7 @@ impl MailerBuilder {
                 timeout: self.timeout,
                 pool_size: self.pool_size,
                 pool_idle_timeout: self.pool_idle_timeout,
-                hello_name: self.hello_name,
+                hello_name,
                 progress_capacity: self.progress_capacity,
             }),
             renderer,
@@ -353,4 +381,37 @@ fn tls_parameters(host: &str, roots: &[Vec<u8>]) -> Result<TlsParameters, Config
         host: host.to_owned(),
         source,
     })
+}
+
+/// Whether `name` is a domain name: dot-separated labels of ASCII letters,
+/// digits and inner hyphens, as in RFC 1035 and 5321.
+fn is_domain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// What `EHLO` says for `name`, if it is a domain name or an address
+/// (RFC 5321's address literal, or a bare address).
+fn client_id(name: &str) -> Option<ClientId> {
+    let literal = name
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'));
+    if let Some(literal) = literal {
+        return match literal.strip_prefix("IPv6:") {
+            Some(v6) => v6.parse().ok().map(ClientId::Ipv6),
+            None => literal.parse().ok().map(ClientId::Ipv4),
+        };
+    }
+    match name.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => Some(ClientId::Ipv4(v4)),
+        Ok(IpAddr::V6(v6)) => Some(ClientId::Ipv6(v6)),
+        Err(_) => is_domain(name).then(|| ClientId::Domain(name.to_owned())),
+    }
 }

@@ -2,8 +2,8 @@
 //! pooled connection, each failure sorted into "retry" or "give up".
 
 use super::config::Settings;
-use super::error::SendError;
-use super::progress::Progress;
+use super::error::{EmailsFailed, SendError, told};
+use super::progress::{Done, Outcome, Progress, fingerprint};
 use super::render::{Render, Rendered};
 use crate::consumer::{BoxError, Consumer};
 use crate::event::AnyEvent;
@@ -13,10 +13,11 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::Tls as LettreTls;
-use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Headers the mailer writes itself; a renderer setting one would make a
@@ -35,6 +36,11 @@ const RESERVED_HEADERS: &[&str] = &[
     "content-transfer-encoding",
     "mime-version",
 ];
+
+/// How long a timed-out send's pool is given to say `QUIT` on its idle
+/// connections before they are dropped unanswered, which closes them all
+/// the same. Short, so that one attempt takes about `timeout`, not twice.
+const RETIRE_GRACE: Duration = Duration::from_millis(250);
 
 /// A started [`Mailer`](super::Mailer): what the bus runs.
 pub struct MailerConsumer {
@@ -73,7 +79,7 @@ fn transport(settings: &Settings) -> AsyncSmtpTransport<Tokio1Executor> {
         builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
     }
     if let Some(name) = &settings.hello_name {
-        builder = builder.hello_name(ClientId::Domain(name.clone()));
+        builder = builder.hello_name(name.clone());
     }
     builder.build()
 }
@@ -151,8 +157,10 @@ impl MailerConsumer {
                 self.retire(&transport);
                 // Shut before the send is dropped, so its connection finds
                 // the pool closed. Closing says QUIT on the idle connections,
-                // which a stuck server may never answer: bounded too.
-                let _ = tokio::time::timeout(self.settings.timeout, transport.shutdown()).await;
+                // which a stuck server may never answer: given a short grace
+                // only, past which they are dropped, closed unanswered.
+                let grace = RETIRE_GRACE.min(self.settings.timeout);
+                let _ = tokio::time::timeout(grace, transport.shutdown()).await;
                 Err(Delivery::TimedOut)
             }
         };
@@ -207,7 +215,23 @@ impl MailerConsumer {
                 recipient,
                 after: self.settings.timeout,
             }),
-            Err(Delivery::Smtp(source)) => Err(if source.is_permanent() {
+            Err(Delivery::Smtp(source)) => Err(if source.is_client() {
+                SendError::Unsendable {
+                    server,
+                    index,
+                    template,
+                    recipient,
+                    source,
+                }
+            } else if source.is_permanent() && self.session_refused().await {
+                SendError::Refused {
+                    server,
+                    index,
+                    template,
+                    recipient,
+                    source,
+                }
+            } else if source.is_permanent() {
                 SendError::Rejected {
                     server,
                     index,
@@ -233,6 +257,18 @@ impl MailerConsumer {
                 }
             }),
         }
+    }
+
+    /// Whether the server refuses a session before any email is named, by a
+    /// 5xx to its greeting, `EHLO`, `STARTTLS` or the login: asked after a
+    /// 5xx, which lettre does not say the stage of, so that a refused login
+    /// is not told as a refused recipient. On a transport of its own,
+    /// dropped after, so that a check cut short by the timeout leaves
+    /// nothing half-said in the shared pool.
+    async fn session_refused(&self) -> bool {
+        let probe = transport(&self.settings);
+        let answer = tokio::time::timeout(self.settings.timeout, probe.test_connection()).await;
+        matches!(answer, Ok(Err(err)) if err.is_permanent())
     }
 
     /// The message for one rendered email.
@@ -311,54 +347,94 @@ impl Consumer for MailerConsumer {
         let id = event.meta().id;
         // One email has nothing to skip on a retry: no need to remember it.
         let remember = emails.len() > 1;
-        let done = if remember {
-            self.progress.sent(id)
+        let fingerprints: HashMap<usize, u64> = if remember {
+            emails.iter().map(|&(i, n)| (i, fingerprint(n))).collect()
         } else {
-            Default::default()
+            HashMap::new()
         };
-        let mut failure: Option<SendError> = None;
+        let mut done = if remember {
+            self.progress.done(id)
+        } else {
+            HashMap::new()
+        };
+        if done
+            .iter()
+            .any(|(index, d)| fingerprints.get(index) != Some(&d.fingerprint))
+        {
+            // The list changed since the last attempt (built from a map, in
+            // another order): what the indices say was sent may not be. At
+            // least once beats never, so all are sent again.
+            tracing::warn!(
+                event = %id,
+                "the event's email notifications differ from its last attempt's; sending them all again (return them in the same order every time to avoid this)",
+            );
+            self.progress.forget(id);
+            done.clear();
+        }
+        let mut failures = Vec::new();
         for (index, n) in emails {
-            if done.contains(&index) {
+            match done.get(&index).map(|d| &d.outcome) {
+                Some(Outcome::Sent) => continue,
+                Some(Outcome::Rejected { reply }) => {
+                    failures.push(SendError::RejectedEarlier {
+                        server: self.settings.server(),
+                        index,
+                        template: n.template.clone(),
+                        recipient: n.recipient.clone(),
+                        reply: reply.clone(),
+                    });
+                    continue;
+                }
+                None => {}
+            }
+            // Go on after a failure: one bad address must not hold back
+            // the rest.
+            let result = self.send(id, index, n).await;
+            if !remember {
+                if let Err(err) = result {
+                    failures.push(err);
+                }
                 continue;
             }
-            match self.send(id, index, n).await {
-                Ok(()) => {
-                    if remember {
-                        self.progress.record(id, index);
-                    }
-                }
-                Err(err) => {
-                    // Go on with the others: one bad address must not hold
-                    // back the rest. The event's error is a retryable one if
-                    // any is, so those are tried again.
-                    let keep_new = match &failure {
-                        None => true,
-                        Some(first) => first.is_permanent() && !err.is_permanent(),
-                    };
-                    let other = if keep_new {
-                        failure.replace(err)
-                    } else {
-                        Some(err)
-                    };
-                    if let Some(other) = other {
-                        tracing::warn!(
-                            event = %id,
-                            error = %crate::failure::error_chain(&other).join(": "),
-                            "another email of the event failed too",
-                        );
-                    }
-                }
+            let outcome = match &result {
+                Ok(()) => Some(Outcome::Sent),
+                // Refused for good: not tried again on this event's retries.
+                Err(SendError::Rejected { source, .. }) => Some(Outcome::Rejected {
+                    reply: told(source),
+                }),
+                Err(_) => None,
+            };
+            if let Some(outcome) = outcome {
+                let fingerprint = fingerprints[&index];
+                self.progress.record(
+                    id,
+                    index,
+                    Done {
+                        fingerprint,
+                        outcome,
+                    },
+                );
+            }
+            if let Err(err) = result {
+                failures.push(err);
             }
         }
-        match failure {
-            None => {
-                if remember {
-                    self.progress.forget(id);
-                }
-                Ok(())
+        if failures.is_empty() {
+            if remember {
+                self.progress.forget(id);
             }
-            Some(err) if err.is_permanent() => Err(crate::Permanent::new(err).into()),
-            Some(err) => Err(err.into()),
+            return Ok(());
+        }
+        let error = EmailsFailed::new(failures);
+        if error.is_permanent() {
+            // Dead-lettered now: a replay of the letter is the user asking
+            // to try the refused ones again.
+            if remember {
+                self.progress.forget_rejected(id);
+            }
+            Err(crate::Permanent::new(error).into())
+        } else {
+            Err(error.into())
         }
     }
 

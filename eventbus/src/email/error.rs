@@ -13,6 +13,24 @@ pub enum ConfigError {
     /// `Mailer::builder("")`.
     #[error("the smtp server's host is empty; give `Mailer::builder` a host name or an ip address")]
     EmptyHost,
+    /// The host is not a host name or an IP address: it has a port, a
+    /// scheme, a space or another character no host name has.
+    #[error(
+        "the smtp server's host `{host}` is not a host name or an ip address; give the name alone (`smtp.example.com`), with no scheme or spaces, and the port with `.port()`"
+    )]
+    InvalidHost {
+        /// The host as given.
+        host: String,
+    },
+    /// `hello_name` is not a domain name or an address literal; a line
+    /// break in it would end the `EHLO` command and start another.
+    #[error(
+        "`hello_name` `{name}` is not a domain name or an address literal; give this machine's name (`app.example.com`) or its address (`[192.0.2.1]`)"
+    )]
+    InvalidHelloName {
+        /// The name as given, with control characters escaped.
+        name: String,
+    },
     /// `port(0)`.
     #[error(
         "`port` is 0; give the smtp server's port (usually 25 for a local relay, 587 for STARTTLS, 465 for implicit TLS), or leave it unset for the mode's usual one"
@@ -165,8 +183,9 @@ pub enum SendError {
         #[source]
         source: Option<BoxError>,
     },
-    /// The server answered with a 5xx reply: it will not take the email.
-    /// Permanent. The server's code and message are in the source.
+    /// The server answered the email (its sender, recipient or content)
+    /// with a 5xx reply: it will not take it. Permanent. The server's code
+    /// and message are in the source.
     #[error(
         "smtp server {server} rejected email {index} (template `{template}`) to `{recipient}` for good"
     )]
@@ -180,6 +199,64 @@ pub enum SendError {
         /// The notification's recipient.
         recipient: String,
         /// The server's reply: its code and message.
+        #[source]
+        source: SmtpError,
+    },
+    /// The server refused the session itself, with a 5xx to its greeting,
+    /// to `EHLO`, `STARTTLS` or the login (such as a 535 for wrong
+    /// credentials): no email can go through it as set up. Permanent.
+    #[error(
+        "smtp server {server} refused the session (its greeting, `EHLO`, `STARTTLS` or the login) before email {index} (template `{template}`) to `{recipient}` could be sent; check `credentials`, `hello_name` and that this is the right server"
+    )]
+    Refused {
+        /// `host:port`.
+        server: String,
+        /// The notification's place in the event's list.
+        index: usize,
+        /// The notification's template.
+        template: String,
+        /// The notification's recipient.
+        recipient: String,
+        /// The server's reply: its code and message.
+        #[source]
+        source: SmtpError,
+    },
+    /// The server rejected this email with a 5xx on an earlier attempt of
+    /// the same event, so it was not tried again. Permanent.
+    #[error(
+        "smtp server {server} rejected email {index} (template `{template}`) to `{recipient}` for good on an earlier attempt ({reply}); not sent again"
+    )]
+    RejectedEarlier {
+        /// `host:port`.
+        server: String,
+        /// The notification's place in the event's list.
+        index: usize,
+        /// The notification's template.
+        template: String,
+        /// The notification's recipient.
+        recipient: String,
+        /// What the server said then: its code and message.
+        reply: String,
+    },
+    /// The SMTP client gave up by itself on what the server offers: a
+    /// non-ASCII address to a server without `SMTPUTF8`, [`Tls::StartTls`]
+    /// to a server that does not offer `STARTTLS`, credentials and no login
+    /// method in common. Sending again would fail the same way. Permanent.
+    ///
+    /// [`Tls::StartTls`]: super::Tls::StartTls
+    #[error(
+        "email {index} (template `{template}`) to `{recipient}` cannot be sent through smtp server {server}, which lacks what it needs (SMTPUTF8 for a non-ASCII address, STARTTLS for `Tls::StartTls`, a login method for `credentials`); fix the address or the settings"
+    )]
+    Unsendable {
+        /// `host:port`.
+        server: String,
+        /// The notification's place in the event's list.
+        index: usize,
+        /// The notification's template.
+        template: String,
+        /// The notification's recipient.
+        recipient: String,
+        /// What the client said.
         #[source]
         source: SmtpError,
     },
@@ -236,7 +313,8 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// Whether retrying cannot help: a template, an address or a 5xx reply.
+    /// Whether retrying cannot help: a template, an address, a 5xx reply,
+    /// an email the client cannot send.
     pub fn is_permanent(&self) -> bool {
         !matches!(
             self,
@@ -247,10 +325,78 @@ impl SendError {
     /// The SMTP reply code, where the server answered with one.
     pub fn smtp_code(&self) -> Option<u16> {
         match self {
-            SendError::Rejected { source, .. } | SendError::Deferred { source, .. } => {
-                source.status().map(u16::from)
-            }
+            SendError::Rejected { source, .. }
+            | SendError::Refused { source, .. }
+            | SendError::Deferred { source, .. } => source.status().map(u16::from),
             _ => None,
         }
     }
+}
+
+/// What the [`Mailer`](super::Mailer)'s consumer returns to the bus for an
+/// event some of whose emails were not sent: every one of their
+/// [`SendError`]s, so that each code and message reaches the dead letter.
+///
+/// Its message names each failed email's place in the list, recipient and
+/// what the server said. It is wrapped in [`Permanent`](crate::Permanent)
+/// when none of the failures is worth retrying.
+#[derive(Debug)]
+pub struct EmailsFailed {
+    failures: Vec<SendError>,
+}
+
+impl EmailsFailed {
+    pub(super) fn new(failures: Vec<SendError>) -> Self {
+        EmailsFailed { failures }
+    }
+
+    /// The failures, in the order of the event's list.
+    pub fn failures(&self) -> &[SendError] {
+        &self.failures
+    }
+
+    /// Whether retrying cannot help: no failure is a retryable one.
+    pub fn is_permanent(&self) -> bool {
+        self.failures.iter().all(SendError::is_permanent)
+    }
+}
+
+impl std::fmt::Display for EmailsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The sources are written into the message (this error gives none),
+        // since each failure has its own.
+        if let [only] = self.failures.as_slice() {
+            return f.write_str(&told(only));
+        }
+        write!(f, "{} emails of the event failed: ", self.failures.len())?;
+        for (i, failure) in self.failures.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            f.write_str(&told(failure))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for EmailsFailed {}
+
+/// `err` and its sources, joined by `: `, leaving out a source whose text
+/// the error before it already shows: lettre writes its source into its
+/// own message, which would otherwise read "550: no such user: no such
+/// user".
+pub(super) fn told(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut last = text.clone();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let said = s.to_string();
+        if !last.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        last = said;
+        source = s.source();
+    }
+    text
 }

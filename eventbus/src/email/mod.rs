@@ -70,10 +70,13 @@
 //! | failure | what happens |
 //! | --- | --- |
 //! | a 4xx reply ("try again later"), a refused connection, a timeout, a TLS or network failure | an ordinary error: the bus retries the event per the subscription's [`Retry`](crate::Retry), then dead-letters it |
-//! | a 5xx reply | [`Permanent`](crate::Permanent): dead-lettered at once, with the server's code and message in the letter's errors |
+//! | a 5xx reply to an email | [`Permanent`](crate::Permanent): dead-lettered at once, with the server's code and message in the letter's errors ([`SendError::Rejected`]) |
+//! | a 5xx reply to the greeting, `EHLO` or the login (a 535 for wrong credentials) | [`Permanent`](crate::Permanent), told as a refused session, not a refused recipient ([`SendError::Refused`]) |
+//! | what the server lacks and the email needs: `SMTPUTF8` for a non-ASCII address, `STARTTLS` for [`Tls::StartTls`], a login method in common | [`Permanent`](crate::Permanent) ([`SendError::Unsendable`]) |
 //! | an unknown template, a template that fails, a recipient or `Reply-To` that is not an address, a bad header | [`Permanent`](crate::Permanent): dead-lettered at once, naming the template or the address |
 //!
-//! Bad settings (a `from` that is not an address, a port of 0, a root
+//! Bad settings (a `from` that is not an address, a port of 0, a host with a
+//! port or a scheme in it, a `hello_name` that is not a domain name, a root
 //! certificate that is not PEM) are refused by
 //! [`MailerBuilder::build`] with a [`ConfigError`] naming the setting.
 //!
@@ -81,19 +84,29 @@
 //!
 //! The emails of an event are sent one after the other, each to its own
 //! recipient. When one fails, the rest are still tried, and the event's
-//! error is a retryable one if any failure was (so those are tried again),
-//! else a permanent one. The mailer remembers, in memory, which of the
-//! event's emails went out (by event id and place in the list), so a retry
-//! sends only the others, and so does a replay of its dead letter in the
-//! same process. This relies on the `Notifiable` impl returning the same
-//! list for the same event.
+//! error, an [`EmailsFailed`], lists every failed email with its place in
+//! the list, its recipient and what the server said. It is a retryable one
+//! if any failure was (so those are tried again), else a permanent one.
+//!
+//! The mailer remembers, in memory, which of the event's emails went out
+//! and which the server refused with a 5xx (by event id, place in the list
+//! and a fingerprint of the notification), so a retry sends only the
+//! others: a refused one is not tried again, only told again in the error.
+//! Once the event is dead-lettered the refusals are forgotten and the sent
+//! ones kept, so a replay of its letter in the same process tries the
+//! refused ones again and nothing else. Should the `Notifiable` impl return
+//! another list on the retry (the same emails in another order, say, from a
+//! `HashMap`), the record no longer matches: it is dropped, with a warning,
+//! and all the event's emails are sent again, since at least once beats
+//! never.
 //!
 //! What it cannot promise, and why:
 //! - after a restart, or on another replica sharing the subscription, the
 //!   memory is gone: a retried event sends all its emails again;
-//! - past [`progress_capacity`](MailerBuilder::progress_capacity) failed
-//!   events (10,000 by default), the oldest is forgotten, with the same
-//!   effect;
+//! - past [`progress_capacity`](MailerBuilder::progress_capacity) events
+//!   with several emails remembered (10,000 by default: the failed ones,
+//!   and also the ones still being sent), the oldest is forgotten, with
+//!   the same effect;
 //! - an email the server accepted just as the connection broke, or just
 //!   before a crash, is sent again: SMTP has no way to ask. Its
 //!   `Message-ID` is the same both times, which lets a receiver tell.
@@ -106,5 +119,5 @@ mod render;
 
 pub use self::config::{Mailer, MailerBuilder, Tls};
 pub use self::consumer::MailerConsumer;
-pub use self::error::{ConfigError, RenderError, SendError};
+pub use self::error::{ConfigError, EmailsFailed, RenderError, SendError};
 pub use self::render::{FnRender, Render, Rendered, render_fn};
