@@ -2,7 +2,8 @@
 //! test's own served from loopback: headless Chromium runs its script,
 //! takes a click, waits for what the script writes, and saves a
 //! screenshot; a wait that never ends well says what the page showed, a
-//! bad selector fails at once, and a missing binary is named with the fix.
+//! bad selector fails at once, a missing binary is named with the fix, and
+//! a chromedriver or browser that does not start says how it failed.
 
 #[path = "common/browser.rs"]
 mod browser;
@@ -226,4 +227,60 @@ async fn a_missing_binary_is_named_with_the_fix() {
     } else {
         assert!(!started.unwrap(), "no browser without chromedriver");
     }
+}
+
+/// Runs `start` in a task of its own and returns its panic message.
+async fn panic_of<F>(start: F) -> String
+where
+    F: std::future::Future<Output = Option<Browser>> + Send + 'static,
+{
+    let panic = tokio::spawn(async move { start.await.is_some() })
+        .await
+        .expect_err("the start fails");
+    let payload = panic.into_panic();
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => payload.downcast_ref::<&str>().unwrap_or(&"?").to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_chromedriver_that_is_not_one_is_reported_with_its_exit() {
+    if !Path::new(browser::CHROMIUM).is_file() {
+        eprintln!("SKIPPED a_chromedriver_that_is_not_one_is_reported_with_its_exit: no Chromium");
+        return;
+    }
+    // `false` exits at once with status 1, as a broken install would.
+    let message = panic_of(Browser::start_with(
+        "a_chromedriver_that_is_not_one_is_reported_with_its_exit",
+        Path::new("/bin/false"),
+        Path::new(browser::CHROMIUM),
+    ))
+    .await;
+    assert!(
+        message.starts_with("chromedriver exited before it answered on http://127.0.0.1:"),
+        "{message}"
+    );
+    assert!(message.contains("exit status: 1"), "{message}");
+}
+
+#[tokio::test]
+async fn a_browser_that_does_not_start_is_reported_with_chromedrivers_answer() {
+    if !Path::new(browser::CHROMEDRIVER).is_file() {
+        eprintln!(
+            "SKIPPED a_browser_that_does_not_start_is_reported_with_chromedrivers_answer: no chromedriver"
+        );
+        return;
+    }
+    // `true` exits at once without opening DevTools, as a broken browser would.
+    let message = panic_of(Browser::start_with(
+        "a_browser_that_does_not_start_is_reported_with_chromedrivers_answer",
+        Path::new(browser::CHROMEDRIVER),
+        Path::new("/bin/true"),
+    ))
+    .await;
+    assert!(
+        message.starts_with("chromedriver could not open /bin/true: "),
+        "{message}"
+    );
 }

@@ -116,7 +116,7 @@ impl Browser {
             eprintln!("SKIPPED {test}: {why}");
             return None;
         }
-        let driver = Chromedriver::spawn(chromedriver);
+        let mut driver = Chromedriver::spawn(chromedriver);
         driver.wait_until_answering().await;
 
         let mut options = serde_json::Map::new();
@@ -379,7 +379,12 @@ impl Chromedriver {
     }
 
     /// Until chromedriver accepts connections on its port.
-    async fn wait_until_answering(&self) {
+    ///
+    /// # Panics
+    ///
+    /// When it exits first (a wrong binary, a port taken meanwhile), or
+    /// does not answer within [`START`]; with its output.
+    async fn wait_until_answering(&mut self) {
         let started = Instant::now();
         loop {
             if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
@@ -387,6 +392,13 @@ impl Chromedriver {
                 .is_ok()
             {
                 return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "chromedriver exited before it answered on {}: {status}\n{}",
+                    self.url(),
+                    self.log()
+                );
             }
             if started.elapsed() >= START {
                 panic!(
