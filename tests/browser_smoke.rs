@@ -100,9 +100,53 @@ async fn clicks_a_button_and_sees_what_the_script_writes() {
             width > 0 && height > 0,
             "an empty screenshot: {width}x{height}"
         );
+        let pids = browser.pids();
         browser.close().await;
+        for pid in pids {
+            assert!(ended(pid).await, "process {pid} still runs after close");
+        }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_dropped_without_close_leaves_no_process() {
+    bounded(async {
+        let addr = serve_page().await;
+        let Some(browser) =
+            Browser::start("a_browser_dropped_without_close_leaves_no_process").await
+        else {
+            return;
+        };
+        browser.goto(&format!("http://{addr}/")).await.unwrap();
+        let pids = browser.pids();
+        // As a test that panics halfway does.
+        drop(browser);
+        for pid in pids {
+            assert!(ended(pid).await, "process {pid} still runs after drop");
+        }
+    })
+    .await;
+}
+
+/// Whether process `pid` has ended within 10 s: gone, or dead and waiting
+/// to be reaped by init (Chromium's processes are not the test's children).
+async fn ended(pid: u32) -> bool {
+    for _ in 0..200 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            // The state follows the command's closing parenthesis.
+            Ok(stat)
+                if stat
+                    .rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('Z')) =>
+            {
+                return true;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,6 +149,21 @@ impl Browser {
         Some(Browser { client, driver })
     }
 
+    /// The process ids of chromedriver and of the browser it started, to
+    /// check that neither outlives the test.
+    pub fn pids(&self) -> [u32; 2] {
+        let browser = self
+            .client
+            .capabilities()
+            .and_then(|c| c.get("goog:processID"))
+            .and_then(|pid| pid.as_u64())
+            .expect("chromedriver names the browser's process (goog:processID)");
+        [
+            self.driver.child.id(),
+            u32::try_from(browser).expect("a process id"),
+        ]
+    }
+
     /// Ends the session, which quits Chromium, then stops chromedriver.
     /// Dropping the browser instead kills both; this way Chromium gets to
     /// exit on its own first.
