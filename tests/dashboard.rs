@@ -177,7 +177,7 @@ async fn the_subscriptions_page_shows_each_and_pauses_and_resumes_it() {
         .post("/subscriptions/audit/pause", &[("token", &token)])
         .await;
     assert_eq!(status, 303);
-    assert!(location.starts_with("/ops/?notice="), "{location}");
+    assert!(location.starts_with("/ops?notice="), "{location}");
     let audit = |bus: &Bus| bus.stats().into_iter().find(|s| s.name == "audit").unwrap();
     assert!(audit(&f.bus).paused);
     let (_, page) = f.get("").await;

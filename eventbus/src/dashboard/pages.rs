@@ -68,6 +68,15 @@ fn pairs(text: &[u8]) -> Vec<(String, String)> {
     url::form_urlencoded::parse(text).into_owned().collect()
 }
 
+/// The first page's own address: the mount path itself, which axum's
+/// nesting answers (it does not answer the path with a final `/`).
+fn home(base: &str) -> &str {
+    match base.trim_end_matches('/') {
+        "" => "/",
+        home => home,
+    }
+}
+
 fn param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs
         .iter()
@@ -102,7 +111,7 @@ fn page(
                     header {
                         strong { "eventbus" }
                         @for (href, label) in nav {
-                            a.here[label == here] href=(if href.is_empty() { "./" } else { href }) { (label) }
+                            a.here[label == here] href=(if href.is_empty() { home(base) } else { href }) { (label) }
                         }
                         span.mode { @if dashboard.read_only { "read-only" } }
                     }
@@ -267,7 +276,7 @@ async fn subscription_action(
         None => format!("{name}: no such subscription"),
     };
     let root = base(&original, &uri);
-    Redirect::to(&format!("{root}?notice={}", encode(&notice))).into_response()
+    Redirect::to(&format!("{}?notice={}", home(&root), encode(&notice))).into_response()
 }
 
 /// The dead-letter filter of a query or form.
