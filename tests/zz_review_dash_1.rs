@@ -606,3 +606,19 @@ async fn r9_paths() {
         println!("param GET {path} -> {st} base={:?}", if tx.contains("<base") { base_href(&tx).to_owned() } else { "-".into() });
     }
 }
+
+#[tokio::test]
+async fn r10_empty_segment_base() {
+    let f = fixture(|d| d).await;
+    let app = axum::Router::new().nest("/{tenant}/{env}", Dashboard::new(f.bus.clone()).router());
+    let url = serve(app).await;
+    let r = f.client.get(format!("{url}//evil.example")).send().await.unwrap();
+    let st = r.status();
+    let tx = r.text().await.unwrap();
+    println!("GET //evil.example -> {st} base={:?} form-with-token {}", base_href(&tx), tx.contains("name=\"token\""));
+    let tok = { let at = tx.find("name=\"token\" value=\"").unwrap() + 20; tx[at..at+32].to_owned() };
+    let r = f.client.post(format!("{url}//evil.example/subscriptions/audit/pause")).header("content-type","application/x-www-form-urlencoded").body(format!("token={tok}")).send().await.unwrap();
+    println!("POST //evil.example/subscriptions/audit/pause -> {} {:?}", r.status(), r.headers().get("location"));
+    let r = f.client.post(format!("{url}//evil.example/dead-letters/act")).header("content-type","application/x-www-form-urlencoded").body(format!("token={tok}&action=x")).send().await.unwrap();
+    println!("POST //evil.example/dead-letters/act -> {} {:?}", r.status(), r.headers().get("location"));
+}
