@@ -351,6 +351,33 @@ async fn dead_letters_are_listed_filtered_shown_retried_and_discarded() {
     assert_eq!(status, 200);
     assert!(confirm.contains("Retry 1 dead letter(s)?"), "{confirm}");
     assert_eq!(f.dead_letter_ids().await.len(), 2, "nothing yet");
+    let at = confirm.find("name=\"upto\" value=\"").unwrap() + 19;
+    let upto = &confirm[at..at + confirm[at..].find('"').unwrap()];
+    // A letter that arrives while the operator reads the count is not
+    // part of what they confirmed.
+    f.payments.broken.store(true, SeqCst);
+    f.bus
+        .notify(OrderPlaced::new(4, "late".into()))
+        .await
+        .unwrap();
+    f.bus.drain().await.unwrap();
+    f.payments.broken.store(false, SeqCst);
+    let late = *f.dead_letter_ids().await.last().unwrap();
+    let (_, unconfirmed) = f
+        .post(
+            "/dead-letters/act",
+            &[
+                ("token", &token),
+                ("action", "retry-all"),
+                ("name", "order.placed"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert!(
+        unconfirmed.contains("confirm%20again") || unconfirmed.contains("confirm+again"),
+        "{unconfirmed}"
+    );
     f.post(
         "/dead-letters/act",
         &[
@@ -358,12 +385,17 @@ async fn dead_letters_are_listed_filtered_shown_retried_and_discarded() {
             ("action", "retry-all"),
             ("name", "order.placed"),
             ("confirm", "yes"),
+            ("upto", upto),
         ],
     )
     .await;
     f.bus.drain().await.unwrap();
     assert_eq!(f.payments.handled.len(), 2);
-    assert_eq!(f.dead_letter_ids().await, [ids[3]], "the shipped one stays");
+    assert_eq!(
+        f.dead_letter_ids().await,
+        [ids[3], late],
+        "the shipped one stays, and the late one was not counted"
+    );
 }
 
 #[tokio::test]
@@ -417,4 +449,77 @@ async fn the_stream_sends_live_stats() {
         .find(|s| s["name"] == "payments")
         .unwrap();
     assert_eq!(payments["dead_lettered"], 1);
+}
+
+#[tokio::test]
+async fn a_mount_with_parameters_of_its_own_works_and_links_stay_on_this_host() {
+    let bus = Bus::builder().build().unwrap();
+    bus.subscribe("audit", Recorder::new())
+        .start()
+        .await
+        .unwrap();
+    let payments = Payments::default();
+    payments.broken.store(true, SeqCst);
+    bus.subscribe("payments", payments.clone())
+        .retry(Retry::never())
+        .start()
+        .await
+        .unwrap();
+    bus.notify(OrderShipped::new(1)).await.unwrap();
+    bus.drain().await.unwrap();
+    let app = axum::Router::new().nest("/{tenant}/{env}", Dashboard::new(bus.clone()).router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let root = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    let page = client.get(format!("{root}/t1/prod")).send().await.unwrap();
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert_eq!(
+        page.headers()["content-security-policy"],
+        "frame-ancestors 'none'"
+    );
+    let page = page.text().await.unwrap();
+    assert!(page.contains("<base href=\"/t1/prod/\">"), "{page}");
+    let at = page.find("name=\"token\" value=\"").unwrap() + 20;
+    let token = &page[at..at + 32];
+
+    let paused = client
+        .post(format!("{root}/t1/prod/subscriptions/audit/pause"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status().as_u16(), 303);
+    assert!(
+        paused.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/t1/prod?notice=")
+    );
+    assert!(bus.stats().iter().any(|s| s.name == "audit" && s.paused));
+
+    let id = bus.dead_letters().list().await.unwrap()[0].id;
+    let detail = client
+        .get(format!("{root}/t1/prod/dead-letters/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(detail.status().as_u16(), 200);
+
+    // An empty first segment must not turn the links into another host's.
+    let odd = client
+        .get(format!("{root}//evil.example"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!odd.contains("href=\"//"), "{odd}");
+    bus.shutdown().await;
 }

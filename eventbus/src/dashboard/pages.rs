@@ -6,7 +6,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterQuery};
 use crate::registry::Routes;
 use axum::body::Bytes;
 use axum::extract::{OriginalUri, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -39,15 +39,29 @@ pub(super) fn router(dashboard: Dashboard) -> axum::Router {
 }
 
 /// Lets a request through only if the service's check allows it.
+/// Every response may not be framed by another page (which would let a
+/// page of another site click its buttons with the operator's rights) nor
+/// be cached.
 async fn gate(State(dashboard): State<Shared>, request: Request, next: Next) -> Response {
-    if let Some(check) = &dashboard.authorize {
-        let (parts, body) = request.into_parts();
-        if !check(&parts) {
-            return (StatusCode::FORBIDDEN, "forbidden").into_response();
+    let mut response = match &dashboard.authorize {
+        Some(check) => {
+            let (parts, body) = request.into_parts();
+            if check(&parts) {
+                next.run(Request::from_parts(parts, body)).await
+            } else {
+                (StatusCode::FORBIDDEN, "forbidden").into_response()
+            }
         }
-        return next.run(Request::from_parts(parts, body)).await;
-    }
-    next.run(request).await
+        None => next.run(request).await,
+    };
+    let headers = response.headers_mut();
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    headers.insert("cache-control", HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Where the dashboard is mounted, with a final `/`, from the full path a
@@ -60,7 +74,14 @@ fn base(original: &Uri, uri: &Uri) -> String {
     } else {
         full.strip_suffix(own).unwrap_or("")
     };
-    format!("{prefix}/")
+    // One leading slash, whatever the mount's parameters matched: `//x`
+    // would make every link, form and the stream go to host `x`.
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        "/".to_owned()
+    } else {
+        format!("/{prefix}/")
+    }
 }
 
 /// The pairs of a query string or form body.
@@ -130,7 +151,7 @@ fn page(
 
 /// A form's hidden token field.
 fn token(dashboard: &Dashboard) -> Markup {
-    html! { input type="hidden" name="token" value=(dashboard.token); }
+    html! { @if !dashboard.read_only { input type="hidden" name="token" value=(dashboard.token); } }
 }
 
 async fn subscriptions(
@@ -254,11 +275,24 @@ fn refuse(
     None
 }
 
+/// The parameters of an action's path, by name: a mount path with
+/// parameters of its own (`/{tenant}/ops`) adds to them.
+#[derive(serde::Deserialize)]
+struct ActionPath {
+    name: String,
+    action: String,
+}
+
+#[derive(serde::Deserialize)]
+struct LetterPath {
+    id: u64,
+}
+
 async fn subscription_action(
     State(dashboard): State<Shared>,
     OriginalUri(original): OriginalUri,
     uri: Uri,
-    Path((name, action)): Path<(String, String)>,
+    Path(ActionPath { name, action }): Path<ActionPath>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -447,7 +481,12 @@ async fn dead_letters(
             }
         }
         @if let Some(next) = next {
-            p { a #next href={ "dead-letters?" (filter.query()) "&after=" (next) } { "Next page →" } }
+            p {
+                @if letters.is_empty() { span.muted { "No match among the letters read so far. " } }
+                a #next href={ "dead-letters?" (and(&filter.query())) "after=" (next) } {
+                    (if letters.is_empty() { "Read on →" } else { "Next page →" })
+                }
+            }
         }
         script { (PreEscaped(SELECT_ALL)) }
     };
@@ -476,7 +515,7 @@ async fn dead_letter(
     State(dashboard): State<Shared>,
     OriginalUri(original): OriginalUri,
     uri: Uri,
-    Path(id): Path<u64>,
+    Path(LetterPath { id }): Path<LetterPath>,
 ) -> Response {
     let base = base(&original, &uri);
     let letter = match dashboard.bus.dead_letters().get(id).await {
@@ -536,8 +575,8 @@ async fn act_on_letters(
     let action = param(&form, "action").unwrap_or("");
     let back = |notice: String| {
         Redirect::to(&format!(
-            "{root}dead-letters?{}&notice={}",
-            filter.query(),
+            "{root}dead-letters?{}notice={}",
+            and(&filter.query()),
             encode(&notice)
         ))
         .into_response()
@@ -561,6 +600,7 @@ async fn act_on_letters(
                 } else {
                     "Discard"
                 };
+                let upto = all.iter().map(|l| l.id).max().unwrap_or(0);
                 let body = html! {
                     h2 { (verb) " " (all.len()) " dead letter(s)?" }
                     p { "Matching: " (filter.describe()) "." }
@@ -568,6 +608,9 @@ async fn act_on_letters(
                         (token(&dashboard))
                         input type="hidden" name="action" value=(action);
                         input type="hidden" name="confirm" value="yes";
+                        // What was counted: letters that arrive meanwhile
+                        // are left alone.
+                        input type="hidden" name="upto" value=(upto);
                         input type="hidden" name="subscription" value=[filter.subscription.as_deref()];
                         input type="hidden" name="name" value=[filter.name.as_deref()];
                         input type="hidden" name="error" value=[filter.error.as_deref()];
@@ -578,8 +621,13 @@ async fn act_on_letters(
                 };
                 return page(&dashboard, root, "Dead letters", None, body).into_response();
             }
+            let Some(upto) = param(&form, "upto").and_then(|u| u.parse::<u64>().ok()) else {
+                return back(
+                    "confirm again: the confirmation did not say what it counted".to_owned(),
+                );
+            };
             match matching(&dashboard, &filter, 0, usize::MAX, usize::MAX).await {
-                Ok((all, _)) => all.iter().map(|l| l.id).collect(),
+                Ok((all, _)) => all.iter().map(|l| l.id).filter(|id| *id <= upto).collect(),
                 Err(err) => return store_failed(&err),
             }
         }
@@ -612,7 +660,11 @@ async fn act_on_letters(
     let verb = if retry { "retried" } else { "discarded" };
     let mut notice = format!("{done} dead letter(s) {verb}");
     if !failed.is_empty() {
-        notice.push_str(&format!("; {} failed: {}", failed.len(), failed.join("; ")));
+        let shown: Vec<&str> = failed.iter().take(3).map(String::as_str).collect();
+        notice.push_str(&format!("; {} failed: {}", failed.len(), shown.join("; ")));
+        if failed.len() > shown.len() {
+            notice.push_str("; …");
+        }
     }
     back(notice)
 }
@@ -658,6 +710,15 @@ async fn map(
         }
     };
     page(&dashboard, &base, "Side effects", None, body)
+}
+
+/// A query with `&` after it, to append to; empty for no query.
+fn and(query: &str) -> String {
+    if query.is_empty() {
+        String::new()
+    } else {
+        format!("{query}&")
+    }
 }
 
 /// Percent-encodes a value for a URL.
