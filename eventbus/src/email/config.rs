@@ -1,12 +1,8 @@
 //! The mailer's settings, checked once by the builder, so that a mistake
 //! shows when the service starts rather than on the first email.
 
-use super::consumer::MailerConsumer;
 use super::error::ConfigError;
 use super::render::Render;
-use crate::consumer::{BoxError, Context, IntoConsumer};
-use crate::protocol::Notifiable;
-use crate::subscription::Filter;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
@@ -106,24 +102,6 @@ impl Mailer {
             hello_name: None,
             progress_capacity: 10_000,
         }
-    }
-}
-
-impl IntoConsumer for Mailer {
-    type Consumer = MailerConsumer;
-
-    fn into_consumer(self, _context: &Context) -> Result<MailerConsumer, BoxError> {
-        // Here and not in `build`: lettre's pool starts its idle-connection
-        // sweeper on the runtime, which a subscription's start runs in.
-        Ok(MailerConsumer::start(self.settings, self.renderer))
-    }
-
-    fn interest(&self) -> Filter {
-        Filter::all().protocol::<dyn Notifiable>()
-    }
-
-    fn describe(&self) -> Option<String> {
-        Some("email::Mailer".to_owned())
     }
 }
 

@@ -1,13 +1,15 @@
 //! The started mailer: one SMTP message per email notification, on a
 //! pooled connection, each failure sorted into "retry" or "give up".
 
-use super::config::Settings;
+use super::config::{Mailer, Settings};
 use super::error::{EmailsFailed, SendError, told};
 use super::progress::{Done, Outcome, Progress, fingerprint};
 use super::render::{Render, Rendered};
-use crate::consumer::{BoxError, Consumer};
+use crate::consumer::{BoxError, Consumer, Context, IntoConsumer};
 use crate::event::AnyEvent;
+use crate::protocol::Notifiable;
 use crate::protocol::{Channel, Notification};
+use crate::subscription::Filter;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
@@ -436,6 +438,24 @@ impl Consumer for MailerConsumer {
         } else {
             Err(error.into())
         }
+    }
+
+    fn describe(&self) -> Option<String> {
+        Some("email::Mailer".to_owned())
+    }
+}
+
+impl IntoConsumer for Mailer {
+    type Consumer = MailerConsumer;
+
+    fn into_consumer(self, _context: &Context) -> Result<MailerConsumer, BoxError> {
+        // Here and not in `build`: lettre's pool starts its idle-connection
+        // sweeper on the runtime, which a subscription's start runs in.
+        Ok(MailerConsumer::start(self.settings, self.renderer))
+    }
+
+    fn interest(&self) -> Filter {
+        Filter::all().protocol::<dyn Notifiable>()
     }
 
     fn describe(&self) -> Option<String> {
