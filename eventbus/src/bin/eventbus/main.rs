@@ -26,7 +26,7 @@ use std::time::Duration;
 #[command(name = "eventbus", version)]
 struct Cli {
     /// The log: a SQLite file path, or a postgres:// URL.
-    #[arg(env = "EVENTBUS_LOG")]
+    #[arg(env = "EVENTBUS_LOG", hide_env_values = true)]
     log: String,
     /// The outbox's schema, for a PostgreSQL log.
     #[arg(long, global = true, default_value = "eventbus")]
@@ -233,6 +233,21 @@ impl Log {
 }
 
 fn main() -> ExitCode {
+    // A closed pipe (`eventbus events.db tail | head`) ends the tool
+    // quietly, as other command-line tools end, not with a panic.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        report(info);
+    }));
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -423,7 +438,9 @@ async fn tail(
             let events = log.events(from, name_like, limit, newest)?;
             let mut next = events.last().map_or(from, |e| e.position + 1);
             if newest && events.is_empty() {
-                next = 0;
+                // Nothing shown (`--limit 0`, or no match): follow from
+                // the end, not from the start of the log.
+                next = log.head()?;
             }
             for event in &events {
                 print_event(event, as_json);
@@ -449,6 +466,13 @@ async fn tail(
                 .await?;
             if let Some((tx, last)) = events.last() {
                 after = (tx.clone(), last.position as i64);
+            } else if newest {
+                // Nothing shown: follow from the newest event of all.
+                if let Some((tx, last)) =
+                    log.events((&after.0, after.1), None, 1, true).await?.last()
+                {
+                    after = (tx.clone(), last.position as i64);
+                }
             }
             for (_, event) in &events {
                 print_event(event, as_json);

@@ -46,12 +46,15 @@ pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    // The query may carry `password=`: it is left out whole.
+    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+    // The host follows the last `@`: a password may hold an unencoded one.
+    match rest.rsplit_once('@') {
         Some((user, host)) => match user.split_once(':') {
             Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
-            None => url.to_owned(),
+            None => format!("{scheme}://{user}@{host}"),
         },
-        None => url.to_owned(),
+        None => format!("{scheme}://{rest}"),
     }
 }
 
@@ -144,7 +147,8 @@ impl Postgres {
                     (SELECT coalesce(max(position), 0) + 1 FROM {s}.events) AS head,
                     (SELECT count(*) FROM {s}.events e
                       WHERE (e.tx_id, e.position) > (c.tx_id, c.position)
-                        AND mod(mod(e.key_hash, n.partitions) + n.partitions, n.partitions) = c.partition) AS lag,
+                        AND mod(mod(e.key_hash, n.partitions) + n.partitions, n.partitions) = c.partition
+                        AND (c.start_snapshot IS NULL OR NOT pg_visible_in_snapshot(e.tx_id, c.start_snapshot))) AS lag,
                     CASE WHEN c.lease_until > now() THEN c.owner::text END AS holder,
                     CASE WHEN c.lease_until > now() THEN c.lease_until END AS lease_until,
                     (SELECT count(*) FROM {s}.members m WHERE m.subscription = c.subscription AND m.seen_until > now()) AS members,
@@ -163,7 +167,9 @@ impl Postgres {
                     partition: (r.try_get::<i32, _>("partitions")? > 1)
                         .then(|| r.try_get("partition"))
                         .transpose()?,
-                    position: r.try_get::<i64, _>("position")? as u64,
+                    // A subscription started from now has position -1
+                    // until it handles its first event.
+                    position: u64::try_from(r.try_get::<i64, _>("position")?).unwrap_or(0),
                     head: r.try_get::<i64, _>("head")? as u64,
                     lag: r.try_get::<i64, _>("lag")? as u64,
                     holder: r.try_get("holder")?,
@@ -219,7 +225,7 @@ impl Postgres {
         .bind(after.0)
         .bind(after.1)
         .bind(name_like)
-        .bind(limit as i64)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(failed("reading events"))?;
@@ -263,7 +269,7 @@ impl Postgres {
         .bind(filter.name_like())
         .bind(filter.error_like())
         .bind(after as i64)
-        .bind(limit as i64)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(failed("reading dead letters"))?;
@@ -319,7 +325,7 @@ impl Postgres {
         )))
         .bind(subscription)
         .bind(position.map(|p| p as i64))
-        .bind(limit as i64)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(failed("reading quarantined rows"))?;
@@ -460,7 +466,8 @@ impl Postgres {
 /// `$3` (error text).
 const WHERE_LETTERS: &str = "($1::text IS NULL OR subscription = $1)
     AND ($2::text IS NULL OR name LIKE $2 ESCAPE '\\')
-    AND ($3::text IS NULL OR errors::text ILIKE $3 ESCAPE '\\')";
+    AND ($3::text IS NULL OR EXISTS (
+        SELECT 1 FROM jsonb_array_elements_text(errors) AS e(message) WHERE e.message ILIKE $3 ESCAPE '\\'))";
 
 fn no_pruning() -> Retention {
     Retention {
@@ -493,4 +500,26 @@ fn letter_row(r: &PgRow) -> Result<LetterRow, sqlx::Error> {
         last_failed_at: r.try_get("last_failed_at")?,
         replaying: r.try_get("replaying")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_hidden_wherever_the_url_holds_them() {
+        assert_eq!(
+            redact("postgres://app:hunter2@db/app"),
+            "postgres://app:***@db/app"
+        );
+        assert_eq!(
+            redact("postgres://app:hun@ter2@db/app"),
+            "postgres://app:***@db/app"
+        );
+        assert_eq!(
+            redact("postgres://app@db/app?password=hunter2"),
+            "postgres://app@db/app"
+        );
+        assert_eq!(redact("postgres://db/app"), "postgres://db/app");
+    }
 }

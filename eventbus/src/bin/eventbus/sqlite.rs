@@ -158,7 +158,7 @@ impl Sqlite {
     }
 
     /// The position the next event gets: pruned positions are never reused.
-    fn head(&self) -> Result<u64> {
+    pub(crate) fn head(&self) -> Result<u64> {
         let head: i64 = self
             .conn
             .query_row(
@@ -242,7 +242,11 @@ impl Sqlite {
         let mut stmt = self.conn.prepare(&sql).map_err(query_error(&self.path))?;
         let mut rows = stmt
             .query_map(
-                rusqlite::params![from as i64, name_like, limit as i64],
+                rusqlite::params![
+                    from as i64,
+                    name_like,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
                 |r| {
                     Ok(EventRow {
                         position: r.get::<_, i64>(0)? as u64,
@@ -271,7 +275,7 @@ impl Sqlite {
     ) -> Result<Vec<LetterRow>> {
         let (clause, mut args) = where_letters(filter);
         args.push(Sql::Integer(after as i64));
-        args.push(Sql::Integer(limit as i64));
+        args.push(Sql::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
         let n = args.len();
         let sql = format!(
             "SELECT id, subscription, name, version, payload, errors, attempts,
@@ -327,7 +331,11 @@ impl Sqlite {
             )
             .map_err(query_error(&self.path))?;
         stmt.query_map(
-            rusqlite::params![subscription, position.map(|p| p as i64), limit as i64],
+            rusqlite::params![
+                subscription,
+                position.map(|p| p as i64),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
             |r| {
                 Ok(QuarantineRow {
                     subscription: r.get(0)?,
@@ -531,7 +539,12 @@ fn where_letters(filter: &LetterFilter) -> (String, Vec<Sql>) {
         push("name LIKE ? ESCAPE '\\'", n);
     }
     if let Some(e) = filter.error_like() {
-        push("errors LIKE ? ESCAPE '\\'", e);
+        // Each message as written, not the JSON list's text (where quotes
+        // and backslashes are escaped); any case, not only ASCII's.
+        push(
+            "EXISTS (SELECT 1 FROM json_each(errors) WHERE lower(value) LIKE lower(?) ESCAPE '\\')",
+            e,
+        );
     }
     (clause.join(" AND "), args)
 }
