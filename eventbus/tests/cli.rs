@@ -135,6 +135,17 @@ async fn sqlite_log_with_letters(path: &Path) {
     .await;
 }
 
+/// A `tail --follow` child, killed when dropped, so a failing assertion
+/// leaves no process behind.
+struct Following(std::process::Child);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn letter_ids(value: &Value) -> Vec<u64> {
     value
         .as_array()
@@ -276,6 +287,7 @@ async fn sqlite_tail_follow_prints_events_as_they_are_appended() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let _following = Following(child);
     let (lines_tx, lines_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
@@ -304,9 +316,90 @@ async fn sqlite_tail_follow_prints_events_as_they_are_appended() {
     assert_eq!(fourth["position"], 4);
     assert_eq!(fourth["payload"]["order_id"], 4);
     assert_eq!(fifth["position"], 5);
-    child.kill().unwrap();
-    child.wait().unwrap();
     assert!(bus.shutdown().await.is_clean());
+}
+
+/// With nothing shown first (`--limit 0`), `--follow` starts at the end of
+/// the log: only what is appended afterwards is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_tail_follow_with_nothing_shown_starts_at_the_end() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    sqlite_log_with_letters(&path).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventbus"))
+        .args([
+            path.to_str().unwrap(),
+            "tail",
+            "--follow",
+            "--json",
+            "--limit",
+            "0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _following = Following(child);
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Give the tool time to read the log and start following.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bus = Bus::builder()
+        .backend(SqliteLog::open(&path).await.unwrap())
+        .build()
+        .unwrap();
+    bus.notify(OrderPlaced::new(4)).await.unwrap();
+    let line = lines_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a line within 10 s");
+    let first: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        first["position"], 4,
+        "the three earlier events are not shown"
+    );
+    assert!(bus.shutdown().await.is_clean());
+}
+
+/// `--error` matches each message as written: quotes and backslashes,
+/// which the stored JSON list escapes, match; the list's own syntax does
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_error_filter_matches_each_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    sqlite_log_with_letters(&path).await;
+    let errors = serde_json::to_string(&[r#"he said "no""#, r"C:\temp"]).unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE dead_letters SET errors = ?1 WHERE id = 2", [errors])
+        .unwrap();
+    let log = path.to_str().unwrap();
+    let ids = |text: &str| {
+        letter_ids(&json(&[
+            log,
+            "dead-letters",
+            "list",
+            "--json",
+            "--error",
+            text,
+        ]))
+    };
+    assert_eq!(ids(r#"said "no""#), [2]);
+    assert_eq!(ids(r"C:\temp"), [2]);
+    assert_eq!(ids("HE SAID"), [2], "any case");
+    assert!(
+        ids(r#"", ""#).is_empty(),
+        "the JSON list's syntax is not a message"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
