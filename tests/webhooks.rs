@@ -945,3 +945,103 @@ async fn pruning_deletes_finished_deliveries_and_their_attempts() {
     );
     assert!(bus.shutdown().await.is_clean());
 }
+
+#[tokio::test]
+async fn a_full_store_fails_the_event_and_loses_it_not() {
+    let receiver = Receiver::start(ok).await;
+    let endpoints = StaticEndpoints::new();
+    endpoints.insert(Endpoint::new("up", &receiver.url("/up"), SECRET).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let webhooks = webhooks(&endpoints)
+        .store_path(dir.path().join("webhooks.db"))
+        .max_store_size(128 * 1024)
+        .schedule([Duration::ZERO])
+        .build()
+        .unwrap();
+    let bus = bus_with(&webhooks).await;
+    // Delivered deliveries stay on record until pruned, so the store fills.
+    let mut accepted = Vec::new();
+    for user in 0..20_000 {
+        let event = UserCreated::new(user);
+        accepted.push(event.meta.id);
+        bus.notify(event).await.unwrap();
+        if user % 10 == 9 {
+            bus.drain().await.unwrap();
+            if !bus
+                .dead_letters()
+                .list_for("webhooks")
+                .await
+                .unwrap()
+                .is_empty()
+            {
+                break;
+            }
+        }
+    }
+    bus.drain().await.unwrap();
+    let letters = bus.dead_letters().list_for("webhooks").await.unwrap();
+    assert!(!letters.is_empty(), "the store never filled up");
+    assert!(accepted.len() > 100, "{} accepted", accepted.len());
+    assert_eq!(letters[0].attempts, 2);
+    assert!(
+        letters[0]
+            .errors
+            .iter()
+            .any(|e| e.contains("database or disk is full")),
+        "{:?}",
+        letters[0].errors
+    );
+
+    // Every accepted event has its delivery on record or is a dead letter.
+    let lettered: Vec<_> = letters.iter().map(|l| l.event.meta().id).collect();
+    for id in &accepted {
+        let on_record = !webhooks.deliveries_of_event(*id).await.unwrap().is_empty();
+        assert!(
+            on_record != lettered.contains(id),
+            "event {id}: on record {on_record}, dead-lettered {}",
+            lettered.contains(id)
+        );
+    }
+
+    // Room made (attempts that could not be recorded are recorded now),
+    // the letters replayed: each event reaches the endpoint once.
+    assert!(webhooks.prune(Duration::ZERO).await.unwrap() > 0);
+    webhooks.idle().await.unwrap();
+    for letter in &letters {
+        bus.dead_letters().replay(letter.id).await.unwrap();
+    }
+    bus.drain().await.unwrap();
+    webhooks.idle().await.unwrap();
+    assert!(
+        bus.dead_letters()
+            .list_for("webhooks")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let received: Vec<u64> = receiver
+        .on("/up")
+        .iter()
+        .map(|r| r.json()["data"]["user"].as_u64().unwrap())
+        .collect();
+    assert_eq!(received.len(), accepted.len(), "each event once");
+    let mut unique = received.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), accepted.len());
+    assert!(bus.shutdown().await.is_clean());
+}
+
+#[tokio::test]
+async fn a_store_cap_below_its_tables_is_refused_with_the_fix() {
+    let err = Webhooks::builder(StaticEndpoints::new())
+        .in_memory()
+        .max_store_size(4096)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, WebhooksError::StoreSize(4096)));
+    assert_eq!(
+        err.to_string(),
+        "webhook setting `max_store_size` of 4096 bytes is below the 65536 the store's tables need; raise it, or leave it unset for no cap"
+    );
+}

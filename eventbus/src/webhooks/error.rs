@@ -75,6 +75,12 @@ pub enum WebhooksError {
         /// The layout the file has.
         found: i64,
     },
+    /// A [`max_store_size`](super::WebhooksBuilder::max_store_size) below
+    /// the 64 KiB the store's tables need.
+    #[error(
+        "webhook setting `max_store_size` of {0} bytes is below the 65536 the store's tables need; raise it, or leave it unset for no cap"
+    )]
+    StoreSize(u64),
     /// No delivery has this id.
     #[error("no webhook delivery has id {0}")]
     NoDelivery(i64),

@@ -166,6 +166,7 @@ struct Inner {
 pub struct WebhooksBuilder {
     source: Box<dyn EndpointSource>,
     store: Option<Option<PathBuf>>,
+    max_store_size: Option<u64>,
     schedule: Vec<Duration>,
     concurrency: usize,
     per_endpoint: usize,
@@ -182,6 +183,7 @@ impl fmt::Debug for WebhooksBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhooksBuilder")
             .field("store", &self.store)
+            .field("max_store_size", &self.max_store_size)
             .field("schedule", &self.schedule)
             .field("concurrency", &self.concurrency)
             .field("per_endpoint", &self.per_endpoint)
@@ -208,6 +210,20 @@ impl WebhooksBuilder {
         self.store = Some(None);
         self
     }
+
+    /// Caps the store's file at about `bytes`. Once it is full, an event
+    /// whose deliveries do not fit fails its attempt (and is retried, then
+    /// dead-lettered, like any failure), and attempts already sent are
+    /// recorded once room is made ([`prune`](Webhooks::prune)). Default:
+    /// no cap but the disk's. At least [`MIN_MAX_STORE_SIZE`](Self::MIN_MAX_STORE_SIZE).
+    pub fn max_store_size(mut self, bytes: u64) -> Self {
+        self.max_store_size = Some(bytes);
+        self
+    }
+
+    /// The smallest [`max_store_size`](Self::max_store_size) accepted,
+    /// 64 KiB: the empty tables and room for some deliveries.
+    pub const MIN_MAX_STORE_SIZE: u64 = 64 * 1024;
 
     /// The delay before each attempt, from the first: as many attempts as
     /// delays, each at most 30 days. Each is spread by ±10%. The default
@@ -288,13 +304,19 @@ impl WebhooksBuilder {
     /// more than 100 attempts or a delay over 30 days,
     /// [`WebhooksError::Zero`] for a limit or timeout of zero,
     /// [`WebhooksError::PerEndpoint`] for a per-endpoint limit over half
-    /// the concurrency, [`WebhooksError::Store`] or
+    /// the concurrency, [`WebhooksError::StoreSize`] for a store cap below
+    /// 64 KiB, [`WebhooksError::Store`] or
     /// [`WebhooksError::Layout`] for a store that cannot be opened,
     /// [`WebhooksError::Client`] for a client that cannot be built.
     pub fn build(self) -> Result<Webhooks, WebhooksError> {
         let Some(store) = self.store else {
             return Err(WebhooksError::NoStore);
         };
+        if let Some(bytes) = self.max_store_size
+            && bytes < Self::MIN_MAX_STORE_SIZE
+        {
+            return Err(WebhooksError::StoreSize(bytes));
+        }
         if let Some(long) = self.schedule.iter().find(|d| **d > MAX_DELAY) {
             return Err(WebhooksError::Schedule(format!(
                 "a delay of {long:?} is over the 30 days allowed"
@@ -330,7 +352,7 @@ impl WebhooksBuilder {
         let guard = Guard::new(self.guarded, self.allowed, self.resolver);
         let client = dispatch::client(&guard, self.timeout, self.connect_timeout)
             .map_err(WebhooksError::Client)?;
-        let store = Store::open(store.as_deref())?;
+        let store = Store::open(store.as_deref(), self.max_store_size)?;
         Ok(Webhooks {
             inner: Arc::new(Inner {
                 source: self.source,
@@ -376,6 +398,7 @@ impl Webhooks {
         WebhooksBuilder {
             source: Box::new(source),
             store: None,
+            max_store_size: None,
             schedule: SCHEDULE.iter().map(|s| Duration::from_secs(*s)).collect(),
             concurrency: 64,
             per_endpoint: 4,

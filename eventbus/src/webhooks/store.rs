@@ -215,7 +215,8 @@ fn uuid_of(text: &str) -> rusqlite::Result<Uuid> {
 
 impl Store {
     /// Opens (or creates) the store at `path`; `None` for one in memory.
-    pub(crate) fn open(path: Option<&Path>) -> Result<Self, WebhooksError> {
+    /// With `max_size`, the file grows to about that many bytes at most.
+    pub(crate) fn open(path: Option<&Path>, max_size: Option<u64>) -> Result<Self, WebhooksError> {
         let shown: Arc<str> = match path {
             Some(path) => path.display().to_string().into(),
             None => ":memory:".into(),
@@ -254,6 +255,19 @@ impl Store {
              PRAGMA user_version = {LAYOUT}; {SCHEMA}"
         ))
         .map_err(failed)?;
+        if let Some(bytes) = max_size {
+            // A per-connection setting, so it is set at every open. SQLite
+            // clamps a count it cannot address to the most it can.
+            let page_size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(failed)?;
+            let pages = bytes / u64::try_from(page_size).unwrap_or(1).max(1);
+            let _: i64 = conn
+                .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                    r.get(0)
+                })
+                .map_err(failed)?;
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: shown,
