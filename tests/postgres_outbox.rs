@@ -412,7 +412,7 @@ async fn several_processes_starting_at_once_migrate_once() {
         schema
             .count("SELECT count(*) FROM {schema}.migrations")
             .await,
-        2
+        3
     );
 }
 

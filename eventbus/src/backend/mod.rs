@@ -378,4 +378,103 @@ pub trait RetryStore: Send + Sync + Debug + 'static {
 
     /// Forgets an event that succeeded or was dead-lettered.
     async fn clear(&self, subscription: &str, position: Position) -> Result<(), StoreError>;
+
+    /// Whether a failed event is parked here ([`park`](RetryStore::park))
+    /// so its subscription moves on past it, instead of waiting for the
+    /// retry while holding the event. Default `false`.
+    fn parks(&self) -> bool {
+        false
+    }
+
+    /// Keeps `event`, which failed `state.attempts` times with `errors`
+    /// (the last failure's chain), until its next attempt is due. Once
+    /// this returns the subscription counts the event as finished, so the
+    /// park must be as durable as the backend's commits. Only called when
+    /// [`parks`](RetryStore::parks) says so.
+    async fn park(
+        &self,
+        subscription: &str,
+        event: &AnyEvent,
+        state: RetryState,
+        errors: &[String],
+    ) -> Result<(), StoreError> {
+        let _ = (subscription, event, state, errors);
+        Err(StoreError::Failed(
+            "this retry store does not park events".into(),
+        ))
+    }
+
+    /// Claims up to `limit` parked events of `subscription` whose next
+    /// attempt is due, for `lease`: no other caller gets them until it
+    /// runs out. Also says when the next one not yet due is.
+    async fn due(
+        &self,
+        subscription: &str,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Due, StoreError> {
+        let _ = (subscription, limit, lease);
+        Ok(Due::default())
+    }
+
+    /// A claimed parked event failed again and has attempts left: its new
+    /// state, and the claim is let go.
+    async fn repark(
+        &self,
+        id: u64,
+        state: RetryState,
+        errors: &[String],
+    ) -> Result<(), StoreError> {
+        let _ = (id, state, errors);
+        Ok(())
+    }
+
+    /// Forgets a parked event that succeeded or was dead-lettered.
+    async fn unpark(&self, id: u64) -> Result<(), StoreError> {
+        let _ = id;
+        Ok(())
+    }
+
+    /// How many events of `subscription` are parked. Default 0.
+    async fn parked(&self, subscription: &str) -> Result<u64, StoreError> {
+        let _ = subscription;
+        Ok(0)
+    }
+}
+
+/// A parked event whose next attempt is due, claimed from a
+/// [`RetryStore`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Parked {
+    /// The store's id of it.
+    pub id: u64,
+    /// The event.
+    pub event: AnyEvent,
+    /// Its attempts so far, all failed, and when they began.
+    pub state: RetryState,
+}
+
+impl Parked {
+    /// A parked event as a store read it.
+    pub fn new(id: u64, event: AnyEvent, state: RetryState) -> Self {
+        Parked { id, event, state }
+    }
+}
+
+/// What [`RetryStore::due`] found.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Due {
+    /// The parked events claimed, due now.
+    pub parked: Vec<Parked>,
+    /// When the next parked event not claimed here is due, if any.
+    pub next_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Due {
+    /// What a store found.
+    pub fn new(parked: Vec<Parked>, next_at: Option<chrono::DateTime<chrono::Utc>>) -> Self {
+        Due { parked, next_at }
+    }
 }

@@ -3,7 +3,7 @@
 //! in flight.
 
 use super::state::State;
-use crate::backend::{Position, RetryState, RetryStore, Settle, Settlement};
+use crate::backend::{Parked, Position, RetryState, RetryStore, Settle, Settlement};
 use crate::consumer::Consumer;
 use crate::dead_letter::{DeadLetterWriter, Replay};
 use crate::event::AnyEvent;
@@ -78,6 +78,9 @@ pub(crate) struct Deliverer<C> {
     /// Whether a failed attempt goes back to the backend, which schedules
     /// the next one, instead of waiting here while holding the event.
     pub(crate) hands_back: bool,
+    /// The store failed events are parked in until their next attempt,
+    /// so the subscription moves on past them; `None` to retry in place.
+    pub(crate) parking: Option<Arc<dyn RetryStore>>,
     /// Deliveries handled but not yet told to the settler: the consumer
     /// may only have buffered what they gave it (a batcher), so they are
     /// settled after its next flush, as a log's commit waits for one.
@@ -201,6 +204,23 @@ impl<C: Consumer> Delivery<'_, C> {
         if deliverer.hands_back && self.position.is_some() {
             return self.hand_back(number, failure, first_failed_at).await;
         }
+        let failure = match &deliverer.parking {
+            Some(store) if self.position.is_some() => {
+                match deliverer
+                    .park(&**store, self.event, number, failure, first_failed_at)
+                    .await
+                {
+                    Ok(()) => {
+                        if self.stored {
+                            deliverer.forget_retry(self.book).await;
+                        }
+                        return;
+                    }
+                    Err(failure) => failure,
+                }
+            }
+            _ => failure,
+        };
         let attempted = deliverer
             .retry
             .after_failure(&mut self, number, failure, first_failed_at)
@@ -264,6 +284,121 @@ impl<C: Consumer> Delivery<'_, C> {
             .write(self.event.clone(), errors, number, first_failed_at)
             .await;
         deliverer.settle(self.position, Settlement::DeadLettered);
+    }
+}
+
+impl<C: Consumer> Deliverer<C> {
+    /// Parks `event`, whose attempt `number` failed, until its next attempt
+    /// is due, so the subscription moves on. The failure comes back when
+    /// it cannot be parked (no attempts left, a permanent failure, a store
+    /// that refuses), for the caller to retry in place or dead-letter.
+    async fn park(
+        &self,
+        store: &dyn RetryStore,
+        event: &AnyEvent,
+        number: u32,
+        failure: Failure,
+        first_failed_at: Option<chrono::DateTime<Utc>>,
+    ) -> Result<(), Failure> {
+        if failure.permanent || number >= self.retry.attempts() {
+            return Err(failure);
+        }
+        let delay = self.retry.delay(number);
+        let state = RetryState {
+            attempts: number,
+            next_attempt_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+            first_failed_at: first_failed_at.unwrap_or_else(Utc::now),
+        };
+        match store
+            .park(&self.state.name, event, state, &failure.errors)
+            .await
+        {
+            Ok(()) => {
+                self.state.parked.fetch_add(1, SeqCst);
+                self.state.parked_for(delay);
+                tracing::warn!(
+                    subscription = %self.state.name,
+                    event = %event.name(),
+                    event_id = %event.meta().id,
+                    attempt = number,
+                    retry_in = ?delay,
+                    error = %failure.errors.join(": "),
+                    "event handling failed; parked until its retry, and the subscription goes on",
+                );
+                Ok(())
+            }
+            Err(err) => {
+                tracing::warn!(
+                    subscription = %self.state.name,
+                    event = %event.name(),
+                    error = %error_chain(&err).join(": "),
+                    "could not park a failed event; retrying it in place",
+                );
+                Err(failure)
+            }
+        }
+    }
+
+    /// One attempt at a parked event whose retry is due: then it is
+    /// forgotten (handled, or dead-lettered at its last attempt) or parked
+    /// again with one attempt more. A store that fails leaves it parked,
+    /// to run again once its claim runs out.
+    pub(super) async fn run_parked(&self, parked: Parked) {
+        let Parked { id, event, state } = parked;
+        let number = state.attempts + 1;
+        self.state.counters.retried.fetch_add(1, Relaxed);
+        self.metrics.retried.increment(1);
+        let handled = AssertUnwindSafe(self.consumer.handle(&event))
+            .catch_unwind()
+            .instrument(self.span(&event, number));
+        let outcome = self.outcome(handled.await);
+        let Some(store) = &self.parking else {
+            return;
+        };
+        let again = matches!(&outcome, Err(failure) if !failure.permanent && number < self.retry.attempts());
+        let result = match outcome {
+            Ok(()) => {
+                self.delivered();
+                // A batching consumer has only queued the payload.
+                self.flush().await;
+                store.unpark(id).await
+            }
+            Err(failure) if !failure.permanent && number < self.retry.attempts() => {
+                let delay = self.retry.delay(number);
+                tracing::warn!(
+                    subscription = %self.state.name,
+                    event = %event.name(),
+                    event_id = %event.meta().id,
+                    attempt = number,
+                    retry_in = ?delay,
+                    error = %failure.errors.join(": "),
+                    "event handling failed; parked again until its retry",
+                );
+                let state = RetryState {
+                    attempts: number,
+                    next_attempt_at: Utc::now()
+                        + chrono::Duration::from_std(delay).unwrap_or_default(),
+                    first_failed_at: state.first_failed_at,
+                };
+                let reparked = store.repark(id, state, &failure.errors).await;
+                if reparked.is_ok() {
+                    self.state.parked_for(delay);
+                }
+                reparked
+            }
+            Err(Failure { errors, .. }) => {
+                self.dead_letters
+                    .write(event.clone(), errors, number, state.first_failed_at)
+                    .await;
+                self.flush().await;
+                store.unpark(id).await
+            }
+        };
+        match result {
+            // Parked again: still counted.
+            Ok(()) if again => {}
+            result => self.unparked(id, result),
+        }
     }
 }
 
@@ -436,6 +571,71 @@ impl<C: Consumer> Deliverer<C> {
     }
 }
 
+/// Work a subscription runs outside its log's order, through its mode's
+/// limits and lanes as a new event would: a dead letter's replay, or a
+/// parked event whose retry is due.
+pub(crate) enum Rerun {
+    Letter(Replay),
+    Parked(Parked),
+}
+
+impl Rerun {
+    pub(super) fn event(&self) -> &AnyEvent {
+        match self {
+            Rerun::Letter(replay) => &replay.event,
+            Rerun::Parked(parked) => &parked.event,
+        }
+    }
+
+    pub(super) fn is_letter(&self) -> bool {
+        matches!(self, Rerun::Letter(_))
+    }
+}
+
+impl<C: Consumer> Deliverer<C> {
+    /// Runs `rerun`.
+    pub(super) async fn rerun(&self, rerun: Rerun) {
+        match rerun {
+            Rerun::Letter(replay) => self.replay(replay).await,
+            Rerun::Parked(parked) => self.run_parked(parked).await,
+        }
+    }
+}
+
+impl<C> Deliverer<C> {
+    /// `rerun`'s event was dead-lettered without running (its partition
+    /// key panicked): the old letter, or the parked event, goes.
+    pub(super) async fn rerun_dead_lettered(&self, rerun: Rerun) {
+        match rerun {
+            Rerun::Letter(replay) => replay.finish().await,
+            Rerun::Parked(parked) => {
+                if let Some(store) = &self.parking {
+                    self.unparked(parked.id, store.unpark(parked.id).await);
+                }
+            }
+        }
+    }
+
+    /// Counts a parked event as gone once its store said so.
+    fn unparked(&self, id: u64, result: Result<(), crate::backend::StoreError>) {
+        match result {
+            Ok(()) => {
+                let _ = self
+                    .state
+                    .parked
+                    .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
+                self.state.done.ping();
+            }
+            Err(err) => tracing::error!(
+                subscription = %self.state.name,
+                id,
+                error = %error_chain(&err).join(": "),
+                "could not update a parked event; it runs again once its claim runs out",
+            ),
+        }
+    }
+}
+
 /// Counts one event (or replay) in flight from the moment a mode takes it
 /// until it is finished, however it finishes: handled, dead-lettered,
 /// panicked around, or dropped at a stop. The one place `in_flight`
@@ -461,6 +661,15 @@ impl InFlight {
         in_flight.replay = true;
         in_flight
     }
+
+    /// A rerun: a replay counted as one, a parked event as an event.
+    pub(super) fn rerun(state: &Arc<State>, rerun: &Rerun) -> Self {
+        if rerun.is_letter() {
+            InFlight::replay(state)
+        } else {
+            InFlight::event(state)
+        }
+    }
 }
 
 /// [`InFlight`] for sequential mode, where the runner's own task runs one
@@ -483,11 +692,11 @@ impl<'a> Alone<'a> {
         }
     }
 
-    pub(super) fn replay(state: &'a State) -> Self {
+    pub(super) fn rerun(state: &'a State, rerun: &Rerun) -> Self {
         state.counters.in_flight.store(1, Relaxed);
         Alone {
             state,
-            replay: true,
+            replay: rerun.is_letter(),
         }
     }
 }

@@ -56,7 +56,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 /// The most events a concurrent subscription may have in flight.
 pub const MAX_CONCURRENCY: usize = 1 << 24;
@@ -328,6 +328,19 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             None => None,
         };
 
+        // Failed events are parked where the retry store parks them and
+        // the backend does not schedule retries itself.
+        let hands_back = settler.is_some() && inner.writer.get().capabilities().schedules_retries;
+        let parking = inner
+            .retries
+            .as_ref()
+            .filter(|store| store.parks() && !hands_back)
+            .cloned();
+        let parked = match &parking {
+            Some(store) => store.parked(&name).await.map_err(SubscribeError::Store)?,
+            None => 0,
+        };
+
         let name: Arc<str> = Arc::from(name);
         let (flush_tx, flush_rx) = mpsc::channel(4);
         let (replay_tx, replay_rx) = mpsc::unbounded_channel();
@@ -349,6 +362,9 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             reader_lag: AtomicU64::new(reader.lag().unwrap_or(0)),
             accepted_at_lag: AtomicU64::new(inner.writer.accepted()),
             replays: Arc::new(AtomicU64::new(0)),
+            parked: AtomicU64::new(parked),
+            parked_due: Mutex::default(),
+            look_at_parked: Notify::new(),
             stop: AtomicBool::new(false),
             paused: watch::Sender::new(false),
             paused_now: AtomicBool::new(false),
@@ -410,7 +426,8 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
                 state: Arc::clone(&state),
                 dead_letters,
                 metrics: deliver::Metrics::new(&name),
-                hands_back: settler.is_some() && capabilities.schedules_retries,
+                hands_back,
+                parking,
                 unflushed: std::sync::Mutex::default(),
                 settler,
             }),

@@ -3,7 +3,7 @@
 //! positions back to the backend, and finish what it took when it stops.
 
 use super::Config;
-use super::deliver::{Deliverer, InFlight, guarded, survived};
+use super::deliver::{Deliverer, InFlight, Rerun, guarded, survived};
 use super::filter::CachedFilter;
 use super::mode::Dispatch;
 use crate::backend::{Batch, Position, ReadError, Reader, Settlement, Watermark};
@@ -51,9 +51,16 @@ impl<C: Consumer> Runner<C> {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             every
         });
+        // Where failed events are parked: looked at once at the start, then
+        // when a retry parked here is due, and now and then for the rest.
+        let parking = self.deliverer.parking.is_some();
+        let mut look_at = parking.then(tokio::time::Instant::now);
         loop {
             if state.stop.load(SeqCst) || self.claim_lost {
                 break;
+            }
+            if parking && let Some(due) = state.parked_due.lock().expect("parked_due lock").take() {
+                look_at = Some(look_at.map_or(due, |at| at.min(due)));
             }
             let progressed = mode.watermark().unwrap_or(&never).clone();
             let max = self.config.max_demand;
@@ -74,6 +81,10 @@ impl<C: Consumer> Runner<C> {
                 _ = async { marks.as_mut().expect("checked").tick().await }, if running && marks.is_some() => {
                     Box::pin(self.look_for_marks()).await;
                 }
+                () = async { tokio::time::sleep_until(look_at.expect("checked")).await }, if running && look_at.is_some() => {
+                    look_at = Some(Box::pin(self.look_at_parked(&mut mode)).await);
+                }
+                () = state.look_at_parked.notified(), if parking => {}
                 () = progressed.progressed(), if mode.watermark().is_some() => {
                     let done = progressed.done(self.read);
                     self.release(done).await;
@@ -339,12 +350,66 @@ impl<C: Consumer> Runner<C> {
         }
     }
 
+    /// Claims the parked events that are due, as many as the demand, and
+    /// hands them to the mode; recounts what is parked. Returns when to
+    /// look again.
+    async fn look_at_parked(&mut self, mode: &mut Dispatch<C>) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let Some(store) = self.deliverer.parking.clone() else {
+            return now + PARKED_IDLE;
+        };
+        if !self.reader.holds_claim() {
+            return now + PARKED_IDLE;
+        }
+        let state = Arc::clone(&self.deliverer.state);
+        let limit = self.config.max_demand;
+        let due = match store.due(&state.name, limit, PARKED_LEASE).await {
+            Ok(due) => due,
+            Err(err) => {
+                tracing::warn!(
+                    subscription = %state.name,
+                    error = %error_chain(&err).join(": "),
+                    "cannot look for parked events whose retry is due; trying again later",
+                );
+                return now + PARKED_BUSY;
+            }
+        };
+        let claimed = due.parked.len();
+        for parked in due.parked {
+            if !mode.rerun(Rerun::Parked(parked)).await {
+                break;
+            }
+        }
+        match store.parked(&state.name).await {
+            Ok(count) => {
+                state.parked.store(count, SeqCst);
+                state.done.ping();
+            }
+            Err(err) => tracing::warn!(
+                subscription = %state.name,
+                error = %error_chain(&err).join(": "),
+                "cannot count parked events",
+            ),
+        }
+        if claimed == limit {
+            // More may be due: once the mode has taken these.
+            return now;
+        }
+        let next = due
+            .next_at
+            .map(|at| (at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO));
+        match next {
+            Some(wait) => now + wait.min(PARKED_BUSY),
+            None => now + PARKED_IDLE,
+        }
+    }
+
     /// Takes letter `id` and hands it to the mode.
     async fn replay(&mut self, mode: &mut Dispatch<C>, id: u64) {
         let letters = self.deliverer.dead_letters.letters();
         match letters.take(&self.deliverer.state.name, id).await {
             Some(replay) => {
-                mode.replay(replay).await;
+                mode.rerun(Rerun::Letter(replay)).await;
             }
             // Gone or unreadable: not run, no longer counted.
             None => drop(InFlight::replay(&self.deliverer.state)),
@@ -430,6 +495,16 @@ impl<C: Consumer> Runner<C> {
 /// How often the holder of a subscription on a shared store looks for
 /// letters marked for replay in other processes.
 const LOOK_FOR_MARKS: Duration = Duration::from_secs(1);
+
+/// How often a subscription looks at its parked events while some are
+/// parked (by any process), and while none are: retries this process
+/// parks are looked for when due, whatever these say.
+const PARKED_BUSY: Duration = Duration::from_secs(1);
+const PARKED_IDLE: Duration = Duration::from_secs(5);
+
+/// How long a claimed parked event is left to the process that claimed
+/// it, before another may run it.
+const PARKED_LEASE: Duration = Duration::from_secs(300);
 
 /// Waits that double from `first` up to `max` while failures repeat.
 struct Backoff {

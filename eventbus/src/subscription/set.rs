@@ -229,7 +229,8 @@ impl SubscriptionSet {
                     Some(settled) => settled,
                     None => reached >= target,
                 };
-                if state.finished.load(SeqCst) || (finished && state.replays.load(SeqCst) == 0) {
+                let rerunning = state.replays.load(SeqCst) + state.parked.load(SeqCst);
+                if state.finished.load(SeqCst) || (finished && rerunning == 0) {
                     break;
                 }
                 // After the check above: a paused subscription with nothing
@@ -238,7 +239,7 @@ impl SubscriptionSet {
                     // What the backend says now, not at its last answer.
                     if state.settles && settled == Some(false) {
                         settled = self.settled(&state, state.asked_up_to(head)).await;
-                        if settled == Some(true) && state.replays.load(SeqCst) == 0 {
+                        if settled == Some(true) && rerunning == 0 {
                             break;
                         }
                     }

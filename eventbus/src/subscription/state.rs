@@ -35,6 +35,12 @@ pub struct SubscriptionStats {
     /// Dead letters sent back to this subscription whose replay has not
     /// finished; each stays stored until it has.
     pub replaying: u64,
+    /// Failed events parked in the backend's store until their next
+    /// attempt, which the subscription moved on past (PostgreSQL's
+    /// `park_retries`), as of the last look at the store (at least once a second while
+    /// any are parked); `drain` waits for them. Always 0 on a backend
+    /// that retries in place.
+    pub parked: u64,
     /// Payloads the consumer holds and has not written yet (a
     /// [`ProtocolConsumer`](crate::ProtocolConsumer)'s batch). A
     /// subscription stopped at a deadline drops them; a durable log
@@ -100,6 +106,13 @@ pub(crate) struct State {
     pub(crate) accepted_at_lag: AtomicU64,
     /// Replays sent but not yet finished.
     pub(crate) replays: Arc<AtomicU64>,
+    /// Failed events of this subscription parked in the retry store, as
+    /// of the last look, and counted up and down by this process since.
+    pub(crate) parked: AtomicU64,
+    /// The earliest retry this process parked since the runner last
+    /// looked, and the runner's wake-up for it.
+    pub(crate) parked_due: Mutex<Option<tokio::time::Instant>>,
+    pub(crate) look_at_parked: Notify,
     pub(crate) stop: AtomicBool,
     /// Whether the subscription is paused; waiters see changes, and a stop
     /// wakes them too. `paused_now` mirrors it for the check per event.
@@ -145,6 +158,7 @@ impl State {
                     .saturating_sub(self.done.get())
             },
             replaying: self.replays.load(Relaxed),
+            parked: self.parked.load(Relaxed),
             buffered: c.buffered.load(Relaxed),
             stalled: self.stall.get().map(|s| s.reason),
             paused: self.is_paused(),
@@ -243,6 +257,16 @@ impl State {
         self.counters.in_flight.store(0, Relaxed);
         self.counters.buffered.store(0, Relaxed);
         self.replays.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A retry was parked, due after `delay`: the runner looks for it
+    /// then.
+    pub(crate) fn parked_for(&self, delay: std::time::Duration) {
+        let at = tokio::time::Instant::now() + delay;
+        let mut due = self.parked_due.lock().expect("parked_due lock");
+        *due = Some(due.map_or(at, |d| d.min(at)));
+        drop(due);
+        self.look_at_parked.notify_one();
     }
 
     pub(crate) fn mark_finished(&self) {

@@ -80,6 +80,8 @@ struct Inner {
     /// How many partitions each subscription is split into.
     partitions: usize,
     notify_on_commit: bool,
+    /// Whether failed events are parked in `{schema}.parked`.
+    park_retries: bool,
     retention: Retention,
     closed: AtomicBool,
     /// Woken by the listener on every notification and after every
@@ -102,6 +104,7 @@ pub struct PostgresLogBuilder {
     poll: Duration,
     partitions: usize,
     notify_on_commit: bool,
+    park_retries: bool,
     retention: Retention,
 }
 
@@ -117,6 +120,7 @@ impl PostgresLog {
             poll: Duration::from_millis(500),
             partitions: DEFAULT_PARTITIONS,
             notify_on_commit: true,
+            park_retries: true,
             retention: Retention::default(),
         }
     }
@@ -228,6 +232,7 @@ impl fmt::Debug for PostgresLogBuilder {
             .field("poll", &self.poll)
             .field("partitions", &self.partitions)
             .field("notify_on_commit", &self.notify_on_commit)
+            .field("park_retries", &self.park_retries)
             .field("retention", &self.retention)
             .finish()
     }
@@ -291,6 +296,19 @@ impl PostgresLogBuilder {
     #[must_use]
     pub fn poll_interval(mut self, poll: Duration) -> Self {
         self.poll = poll;
+        self
+    }
+
+    /// Whether a failed event with attempts left is parked in
+    /// `{schema}.parked` until its retry is due, so its partition moves on
+    /// past it. Default `true`: a failure never holds the events behind
+    /// it. The retry then comes after later events, even of the same
+    /// [order key](crate::Event::order_key); `false` keeps per-key order by
+    /// retrying in place, holding the partition (and in sequential mode,
+    /// the subscription) until the event is handled or dead-lettered.
+    #[must_use]
+    pub fn park_retries(mut self, on: bool) -> Self {
+        self.park_retries = on;
         self
     }
 
@@ -370,6 +388,7 @@ impl PostgresLogBuilder {
                 poll: self.poll.max(Duration::from_millis(1)),
                 partitions: self.partitions,
                 notify_on_commit: self.notify_on_commit,
+                park_retries: self.park_retries,
                 closed: AtomicBool::new(false),
                 wake: Notify::new(),
                 listener: std::sync::Mutex::new(None),

@@ -82,7 +82,7 @@ pub struct Pruned {
 pub struct Forgotten {
     /// Whether the subscription had a stored position.
     pub position: bool,
-    /// Retry schedules deleted.
+    /// Retry schedules and parked events deleted.
     pub retries: u64,
     /// Quarantined events deleted.
     pub quarantined: u64,
@@ -127,8 +127,8 @@ impl PostgresLog {
     }
 
     /// Deletes everything the outbox keeps for `subscription`: its
-    /// position, retry schedules, quarantined events and dead letters, in
-    /// one transaction, and says how much went.
+    /// position, retry schedules, parked events, quarantined events and
+    /// dead letters, in one transaction, and says how much went.
     ///
     /// A subscription removed from the code keeps its position, the oldest
     /// of all, so no event after it is ever pruned. Forget it once it is
@@ -166,7 +166,7 @@ impl PostgresLog {
         if held.contains(&true) {
             return Err(PostgresError::Held(subscription.to_owned()));
         }
-        let mut deleted = [0u64; 4];
+        let mut deleted = [0u64; 5];
         sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM {schema}.members WHERE subscription = $1"
         )))
@@ -174,7 +174,7 @@ impl PostgresLog {
         .execute(&mut *tx)
         .await
         .map_err(PostgresError::query("forgetting a subscription"))?;
-        for (i, table) in ["cursors", "retries", "quarantine", "dead_letters"]
+        for (i, table) in ["cursors", "retries", "parked", "quarantine", "dead_letters"]
             .iter()
             .enumerate()
         {
@@ -190,10 +190,10 @@ impl PostgresLog {
         tx.commit()
             .await
             .map_err(PostgresError::query("forgetting a subscription"))?;
-        let [position, retries, quarantined, dead_letters] = deleted;
+        let [position, retries, parked, quarantined, dead_letters] = deleted;
         Ok(Forgotten {
             position: position > 0,
-            retries,
+            retries: retries + parked,
             quarantined,
             dead_letters,
         })

@@ -9,7 +9,7 @@ use sqlx::AssertSqlSafe;
 use sqlx::PgPool;
 
 /// The newest layout this code knows.
-pub(crate) const LAYOUT: i32 = 2;
+pub(crate) const LAYOUT: i32 = 3;
 
 /// The migrations, in order: (version, SQL with `{schema}` in place of the
 /// schema). Published in `eventbus/sql/postgres/` for teams that run
@@ -17,6 +17,7 @@ pub(crate) const LAYOUT: i32 = 2;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../../sql/postgres/0001_outbox.sql")),
     (2, include_str!("../../../sql/postgres/0002_partitions.sql")),
+    (3, include_str!("../../../sql/postgres/0003_parked.sql")),
 ];
 
 /// Columns the outbox reads and writes, with the type
@@ -88,6 +89,21 @@ const SHAPE: &[(&str, &[(&str, &str)])] = &[
             ("first_failed_at", "timestamp with time zone"),
             ("last_failed_at", "timestamp with time zone"),
             ("replay_requested_at", "timestamp with time zone"),
+        ],
+    ),
+    (
+        "parked",
+        &[
+            ("id", "bigint"),
+            ("subscription", "text"),
+            ("name", "text"),
+            ("version", "integer"),
+            ("payload", "jsonb"),
+            ("errors", "jsonb"),
+            ("attempts", "integer"),
+            ("first_failed_at", "timestamp with time zone"),
+            ("due_at", "timestamp with time zone"),
+            ("claimed_until", "timestamp with time zone"),
         ],
     ),
 ];

@@ -1,15 +1,16 @@
-//! The retry schedules and dead letters of a
-//! [`PostgresLog`](super::PostgresLog), in `{schema}.retries` and
-//! `{schema}.dead_letters`. Dead letters: any process lists them and marks them for
+//! The retry schedules, parked events and dead letters of a
+//! [`PostgresLog`](super::PostgresLog), in `{schema}.retries`,
+//! `{schema}.parked` and `{schema}.dead_letters`. Dead letters: any process lists them and marks them for
 //! replay; the process holding the letter's subscription runs the replay.
 
 // Every dynamic statement only puts in the schema name, which is
 // checked to be a plain identifier when the outbox connects.
 use super::Inner;
 use super::error::PostgresError;
-use crate::backend::{DeadLetterStore, Position, RetryState, RetryStore, StoreError};
+use crate::backend::{DeadLetterStore, Due, Parked, Position, RetryState, RetryStore, StoreError};
 use crate::dead_letter::store::StoredLetter;
 use crate::dead_letter::{DeadLetter, DeadLetterPage, DeadLetterQuery, Discarded, ReplayRequest};
+use crate::event::AnyEvent;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
@@ -298,4 +299,172 @@ impl RetryStore for PgStores {
         .map_err(PostgresError::query("clearing a retry schedule"))?;
         Ok(())
     }
+
+    fn parks(&self) -> bool {
+        self.inner.park_retries
+    }
+
+    async fn park(
+        &self,
+        subscription: &str,
+        event: &AnyEvent,
+        state: RetryState,
+        errors: &[String],
+    ) -> Result<(), StoreError> {
+        let payload = event.to_json_bytes().map_err(PostgresError::Encode)?;
+        let payload = String::from_utf8(payload).expect("serde_json writes UTF-8");
+        let errors = serde_json::to_string(errors).map_err(PostgresError::Encode)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {}.parked
+             (subscription, name, version, payload, errors, attempts, first_failed_at, due_at)
+             VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8)",
+            self.inner.schema
+        )))
+        .bind(subscription)
+        .bind(event.name())
+        .bind(event.version() as i32)
+        .bind(payload)
+        .bind(errors)
+        .bind(state.attempts.min(i32::MAX as u32) as i32)
+        .bind(state.first_failed_at)
+        .bind(state.next_attempt_at)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query("parking a failed event"))?;
+        Ok(())
+    }
+
+    async fn due(
+        &self,
+        subscription: &str,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Due, StoreError> {
+        let schema = &self.inner.schema;
+        let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        // Claimed in one statement; SKIP LOCKED lets processes claiming at
+        // once each take others.
+        let rows: Vec<ParkedRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE {schema}.parked SET claimed_until = now() + $3
+             WHERE id IN (
+                 SELECT id FROM {schema}.parked
+                 WHERE subscription = $1 AND due_at <= now()
+                   AND (claimed_until IS NULL OR claimed_until < now())
+                 ORDER BY due_at LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             )
+             RETURNING id, name, version, payload::text, attempts, first_failed_at, due_at"
+        )))
+        .bind(subscription)
+        .bind(limit.clamp(1, i64::MAX as usize) as i64)
+        .bind(lease)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query("claiming parked events"))?;
+        let next_at: Option<DateTime<Utc>> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT min(GREATEST(due_at, COALESCE(claimed_until, due_at))) FROM {schema}.parked
+             WHERE subscription = $1 AND NOT (id = ANY($2))"
+        )))
+        .bind(subscription)
+        .bind(rows.iter().map(|r| r.0).collect::<Vec<i64>>())
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query("looking for parked events"))?;
+        let mut parked = Vec::with_capacity(rows.len());
+        for (id, name, version, payload, attempts, first_failed_at, due_at) in rows {
+            let decoded = u32::try_from(version)
+                .map_err(|_| format!("the stored version {version} is not a version"))
+                .and_then(|version| {
+                    crate::registry::registry()
+                        .decode(&name, version, payload.as_bytes())
+                        .map_err(|err| err.to_string())
+                });
+            match decoded {
+                Ok(event) => parked.push(Parked::new(
+                    id as u64,
+                    event,
+                    RetryState {
+                        attempts: attempts.max(0) as u32,
+                        next_attempt_at: due_at,
+                        first_failed_at,
+                    },
+                )),
+                Err(error) => {
+                    // Nothing here can run it: it becomes a dead letter,
+                    // kept as it is (listings skip letters that do not
+                    // decode, and a build that decodes it can replay it).
+                    tracing::error!(
+                        id,
+                        event = %name,
+                        %error,
+                        "a parked event no longer decodes; it is moved to the dead_letters table",
+                    );
+                    sqlx::query(AssertSqlSafe(format!(
+                        "WITH gone AS (DELETE FROM {schema}.parked WHERE id = $1 RETURNING *)
+                         INSERT INTO {schema}.dead_letters
+                         (subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at)
+                         SELECT subscription, name, version, payload,
+                                errors || jsonb_build_array('the parked event no longer decodes: ' || $2),
+                                attempts, first_failed_at, now()
+                         FROM gone"
+                    )))
+                    .bind(id)
+                    .bind(&error)
+                    .execute(&self.inner.pool)
+                    .await
+                    .map_err(PostgresError::query("moving an undecodable parked event to the dead letters"))?;
+                }
+            }
+        }
+        Ok(Due::new(parked, next_at))
+    }
+
+    async fn repark(
+        &self,
+        id: u64,
+        state: RetryState,
+        errors: &[String],
+    ) -> Result<(), StoreError> {
+        let errors = serde_json::to_string(errors).map_err(PostgresError::Encode)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {}.parked SET attempts = $2, due_at = $3, errors = $4::jsonb, claimed_until = NULL
+             WHERE id = $1",
+            self.inner.schema
+        )))
+        .bind(to_i64(id))
+        .bind(state.attempts.min(i32::MAX as u32) as i32)
+        .bind(state.next_attempt_at)
+        .bind(errors)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query("parking a failed event again"))?;
+        Ok(())
+    }
+
+    async fn unpark(&self, id: u64) -> Result<(), StoreError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {}.parked WHERE id = $1",
+            self.inner.schema
+        )))
+        .bind(to_i64(id))
+        .execute(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query("removing a parked event"))?;
+        Ok(())
+    }
+
+    async fn parked(&self, subscription: &str) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}.parked WHERE subscription = $1",
+            self.inner.schema
+        )))
+        .bind(subscription)
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query("counting parked events"))?;
+        Ok(count as u64)
+    }
 }
+
+/// A parked event's columns, as claimed.
+type ParkedRow = (i64, String, i32, String, i32, DateTime<Utc>, DateTime<Utc>);

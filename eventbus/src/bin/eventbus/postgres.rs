@@ -25,7 +25,7 @@ use sqlx::{AssertSqlSafe, Row};
 use std::time::Duration;
 
 /// The outbox layout this tool reads: the library's current one.
-const LAYOUT: i32 = 2;
+const LAYOUT: i32 = 3;
 /// How long the tool waits for the server to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -2,11 +2,10 @@
 //! take their permits in log order and finish in any order, which a
 //! watermark turns into the position to commit.
 
-use super::super::deliver::{Deliverer, InFlight, guarded, survived};
+use super::super::deliver::{Deliverer, InFlight, Rerun, guarded, survived};
 use super::super::state::State;
 use crate::backend::{Position, Watermark};
 use crate::consumer::Consumer;
-use crate::dead_letter::Replay;
 use crate::event::AnyEvent;
 use futures_util::FutureExt;
 use std::future::{Future, poll_fn};
@@ -93,15 +92,15 @@ impl<C: Consumer> Concurrent<C> {
         true
     }
 
-    /// Runs a replay as a task holding one of the permits, as a new event
-    /// would.
-    pub(super) async fn replay(&mut self, replay: Replay) -> bool {
+    /// Runs a replay or a parked event as a task holding one of the
+    /// permits, as a new event would.
+    pub(super) async fn rerun(&mut self, rerun: Rerun) -> bool {
         let permit = self.permit().await;
-        let in_flight = InFlight::replay(&self.deliverer.state);
+        let in_flight = InFlight::rerun(&self.deliverer.state, &rerun);
         let deliverer = Arc::clone(&self.deliverer);
         self.tasks.spawn(async move {
             let state = &deliverer.state;
-            unless_aborted(state, guarded(state, deliverer.replay(replay))).await;
+            unless_aborted(state, guarded(state, deliverer.rerun(rerun))).await;
             drop(in_flight);
             drop(permit);
         });

@@ -13,10 +13,9 @@ use self::concurrent::Concurrent;
 use self::partitioned::Partitioned;
 use self::sequential::Sequential;
 use super::Mode;
-use super::deliver::{Deliverer, survived};
+use super::deliver::{Deliverer, Rerun, survived};
 use crate::backend::{Position, Watermark};
 use crate::consumer::Consumer;
-use crate::dead_letter::Replay;
 use crate::event::AnyEvent;
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
@@ -74,13 +73,14 @@ impl<C: Consumer> Dispatch<C> {
         }
     }
 
-    /// Takes a replay, as a new event of the mode would be taken. `false`
-    /// when the subscription stops instead; the letter stays.
-    pub(super) async fn replay(&mut self, replay: Replay) -> bool {
+    /// Takes a replay or a parked event, as a new event of the mode would
+    /// be taken. `false` when the subscription stops instead; the letter
+    /// stays, and so does the parked event.
+    pub(super) async fn rerun(&mut self, rerun: Rerun) -> bool {
         match self {
-            Dispatch::Sequential(mode) => mode.replay(replay).await,
-            Dispatch::Concurrent(mode) => mode.replay(replay).await,
-            Dispatch::Partitioned(mode) => mode.replay(replay).await,
+            Dispatch::Sequential(mode) => mode.rerun(rerun).await,
+            Dispatch::Concurrent(mode) => mode.rerun(rerun).await,
+            Dispatch::Partitioned(mode) => mode.rerun(rerun).await,
         }
     }
 

@@ -4,10 +4,9 @@
 //! commit.
 
 use super::super::KeyFn;
-use super::super::deliver::{Deliverer, InFlight, guarded};
+use super::super::deliver::{Deliverer, InFlight, Rerun, guarded};
 use crate::backend::{Position, Watermark};
 use crate::consumer::Consumer;
-use crate::dead_letter::Replay;
 use crate::event::AnyEvent;
 use crate::failure::panic_message;
 use std::panic::AssertUnwindSafe;
@@ -24,7 +23,8 @@ pub(in crate::subscription) struct Partitioned<C> {
 }
 
 /// What a lane is handed: an event from the log, or a dead letter's event
-/// replayed into the lane of its key; each counted in flight until done.
+/// replayed or a parked event retried in the lane of its key; each counted
+/// in flight until done.
 enum Work {
     Event {
         position: Position,
@@ -32,7 +32,7 @@ enum Work {
         attempt: u32,
         in_flight: InFlight,
     },
-    Replay(Replay, InFlight),
+    Rerun(Rerun, InFlight),
 }
 
 impl<C: Consumer> Partitioned<C> {
@@ -106,21 +106,21 @@ impl<C: Consumer> Partitioned<C> {
         self.senders[lane].send(work).await.is_ok()
     }
 
-    /// Queues a replay on the lane of its key, behind the events of that
-    /// key already there.
-    pub(super) async fn replay(&mut self, replay: Replay) -> bool {
-        let in_flight = InFlight::replay(&self.deliverer.state);
-        let Some(lane) = self.lane_of(None, &replay.event).await else {
+    /// Queues a replay or a parked event on the lane of its key, behind
+    /// the events of that key already there.
+    pub(super) async fn rerun(&mut self, rerun: Rerun) -> bool {
+        let in_flight = InFlight::rerun(&self.deliverer.state, &rerun);
+        let Some(lane) = self.lane_of(None, rerun.event()).await else {
             // As for a new event: one failed attempt, then a new letter;
-            // the old one goes with the finished replay.
-            replay.finish().await;
+            // the old letter (or the parked event) goes.
+            self.deliverer.rerun_dead_lettered(rerun).await;
             drop(in_flight);
             return true;
         };
-        // Refused by a lane that ended, the replay is dropped: its letter
-        // stays stored.
+        // Refused by a lane that ended, it is dropped: its letter stays
+        // stored, and a parked event stays parked.
         self.senders[lane]
-            .send(Work::Replay(replay, in_flight))
+            .send(Work::Rerun(rerun, in_flight))
             .await
             .is_ok()
     }
@@ -160,8 +160,8 @@ async fn lane<C: Consumer>(
                 }
                 watermark.finish(position);
             }
-            Work::Replay(replay, in_flight) => {
-                let replayed = guarded(state, deliverer.replay(replay)).await;
+            Work::Rerun(rerun, in_flight) => {
+                let replayed = guarded(state, deliverer.rerun(rerun)).await;
                 drop(in_flight);
                 if !replayed {
                     return;

@@ -1,9 +1,8 @@
 //! Sequential mode: one event at a time, in log order, inside the
 //! subscription's own task.
 
-use super::super::deliver::{Alone, Deliverer, guarded};
+use super::super::deliver::{Alone, Deliverer, Rerun, guarded};
 use crate::consumer::Consumer;
-use crate::dead_letter::Replay;
 use std::sync::Arc;
 
 pub(in crate::subscription) struct Sequential<C> {
@@ -30,10 +29,10 @@ impl<C: Consumer> Sequential<C> {
         (deliverer, Alone::event(&deliverer.state))
     }
 
-    /// Replays here, between two events.
-    pub(super) async fn replay(&mut self, replay: Replay) -> bool {
+    /// Replays or retries a parked event here, between two events.
+    pub(super) async fn rerun(&mut self, rerun: Rerun) -> bool {
         let deliverer = &self.deliverer;
-        let _in_flight = Alone::replay(&deliverer.state);
-        guarded(&deliverer.state, deliverer.replay(replay)).await
+        let _in_flight = Alone::rerun(&deliverer.state, &rerun);
+        guarded(&deliverer.state, deliverer.rerun(rerun)).await
     }
 }

@@ -1,0 +1,328 @@
+//! Failed events parked in the PostgreSQL outbox until their retry is due:
+//! the events behind one go on, the parked one survives its process, runs
+//! once however many processes read the subscription, and `drain` waits
+//! for it. Against the server on the machine.
+
+mod common;
+
+use common::pg::Schema;
+use common::{OrderPlaced, eventually, order_ids, within};
+use eventbus::testing::Recorder;
+use eventbus::{AnyEvent, BoxError, Bus, Consumer, Retry};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::time::Duration;
+
+macro_rules! schema {
+    () => {
+        match Schema::fresh(module_path!()).await {
+            Some(schema) => schema,
+            None => return,
+        }
+    };
+}
+
+/// Fails order `failing` while `broken` is set, at most `times` times;
+/// records every event handled, and every attempt at `failing`.
+#[derive(Clone)]
+struct FailsOne {
+    failing: u64,
+    broken: Arc<AtomicBool>,
+    times: Arc<AtomicU32>,
+    attempts: Arc<AtomicU32>,
+    seen: Recorder,
+}
+
+impl FailsOne {
+    fn new(failing: u64, times: u32) -> Self {
+        FailsOne {
+            failing,
+            broken: Arc::new(AtomicBool::new(true)),
+            times: Arc::new(AtomicU32::new(times)),
+            attempts: Arc::default(),
+            seen: Recorder::new(),
+        }
+    }
+
+    fn fix(&self) {
+        self.broken.store(false, SeqCst);
+    }
+}
+
+impl Consumer for FailsOne {
+    async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
+        let order = event.downcast_ref::<OrderPlaced>().unwrap().order_id;
+        if order == self.failing {
+            self.attempts.fetch_add(1, SeqCst);
+            if self.broken.load(SeqCst)
+                && self
+                    .times
+                    .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                return Err("search cluster unreachable".into());
+            }
+        }
+        self.seen.handle(event).await
+    }
+}
+
+async fn bus_with(builder: eventbus::backend::PostgresLogBuilder) -> Bus {
+    let log = builder.connect().await.expect("connect the outbox");
+    Bus::builder()
+        .backend(log)
+        .shutdown_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+fn every(delay_ms: u64, attempts: u32) -> Retry {
+    Retry::exponential(Duration::from_millis(delay_ms))
+        .without_jitter()
+        .max_attempts(attempts)
+}
+
+const PARKED: &str = "SELECT count(*) FROM {schema}.parked WHERE subscription = 'search'";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_event_is_parked_and_the_events_behind_it_go_on() {
+    let schema = schema!();
+    let bus = bus_with(schema.builder()).await;
+    let search = FailsOne::new(1, u32::MAX);
+    let sub = bus
+        .subscribe("search", search.clone())
+        .retry(every(200, 20))
+        .start()
+        .await
+        .unwrap();
+    for order in 1..=3 {
+        bus.notify(OrderPlaced::new(order)).await.unwrap();
+    }
+    // In sequential mode: 2 and 3 are handled while 1 waits for its retry.
+    eventually(10, "the events behind the failed one", || {
+        search.seen.len() == 2
+    })
+    .await;
+    assert_eq!(order_ids(search.seen.events()), [2, 3]);
+    assert_eq!(schema.count(PARKED).await, 1);
+    eventually(10, "the stats to count it", || sub.stats().parked == 1).await;
+    // A parked event is finished for the log: its position is committed.
+    eventually(10, "no lag while the event is parked", || {
+        sub.stats().lag == 0
+    })
+    .await;
+
+    // Fixed: `drain` waits for the parked event's retry.
+    search.fix();
+    within(20, "drain", bus.drain()).await.unwrap();
+    assert_eq!(order_ids(search.seen.events()), [2, 3, 1]);
+    assert_eq!(schema.count(PARKED).await, 0);
+    let stats = sub.stats();
+    assert_eq!(
+        (stats.delivered, stats.dead_lettered, stats.parked),
+        (3, 0, 0),
+        "{stats:?}"
+    );
+    assert!(
+        stats.failed >= 1 && stats.retried == stats.failed,
+        "{stats:?}"
+    );
+    assert!(bus.shutdown().await.is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_parking_a_retry_holds_the_events_behind_it() {
+    let schema = schema!();
+    let bus = bus_with(schema.builder().park_retries(false)).await;
+    let search = FailsOne::new(1, 2);
+    bus.subscribe("search", search.clone())
+        .retry(every(100, 5))
+        .start()
+        .await
+        .unwrap();
+    for order in 1..=3 {
+        bus.notify(OrderPlaced::new(order)).await.unwrap();
+    }
+    within(20, "drain", bus.drain()).await.unwrap();
+    assert_eq!(order_ids(search.seen.events()), [1, 2, 3], "order kept");
+    assert_eq!(search.attempts.load(SeqCst), 3);
+    assert_eq!(schema.count(PARKED).await, 0);
+    assert!(bus.shutdown().await.is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_event_outlives_its_process_and_keeps_its_attempt_count() {
+    let schema = schema!();
+    {
+        let bus = bus_with(schema.builder()).await;
+        let search = FailsOne::new(1, u32::MAX);
+        bus.subscribe("search", search.clone())
+            .retry(every(500, 3))
+            .start()
+            .await
+            .unwrap();
+        bus.notify(OrderPlaced::new(1)).await.unwrap();
+        schema
+            .wait_for_count(10, "the failed event parked", PARKED, 1)
+            .await;
+        // Stopped while the event waits for its retry.
+        assert!(bus.shutdown().await.is_clean());
+        assert_eq!(search.attempts.load(SeqCst), 1);
+    }
+    let bus = bus_with(schema.builder()).await;
+    let search = FailsOne::new(1, u32::MAX);
+    let sub = bus
+        .subscribe("search", search.clone())
+        .retry(every(500, 3))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(sub.stats().parked, 1, "counted at the start");
+    within(20, "drain", bus.drain()).await.unwrap();
+    assert_eq!(
+        search.attempts.load(SeqCst),
+        2,
+        "the second process made only the attempts left"
+    );
+    let letters = bus.dead_letters().list_for("search").await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3);
+    assert_eq!(order_ids([letters[0].event.clone()]), [1]);
+    assert_eq!(letters[0].errors, ["search cluster unreachable"]);
+    assert_eq!(schema.count(PARKED).await, 0);
+    assert!(bus.shutdown().await.is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_event_runs_once_across_processes() {
+    let schema = schema!();
+    // Two processes on one subscription, sharing the count of attempts at
+    // order 1: it fails once, so it is parked once and retried once.
+    let first = FailsOne::new(1, 1);
+    let second = FailsOne {
+        seen: Recorder::new(),
+        ..first.clone()
+    };
+    let mut buses = Vec::new();
+    for consumer in [&first, &second] {
+        let bus = bus_with(schema.builder().partitions(4)).await;
+        bus.subscribe("search", consumer.clone())
+            .retry(every(300, 5))
+            .start()
+            .await
+            .unwrap();
+        buses.push(bus);
+    }
+    for order in 1..=40 {
+        buses[order as usize % 2]
+            .notify(OrderPlaced::new(order))
+            .await
+            .unwrap();
+    }
+    for bus in &buses {
+        within(20, "drain", bus.drain()).await.unwrap();
+    }
+    let mut handled = order_ids(first.seen.events());
+    handled.extend(order_ids(second.seen.events()));
+    handled.sort_unstable();
+    assert_eq!(handled, (1..=40).collect::<Vec<_>>(), "each once");
+    assert_eq!(first.attempts.load(SeqCst), 2, "one failure, one retry");
+    assert_eq!(schema.count(PARKED).await, 0);
+    for bus in buses {
+        assert!(bus.shutdown().await.is_clean());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_park_the_store_refuses_is_retried_in_place_and_loses_nothing() {
+    let schema = schema!();
+    let bus = bus_with(schema.builder()).await;
+    // The parked table gone behind the bus's back: parking fails.
+    schema.exec("DROP TABLE {schema}.parked").await;
+    let search = FailsOne::new(1, 1);
+    let sub = bus
+        .subscribe("search", search.clone())
+        .retry(every(50, 3))
+        .start()
+        .await;
+    // Counting what is parked fails at the start: a clear error.
+    let err = sub.expect_err("the start reads the parked table");
+    assert!(
+        common::chain(&err).contains("counting parked events"),
+        "{}",
+        common::chain(&err)
+    );
+    // Recreated empty, then dropped again once the subscription runs.
+    schema
+        .exec(
+            "CREATE TABLE {schema}.parked (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+             subscription text NOT NULL, name text NOT NULL, version integer NOT NULL,
+             payload jsonb NOT NULL, errors jsonb NOT NULL, attempts integer NOT NULL,
+             first_failed_at timestamptz NOT NULL, due_at timestamptz NOT NULL,
+             claimed_until timestamptz)",
+        )
+        .await;
+    let sub = bus
+        .subscribe("search", search.clone())
+        .retry(every(50, 3))
+        .start()
+        .await
+        .unwrap();
+    schema.exec("DROP TABLE {schema}.parked").await;
+    for order in 1..=3 {
+        bus.notify(OrderPlaced::new(order)).await.unwrap();
+    }
+    within(20, "drain", bus.drain()).await.unwrap();
+    assert_eq!(
+        order_ids(search.seen.events()),
+        [1, 2, 3],
+        "retried in place, in order"
+    );
+    assert_eq!(search.attempts.load(SeqCst), 2);
+    assert_eq!(sub.stats().dead_lettered, 0);
+    bus.shutdown().await;
+}
+
+/// Whether a parked event that no longer decodes ends up a dead letter,
+/// with the reason, and holds nothing back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_parked_event_becomes_a_dead_letter() {
+    let schema = schema!();
+    let bus = bus_with(schema.builder()).await;
+    schema
+        .exec(
+            "INSERT INTO {schema}.parked
+             (subscription, name, version, payload, errors, attempts, first_failed_at, due_at)
+             VALUES ('search', 'order.renamed_long_ago', 1, '{\"order_id\": 7}',
+                     '[\"search cluster unreachable\"]', 1, now(), now())",
+        )
+        .await;
+    let search = FailsOne::new(0, 0);
+    bus.subscribe("search", search.clone())
+        .retry(every(50, 3))
+        .start()
+        .await
+        .unwrap();
+    bus.notify(OrderPlaced::new(1)).await.unwrap();
+    within(20, "drain", bus.drain()).await.unwrap();
+    assert_eq!(order_ids(search.seen.events()), [1]);
+    assert_eq!(schema.count(PARKED).await, 0);
+    let errors: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT errors::text FROM {}.dead_letters WHERE subscription = 'search'",
+        schema.name
+    )))
+    .fetch_all(&schema.pool)
+    .await
+    .unwrap();
+    assert_eq!(errors.len(), 1);
+    let errors: Vec<serde_json::Value> = serde_json::from_str(&errors[0]).unwrap();
+    assert_eq!(errors[0], "search cluster unreachable");
+    assert!(
+        errors[1]
+            .as_str()
+            .unwrap()
+            .starts_with("the parked event no longer decodes: "),
+        "{errors:?}"
+    );
+    assert!(bus.shutdown().await.is_clean());
+}
