@@ -53,14 +53,22 @@ impl<C: Consumer> Runner<C> {
         });
         // Where failed events are parked: looked at once at the start, then
         // when a retry parked here is due, and now and then for the rest.
+        // Its timer is boxed: the loop's future stays small without it.
         let parking = self.deliverer.parking.is_some();
         let mut look_at = parking.then(tokio::time::Instant::now);
+        let mut parked_timer =
+            parking.then(|| Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())));
         loop {
             if state.stop.load(SeqCst) || self.claim_lost {
                 break;
             }
             if parking && let Some(due) = state.parked_due.lock().expect("parked_due lock").take() {
                 look_at = Some(look_at.map_or(due, |at| at.min(due)));
+            }
+            if let (Some(timer), Some(at)) = (parked_timer.as_mut(), look_at)
+                && timer.deadline() != at
+            {
+                timer.as_mut().reset(at);
             }
             let progressed = mode.watermark().unwrap_or(&never).clone();
             let max = self.config.max_demand;
@@ -81,7 +89,7 @@ impl<C: Consumer> Runner<C> {
                 _ = async { marks.as_mut().expect("checked").tick().await }, if running && marks.is_some() => {
                     Box::pin(self.look_for_marks()).await;
                 }
-                () = async { tokio::time::sleep_until(look_at.expect("checked")).await }, if running && look_at.is_some() => {
+                () = async { parked_timer.as_mut().expect("checked").as_mut().await }, if running && parked_timer.is_some() => {
                     look_at = Some(Box::pin(self.look_at_parked(&mut mode)).await);
                 }
                 () = state.look_at_parked.notified(), if parking => {}
