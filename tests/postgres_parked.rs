@@ -326,3 +326,38 @@ async fn an_undecodable_parked_event_becomes_a_dead_letter() {
     );
     assert!(bus.shutdown().await.is_clean());
 }
+
+/// Always asks for an hour.
+struct RateLimited;
+
+impl Consumer for RateLimited {
+    async fn handle(&self, _event: &AnyEvent) -> Result<(), BoxError> {
+        Err(eventbus::RetryAfter::new(Duration::from_secs(3600), "429 Too Many Requests").into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_retry_is_due_no_sooner_than_the_failure_asked() {
+    let schema = schema!();
+    let bus = bus_with(schema.builder()).await;
+    bus.subscribe("search", RateLimited)
+        .retry(every(10, 3))
+        .start()
+        .await
+        .unwrap();
+    bus.notify(OrderPlaced::new(1)).await.unwrap();
+    schema
+        .wait_for_count(10, "the failed event parked", PARKED, 1)
+        .await;
+    assert_eq!(
+        schema
+            .count(
+                "SELECT count(*) FROM {schema}.parked
+                 WHERE due_at > now() + interval '50 minutes' AND attempts = 1"
+            )
+            .await,
+        1,
+        "due in an hour, not in the policy's 10 ms"
+    );
+    bus.shutdown().await;
+}

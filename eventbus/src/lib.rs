@@ -135,8 +135,8 @@ pub use crate::bus::{
     TryNotifyError,
 };
 pub use crate::consumer::{
-    BatchConfig, Batcher, BoxError, Consumer, IntoConsumer, Permanent, ProtocolConsumer, Sink,
-    consumer_fn, consumer_fn_with, sink_fn,
+    BatchConfig, Batcher, BoxError, Consumer, IntoConsumer, Permanent, ProtocolConsumer,
+    RetryAfter, Sink, consumer_fn, consumer_fn_with, sink_fn,
 };
 pub use crate::dead_letter::{DeadLetter, DeadLetters};
 pub use crate::event::{AnyEvent, DecodeError, Event, EventRef, Meta};

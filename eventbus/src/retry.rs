@@ -71,6 +71,13 @@ impl Retry {
         self
     }
 
+    /// The delay after failed attempt `attempt`, at least what the failure
+    /// asked for with [`RetryAfter`](crate::RetryAfter).
+    pub(crate) fn delay_after(&self, attempt: u32, failure: &Failure) -> Duration {
+        let delay = self.delay(attempt);
+        failure.not_before.map_or(delay, |wait| delay.max(wait))
+    }
+
     /// The longest delay between two attempts.
     #[must_use]
     pub fn max_delay(mut self, max: Duration) -> Self {
@@ -142,6 +149,9 @@ pub(crate) struct Failure {
     pub(crate) errors: Vec<String>,
     /// A [`Permanent`](crate::Permanent) error, which no retry fixes.
     pub(crate) permanent: bool,
+    /// The least wait before the next attempt, from a
+    /// [`RetryAfter`](crate::RetryAfter) error.
+    pub(crate) not_before: Option<Duration>,
 }
 
 impl Failure {
@@ -150,6 +160,7 @@ impl Failure {
         Failure {
             errors: crate::failure::error_chain(err),
             permanent: crate::Permanent::is_in(err),
+            not_before: crate::RetryAfter::find_in(err),
         }
     }
 
@@ -162,6 +173,7 @@ impl Failure {
                 crate::failure::panic_message(panic)
             )],
             permanent: false,
+            not_before: None,
         }
     }
 }
@@ -226,7 +238,7 @@ impl Retry {
                     first_failed_at,
                 };
             }
-            let delay = self.delay(number);
+            let delay = self.delay_after(number, &failure);
             work.retrying(number, &failure.errors, delay, first_failed_at)
                 .await;
             tokio::time::sleep(delay).await;

@@ -84,8 +84,10 @@
 //!   answer within [`Segment::timeout`] ([`SendError::Timeout`]), and a
 //!   connection refused ([`SendError::Unreachable`]) or cut before a whole
 //!   HTTP answer ([`SendError::NoAnswer`]). A
-//!   `Retry-After` (in seconds) on a 429 or 503 is waited out, up to
-//!   [`Segment::max_retry_after`], before the policy's own delay;
+//!   `Retry-After` (in seconds) on a 429 or 503, up to
+//!   [`Segment::max_retry_after`], is the least the next attempt waits
+//!   (a [`RetryAfter`](crate::RetryAfter)); at the last attempt the batch
+//!   is dead-lettered without waiting;
 //! - **dead-lettered at once:** any other answer that is not 2xx, a 4xx or
 //!   a redirect ([`SendError::Rejected`]), with its status and the start of
 //!   its body. Retrying would get the same answer. Redirects are not

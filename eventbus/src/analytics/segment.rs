@@ -164,8 +164,8 @@ impl Segment {
     }
 
     /// The longest wait a `Retry-After` on a 429 or 503 answer is honoured
-    /// for, before the batcher's own retry delay. Default 10 s; zero
-    /// ignores `Retry-After`.
+    /// for: the next attempt waits the longer of it and the batcher's own
+    /// retry delay. Default 10 s; zero ignores `Retry-After`.
     #[must_use]
     pub fn max_retry_after(mut self, max: Duration) -> Self {
         self.max_retry_after = max;

@@ -32,6 +32,8 @@ pub(crate) struct SegmentSink {
 struct Failed {
     error: SendError,
     permanent: bool,
+    /// The wait the endpoint asked for, within `max_retry_after`.
+    wait: Option<Duration>,
 }
 
 impl Sink<Record> for SegmentSink {
@@ -61,7 +63,11 @@ impl Sink<Record> for SegmentSink {
                     let mut delivered = self.delivered.lock().unwrap_or_else(|e| e.into_inner());
                     delivered.extend(part.iter().map(|r| r.message_id));
                 }
-                Err(Failed { error, permanent }) => {
+                Err(Failed {
+                    error,
+                    permanent,
+                    wait,
+                }) => {
                     let delivered = self
                         .delivered
                         .lock()
@@ -76,10 +82,12 @@ impl Sink<Record> for SegmentSink {
                     } else {
                         error
                     };
-                    return Err(if permanent {
-                        crate::Permanent::new(error).into()
-                    } else {
-                        error.into()
+                    return Err(match (permanent, wait) {
+                        (true, _) => crate::Permanent::new(error).into(),
+                        // The batcher's next attempt waits at least this;
+                        // at its last attempt it gives up at once.
+                        (false, Some(wait)) => crate::RetryAfter::new(wait, error).into(),
+                        (false, None) => error.into(),
                     });
                 }
             }
@@ -123,15 +131,15 @@ impl SegmentSink {
         let body = snippet(response).await;
         let url = self.endpoint.to_string();
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            // The batcher's retry policy picks the next attempt's time and
-            // cannot be told the endpoint's; waiting here, within a bound,
-            // keeps the next attempt from coming sooner than asked.
-            if let Some(wait) = retry_after.filter(|_| {
-                status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
-            }) {
-                tokio::time::sleep(wait.min(self.max_retry_after)).await;
-            }
+            let wait = retry_after
+                .filter(|_| {
+                    status == StatusCode::TOO_MANY_REQUESTS
+                        || status == StatusCode::SERVICE_UNAVAILABLE
+                })
+                .map(|wait| wait.min(self.max_retry_after))
+                .filter(|wait| !wait.is_zero());
             return Err(Failed {
+                wait,
                 error: SendError::Unavailable {
                     url,
                     status: status.as_u16(),
@@ -148,6 +156,7 @@ impl SegmentSink {
                 body,
             },
             permanent: true,
+            wait: None,
         })
     }
 
@@ -174,6 +183,7 @@ impl SegmentSink {
         Failed {
             error,
             permanent: false,
+            wait: None,
         }
     }
 }

@@ -13,10 +13,12 @@
 mod batcher;
 mod permanent;
 mod protocol;
+mod retry_after;
 
 pub use self::batcher::{BatchConfig, Batcher, BatcherStopped, FnSink, Sink, sink_fn};
 pub use self::permanent::Permanent;
 pub use self::protocol::{ProtocolBatching, ProtocolConsumer};
+pub use self::retry_after::RetryAfter;
 
 use crate::dead_letter::DeadLetterWriter;
 use crate::event::AnyEvent;

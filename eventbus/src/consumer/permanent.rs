@@ -58,21 +58,28 @@ impl Permanent {
     /// `Permanent`. An `io::Error` made with `io::Error::other(permanent)`
     /// counts too, though it does not give its inner error as a source.
     pub fn is_in(error: &(dyn Error + 'static)) -> bool {
-        let mut next = Some(error);
-        while let Some(error) = next {
-            if error.is::<Permanent>() {
-                return true;
-            }
-            if let Some(io) = error.downcast_ref::<std::io::Error>()
-                && let Some(inner) = io.get_ref()
-                && Permanent::is_in(inner)
-            {
-                return true;
-            }
-            next = error.source();
-        }
-        false
+        find_in::<Permanent>(error).is_some()
     }
+}
+
+/// The first `T` in `error`'s chain of sources, looking inside
+/// `io::Error`s made with `io::Error::other`, which do not give their
+/// inner error as a source.
+pub(super) fn find_in<'e, T: Error + 'static>(error: &'e (dyn Error + 'static)) -> Option<&'e T> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(found) = find_in::<T>(inner)
+        {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
 }
 
 impl fmt::Debug for Permanent {

@@ -257,7 +257,7 @@ impl<C: Consumer> Delivery<'_, C> {
     async fn hand_back(
         self,
         number: u32,
-        Failure { errors, permanent }: Failure,
+        failure: Failure,
         first_failed_at: Option<chrono::DateTime<Utc>>,
     ) {
         let deliverer = self.deliverer;
@@ -265,15 +265,15 @@ impl<C: Consumer> Delivery<'_, C> {
         // Earlier attempts ran as other deliveries, maybe in other
         // processes: the first failure's time is not known here.
         let first_failed_at = first_failed_at.unwrap_or_else(Utc::now);
-        if !permanent && number < retry.attempts() {
-            let delay = retry.delay(number);
+        if !failure.permanent && number < retry.attempts() {
+            let delay = retry.delay_after(number, &failure);
             tracing::warn!(
                 subscription = %deliverer.state.name,
                 event = %self.event.name(),
                 event_id = %self.event.meta().id,
                 attempt = number,
                 retry_in = ?delay,
-                error = %errors.join(": "),
+                error = %failure.errors.join(": "),
                 "event handling failed; the backend delivers it again",
             );
             deliverer.settle(self.position, Settlement::Retry(delay));
@@ -281,7 +281,7 @@ impl<C: Consumer> Delivery<'_, C> {
         }
         deliverer
             .dead_letters
-            .write(self.event.clone(), errors, number, first_failed_at)
+            .write(self.event.clone(), failure.errors, number, first_failed_at)
             .await;
         deliverer.settle(self.position, Settlement::DeadLettered);
     }
@@ -303,7 +303,7 @@ impl<C: Consumer> Deliverer<C> {
         if failure.permanent || number >= self.retry.attempts() {
             return Err(failure);
         }
-        let delay = self.retry.delay(number);
+        let delay = self.retry.delay_after(number, &failure);
         let state = RetryState {
             attempts: number,
             next_attempt_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
@@ -364,7 +364,7 @@ impl<C: Consumer> Deliverer<C> {
                 store.unpark(id).await
             }
             Err(failure) if !failure.permanent && number < self.retry.attempts() => {
-                let delay = self.retry.delay(number);
+                let delay = self.retry.delay_after(number, &failure);
                 tracing::warn!(
                     subscription = %self.state.name,
                     event = %event.name(),
