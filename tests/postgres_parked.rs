@@ -361,3 +361,199 @@ async fn a_parked_retry_is_due_no_sooner_than_the_failure_asked() {
     );
     bus.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_returns_in_every_process_that_shares_the_subscription() {
+    let schema = schema!();
+    // Every event fails its first attempt; two processes split two
+    // partitions, so parks happen in both, and only one of them holds the
+    // partition that runs the parked events.
+    let attempts = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let mut buses = Vec::new();
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        let bus = bus_with(schema.builder().partitions(2)).await;
+        let sub = bus
+            .subscribe("search", FirstFails(Arc::clone(&attempts), Recorder::new()))
+            .retry(every(100, 5))
+            .start()
+            .await
+            .unwrap();
+        buses.push(bus);
+        subs.push(sub);
+    }
+    schema
+        .wait_for_count(
+            10,
+            "both processes holding a partition",
+            "SELECT count(DISTINCT owner) FROM {schema}.cursors WHERE lease_until > now()",
+            2,
+        )
+        .await;
+    for order in 1..=20 {
+        buses[order as usize % 2]
+            .notify(OrderPlaced::new(order))
+            .await
+            .unwrap();
+    }
+    for bus in &buses {
+        within(20, "drain in each process", bus.drain())
+            .await
+            .unwrap();
+    }
+    assert_eq!(schema.count(PARKED).await, 0);
+    for sub in &subs {
+        assert_eq!(sub.stats().parked, 0, "{:?}", sub.stats());
+    }
+    for bus in buses {
+        assert!(bus.shutdown().await.is_clean());
+    }
+}
+
+/// Fails the first attempt at every order, then records it.
+#[derive(Clone)]
+struct FirstFails(
+    Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+    Recorder,
+);
+
+impl Consumer for FirstFails {
+    async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
+        let order = event.downcast_ref::<OrderPlaced>().unwrap().order_id;
+        if self.0.lock().unwrap().insert(order) {
+            return Err("search cluster unreachable".into());
+        }
+        self.1.handle(event).await
+    }
+}
+
+/// Fails every attempt; the second waits for the test to let it go.
+#[derive(Clone)]
+struct HeldSecond {
+    attempts: Arc<AtomicU32>,
+    second_started: Arc<tokio::sync::Notify>,
+    let_go: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for HeldSecond {
+    fn default() -> Self {
+        HeldSecond {
+            attempts: Arc::default(),
+            second_started: Arc::default(),
+            let_go: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+}
+
+impl Consumer for HeldSecond {
+    async fn handle(&self, _event: &AnyEvent) -> Result<(), BoxError> {
+        if self.attempts.fetch_add(1, SeqCst) == 1 {
+            self.second_started.notify_one();
+            self.let_go.acquire().await.unwrap().forget();
+        }
+        Err("search cluster unreachable".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_whose_claim_ran_out_changes_nothing() {
+    let schema = schema!();
+    let bus = bus_with(schema.builder()).await;
+    let search = HeldSecond::default();
+    bus.subscribe("search", search.clone())
+        .retry(every(100, 5))
+        .start()
+        .await
+        .unwrap();
+    let second = search.second_started.notified();
+    bus.notify(OrderPlaced::new(1)).await.unwrap();
+    within(10, "the parked event's retry", second).await;
+    // Meanwhile its claim ran out and another process ran it and parked it
+    // again, with one attempt more and an hour to wait.
+    schema
+        .exec(
+            "UPDATE {schema}.parked SET attempts = 3, claim = claim + 1, claimed_until = NULL,
+             due_at = now() + interval '1 hour'",
+        )
+        .await;
+    search.let_go.add_permits(1);
+    eventually(10, "the held attempt to fail", || {
+        search.attempts.load(SeqCst) == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        schema
+            .count(
+                "SELECT count(*) FROM {schema}.parked
+                 WHERE attempts = 3 AND due_at > now() + interval '50 minutes'"
+            )
+            .await,
+        1,
+        "the late process did not write its older count back"
+    );
+    assert!(bus.dead_letters().list().await.unwrap().is_empty());
+    bus.shutdown().await;
+}
+
+/// Records every event, slowly.
+#[derive(Clone)]
+struct Slow(Recorder);
+
+impl Consumer for Slow {
+    async fn handle(&self, event: &AnyEvent) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.0.handle(event).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_stops_parked_events_too_and_gives_their_claims_back() {
+    let schema = schema!();
+    // Twenty events parked behind the bus's back, all due now.
+    let bus = bus_with(schema.builder()).await;
+    for order in 1..=20 {
+        let payload = serde_json::to_string(&OrderPlaced::new(order)).unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {}.parked
+             (subscription, name, version, payload, errors, attempts, first_failed_at, due_at)
+             VALUES ('search', 'order.placed', 1, $1::jsonb, '[\"down\"]', 1, now(), now())",
+            schema.name
+        )))
+        .bind(payload)
+        .execute(&schema.pool)
+        .await
+        .unwrap();
+    }
+    let seen = Slow(Recorder::new());
+    let sub = bus
+        .subscribe("search", seen.clone())
+        .retry(every(100, 5))
+        .start()
+        .await
+        .unwrap();
+    eventually(10, "the first retry", || !seen.0.is_empty()).await;
+    sub.pause();
+    let at_pause = seen.0.len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        seen.0.len() <= at_pause + 1,
+        "{} handled after the pause",
+        seen.0.len() - at_pause
+    );
+    schema
+        .wait_for_count(
+            10,
+            "the claims given back",
+            "SELECT count(*) FROM {schema}.parked WHERE claimed_until IS NULL",
+            schema.count(PARKED).await,
+        )
+        .await;
+    sub.resume();
+    within(30, "drain", bus.drain()).await.unwrap();
+    let mut handled = order_ids(seen.0.events());
+    handled.sort_unstable();
+    assert_eq!(handled, (1..=20).collect::<Vec<_>>());
+    assert_eq!(schema.count(PARKED).await, 0);
+    assert!(bus.shutdown().await.is_clean());
+}

@@ -887,17 +887,19 @@ async fn postgres_replay_is_delivered_by_the_running_bus() {
         |rest: &[&'static str]| -> Value { serde_json::from_str(&run_ok(rest)).unwrap() };
 
     let table = run_ok(&["subscriptions"]);
-    assert!(table.starts_with("SUBSCRIPTION  PARTITION  POSITION  HEAD  LAG  DEAD LETTERS  QUARANTINED  MEMBERS  HOLDER"), "{table}");
+    assert!(table.starts_with("SUBSCRIPTION  PARTITION  POSITION  HEAD  LAG  PARKED  DEAD LETTERS  QUARANTINED  MEMBERS  HOLDER"), "{table}");
     // One row per partition, each held by the running bus.
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..2], ["payments", "0"], "{table}");
-    assert_eq!(&row[3..8], ["4", "0", "3", "0", "1"], "{table}");
+    // Head, lag, parked, dead letters, quarantined, members.
+    assert_eq!(&row[3..9], ["4", "0", "0", "3", "0", "1"], "{table}");
     let subs = run_json(&["subscriptions", "--json"]);
     let partitions = subs.as_array().unwrap();
     assert_eq!(partitions.len(), table.lines().count() - 1);
     for partition in partitions {
         assert_eq!(partition["name"], "payments");
         assert_eq!(partition["members"], 1);
+        assert_eq!(partition["parked"], 0);
         assert_eq!(partition["lag"], 0);
         assert!(
             partition["holder"].is_string(),

@@ -406,7 +406,9 @@ pub trait RetryStore: Send + Sync + Debug + 'static {
 
     /// Claims up to `limit` parked events of `subscription` whose next
     /// attempt is due, for `lease`: no other caller gets them until it
-    /// runs out. Also says when the next one not yet due is.
+    /// runs out, and each claim is new ([`Parked::claim`]), so a caller
+    /// whose lease ran out changes nothing. Also says when the next one
+    /// not yet due is.
     async fn due(
         &self,
         subscription: &str,
@@ -418,20 +420,32 @@ pub trait RetryStore: Send + Sync + Debug + 'static {
     }
 
     /// A claimed parked event failed again and has attempts left: its new
-    /// state, and the claim is let go.
+    /// state, and the claim is let go. `false`, changing nothing, when
+    /// `claim` is no longer the event's (its lease ran out and another
+    /// caller claimed it).
     async fn repark(
         &self,
         id: u64,
+        claim: u64,
         state: RetryState,
         errors: &[String],
-    ) -> Result<(), StoreError> {
-        let _ = (id, state, errors);
-        Ok(())
+    ) -> Result<bool, StoreError> {
+        let _ = (id, claim, state, errors);
+        Ok(false)
     }
 
-    /// Forgets a parked event that succeeded or was dead-lettered.
-    async fn unpark(&self, id: u64) -> Result<(), StoreError> {
-        let _ = id;
+    /// Forgets a claimed parked event that succeeded or was
+    /// dead-lettered. `false`, changing nothing, when `claim` is no longer
+    /// the event's.
+    async fn unpark(&self, id: u64, claim: u64) -> Result<bool, StoreError> {
+        let _ = (id, claim);
+        Ok(false)
+    }
+
+    /// Gives a claim back without running the event (the subscription
+    /// paused or stopped first): it is due again at once.
+    async fn release(&self, id: u64, claim: u64) -> Result<(), StoreError> {
+        let _ = (id, claim);
         Ok(())
     }
 
@@ -453,12 +467,21 @@ pub struct Parked {
     pub event: AnyEvent,
     /// Its attempts so far, all failed, and when they began.
     pub state: RetryState,
+    /// The claim it is held by: given back to
+    /// [`repark`](RetryStore::repark), [`unpark`](RetryStore::unpark) and
+    /// [`release`](RetryStore::release).
+    pub claim: u64,
 }
 
 impl Parked {
-    /// A parked event as a store read it.
-    pub fn new(id: u64, event: AnyEvent, state: RetryState) -> Self {
-        Parked { id, event, state }
+    /// A parked event as a store claimed it.
+    pub fn new(id: u64, event: AnyEvent, state: RetryState, claim: u64) -> Self {
+        Parked {
+            id,
+            event,
+            state,
+            claim,
+        }
     }
 }
 

@@ -314,7 +314,7 @@ impl<C: Consumer> Deliverer<C> {
             .await
         {
             Ok(()) => {
-                self.state.parked.fetch_add(1, SeqCst);
+                self.state.parked_changed();
                 self.state.parked_for(delay);
                 tracing::warn!(
                     subscription = %self.state.name,
@@ -341,27 +341,31 @@ impl<C: Consumer> Deliverer<C> {
 
     /// One attempt at a parked event whose retry is due: then it is
     /// forgotten (handled, or dead-lettered at its last attempt) or parked
-    /// again with one attempt more. A store that fails leaves it parked,
-    /// to run again once its claim runs out.
+    /// again with one attempt more. A store that fails, or a claim that
+    /// ran out meanwhile, leaves it to whoever holds it now.
     pub(super) async fn run_parked(&self, parked: Parked) {
-        let Parked { id, event, state } = parked;
+        let Some(store) = &self.parking else {
+            // Only a subscription that parks claims parked events.
+            return;
+        };
+        let Parked {
+            id,
+            event,
+            state,
+            claim,
+        } = parked;
         let number = state.attempts + 1;
         self.state.counters.retried.fetch_add(1, Relaxed);
         self.metrics.retried.increment(1);
         let handled = AssertUnwindSafe(self.consumer.handle(&event))
             .catch_unwind()
             .instrument(self.span(&event, number));
-        let outcome = self.outcome(handled.await);
-        let Some(store) = &self.parking else {
-            return;
-        };
-        let again = matches!(&outcome, Err(failure) if !failure.permanent && number < self.retry.attempts());
-        let result = match outcome {
+        let updated = match self.outcome(handled.await) {
             Ok(()) => {
                 self.delivered();
                 // A batching consumer has only queued the payload.
                 self.flush().await;
-                store.unpark(id).await
+                store.unpark(id, claim).await
             }
             Err(failure) if !failure.permanent && number < self.retry.attempts() => {
                 let delay = self.retry.delay_after(number, &failure);
@@ -380,8 +384,8 @@ impl<C: Consumer> Deliverer<C> {
                         + chrono::Duration::from_std(delay).unwrap_or_default(),
                     first_failed_at: state.first_failed_at,
                 };
-                let reparked = store.repark(id, state, &failure.errors).await;
-                if reparked.is_ok() {
+                let reparked = store.repark(id, claim, state, &failure.errors).await;
+                if matches!(reparked, Ok(true)) {
                     self.state.parked_for(delay);
                 }
                 reparked
@@ -391,13 +395,27 @@ impl<C: Consumer> Deliverer<C> {
                     .write(event.clone(), errors, number, state.first_failed_at)
                     .await;
                 self.flush().await;
-                store.unpark(id).await
+                store.unpark(id, claim).await
             }
         };
-        match result {
-            // Parked again: still counted.
-            Ok(()) if again => {}
-            result => self.unparked(id, result),
+        self.parked_updated(id, updated);
+    }
+
+    /// Counts a change to parked event `id`, or says why there was none.
+    fn parked_updated(&self, id: u64, updated: Result<bool, crate::backend::StoreError>) {
+        match updated {
+            Ok(true) => self.state.parked_changed(),
+            Ok(false) => tracing::warn!(
+                subscription = %self.state.name,
+                id,
+                "a parked event's claim ran out while it ran; whoever claimed it since runs it again",
+            ),
+            Err(err) => tracing::error!(
+                subscription = %self.state.name,
+                id,
+                error = %error_chain(&err).join(": "),
+                "could not update a parked event; it runs again once its claim runs out",
+            ),
         }
     }
 }
@@ -602,7 +620,7 @@ impl<C: Consumer> Deliverer<C> {
     }
 }
 
-impl<C> Deliverer<C> {
+impl<C: Consumer> Deliverer<C> {
     /// `rerun`'s event was dead-lettered without running (its partition
     /// key panicked): the old letter, or the parked event, goes.
     pub(super) async fn rerun_dead_lettered(&self, rerun: Rerun) {
@@ -610,28 +628,10 @@ impl<C> Deliverer<C> {
             Rerun::Letter(replay) => replay.finish().await,
             Rerun::Parked(parked) => {
                 if let Some(store) = &self.parking {
-                    self.unparked(parked.id, store.unpark(parked.id).await);
+                    let gone = store.unpark(parked.id, parked.claim).await;
+                    self.parked_updated(parked.id, gone);
                 }
             }
-        }
-    }
-
-    /// Counts a parked event as gone once its store said so.
-    fn unparked(&self, id: u64, result: Result<(), crate::backend::StoreError>) {
-        match result {
-            Ok(()) => {
-                let _ = self
-                    .state
-                    .parked
-                    .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
-                self.state.done.ping();
-            }
-            Err(err) => tracing::error!(
-                subscription = %self.state.name,
-                id,
-                error = %error_chain(&err).join(": "),
-                "could not update a parked event; it runs again once its claim runs out",
-            ),
         }
     }
 }

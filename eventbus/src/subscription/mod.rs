@@ -363,6 +363,8 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             accepted_at_lag: AtomicU64::new(inner.writer.accepted()),
             replays: Arc::new(AtomicU64::new(0)),
             parked: AtomicU64::new(parked),
+            parked_changes: AtomicU64::new(0),
+            parked_counted: AtomicU64::new(0),
             parked_due: Mutex::default(),
             look_at_parked: Notify::new(),
             stop: AtomicBool::new(false),

@@ -6,7 +6,8 @@ use super::Config;
 use super::deliver::{Deliverer, InFlight, Rerun, guarded, survived};
 use super::filter::CachedFilter;
 use super::mode::Dispatch;
-use crate::backend::{Batch, Position, ReadError, Reader, Settlement, Watermark};
+use super::state::State;
+use crate::backend::{Batch, Parked, Position, ReadError, Reader, Settlement, Watermark};
 use crate::consumer::Consumer;
 use crate::failure::error_chain;
 use futures_util::FutureExt;
@@ -92,7 +93,13 @@ impl<C: Consumer> Runner<C> {
                 () = async { parked_timer.as_mut().expect("checked").as_mut().await }, if running && parked_timer.is_some() => {
                     look_at = Some(Box::pin(self.look_at_parked(&mut mode)).await);
                 }
-                () = state.look_at_parked.notified(), if parking => {}
+                () = state.look_at_parked.notified(), if parking => {
+                    // Counted again at once after a change made here, paused
+                    // or not, so `drain` sees it.
+                    if state.parked_stale() {
+                        Box::pin(self.count_parked()).await;
+                    }
+                }
                 () = progressed.progressed(), if mode.watermark().is_some() => {
                     let done = progressed.done(self.read);
                     self.release(done).await;
@@ -358,39 +365,93 @@ impl<C: Consumer> Runner<C> {
         }
     }
 
-    /// Claims the parked events that are due, as many as the demand, and
-    /// hands them to the mode; recounts what is parked. Returns when to
-    /// look again.
+    /// Claims the parked events that are due, a page at most, and hands
+    /// them to the mode, while the subscription runs and this process
+    /// holds it; counts what is parked, in any case. Returns when to look
+    /// again.
     async fn look_at_parked(&mut self, mode: &mut Dispatch<C>) -> tokio::time::Instant {
         let now = tokio::time::Instant::now();
         let Some(store) = self.deliverer.parking.clone() else {
             return now + PARKED_IDLE;
         };
-        if !self.reader.holds_claim() {
-            return now + PARKED_IDLE;
-        }
         let state = Arc::clone(&self.deliverer.state);
-        let limit = self.config.max_demand;
-        let due = match store.due(&state.name, limit, PARKED_LEASE).await {
-            Ok(due) => due,
-            Err(err) => {
-                tracing::warn!(
-                    subscription = %state.name,
-                    error = %error_chain(&err).join(": "),
-                    "cannot look for parked events whose retry is due; trying again later",
-                );
-                return now + PARKED_BUSY;
-            }
-        };
-        let claimed = due.parked.len();
-        for parked in due.parked {
-            if !mode.rerun(Rerun::Parked(parked)).await {
-                break;
+        let mut next = now + PARKED_IDLE;
+        if self.reader.holds_claim() {
+            let limit = self.config.max_demand.min(PARKED_PAGE);
+            match store.due(&state.name, limit, PARKED_LEASE).await {
+                Ok(due) => {
+                    let claimed = due.parked.len();
+                    let mut parked = due.parked.into_iter();
+                    for one in parked.by_ref() {
+                        if state.is_paused() || state.stop.load(SeqCst) {
+                            // Given back, for when it runs again.
+                            Self::give_back(&*store, &state, one).await;
+                            break;
+                        }
+                        if !mode.rerun(Rerun::Parked(one)).await {
+                            break;
+                        }
+                    }
+                    for one in parked {
+                        Self::give_back(&*store, &state, one).await;
+                    }
+                    next = if claimed == limit {
+                        // More may be due: once the mode has taken these.
+                        tokio::time::Instant::now()
+                    } else {
+                        match due.next_at {
+                            Some(at) => {
+                                let wait =
+                                    (at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                                now + wait.min(PARKED_BUSY)
+                            }
+                            None => now + PARKED_IDLE,
+                        }
+                    };
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        subscription = %state.name,
+                        error = %error_chain(&err).join(": "),
+                        "cannot look for parked events whose retry is due; trying again later",
+                    );
+                    next = now + PARKED_BUSY;
+                }
             }
         }
+        self.count_parked().await;
+        if state.parked.load(SeqCst) > 0 {
+            // Others' parks too: a process that holds none of the
+            // subscription still counts what `drain` waits for.
+            next = next.min(now + PARKED_BUSY);
+        }
+        next
+    }
+
+    /// Gives back the claim of a parked event not handed to the mode.
+    async fn give_back(store: &dyn crate::backend::RetryStore, state: &State, parked: Parked) {
+        if let Err(err) = store.release(parked.id, parked.claim).await {
+            tracing::warn!(
+                subscription = %state.name,
+                id = parked.id,
+                error = %error_chain(&err).join(": "),
+                "could not give a parked event's claim back; it runs once the claim runs out",
+            );
+        }
+    }
+
+    /// Counts the parked events again: the changes this process made up
+    /// to now are in the count.
+    async fn count_parked(&mut self) {
+        let Some(store) = &self.deliverer.parking else {
+            return;
+        };
+        let state = &self.deliverer.state;
+        let changes = state.parked_changes.load(SeqCst);
         match store.parked(&state.name).await {
             Ok(count) => {
                 state.parked.store(count, SeqCst);
+                state.parked_counted.store(changes, SeqCst);
                 state.done.ping();
             }
             Err(err) => tracing::warn!(
@@ -398,17 +459,6 @@ impl<C: Consumer> Runner<C> {
                 error = %error_chain(&err).join(": "),
                 "cannot count parked events",
             ),
-        }
-        if claimed == limit {
-            // More may be due: once the mode has taken these.
-            return now;
-        }
-        let next = due
-            .next_at
-            .map(|at| (at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO));
-        match next {
-            Some(wait) => now + wait.min(PARKED_BUSY),
-            None => now + PARKED_IDLE,
         }
     }
 
@@ -511,8 +561,10 @@ const PARKED_BUSY: Duration = Duration::from_secs(1);
 const PARKED_IDLE: Duration = Duration::from_secs(5);
 
 /// How long a claimed parked event is left to the process that claimed
-/// it, before another may run it.
+/// it, before another may run it; and how many are claimed at a time, so
+/// a page is handed out well within that.
 const PARKED_LEASE: Duration = Duration::from_secs(300);
+const PARKED_PAGE: usize = 64;
 
 /// Waits that double from `first` up to `max` while failures repeat.
 struct Backoff {

@@ -229,7 +229,10 @@ impl SubscriptionSet {
                     Some(settled) => settled,
                     None => reached >= target,
                 };
-                let rerunning = state.replays.load(SeqCst) + state.parked.load(SeqCst);
+                // Parked events are finished for the log, not for drain.
+                let rerunning = state.replays.load(SeqCst)
+                    + state.parked.load(SeqCst)
+                    + u64::from(state.parked_stale());
                 if state.finished.load(SeqCst) || (finished && rerunning == 0) {
                     break;
                 }

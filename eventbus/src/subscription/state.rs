@@ -37,9 +37,10 @@ pub struct SubscriptionStats {
     pub replaying: u64,
     /// Failed events parked in the backend's store until their next
     /// attempt, which the subscription moved on past (PostgreSQL's
-    /// `park_retries`), as of the last look at the store (at least once a second while
-    /// any are parked); `drain` waits for them. Always 0 on a backend
-    /// that retries in place.
+    /// `park_retries`), by any process: as the store counted them last,
+    /// after every change this process made, and every second while any
+    /// are parked (every 5 s while none are). `drain` waits for them.
+    /// Always 0 on a backend that retries in place.
     pub parked: u64,
     /// Payloads the consumer holds and has not written yet (a
     /// [`ProtocolConsumer`](crate::ProtocolConsumer)'s batch). A
@@ -107,8 +108,12 @@ pub(crate) struct State {
     /// Replays sent but not yet finished.
     pub(crate) replays: Arc<AtomicU64>,
     /// Failed events of this subscription parked in the retry store, as
-    /// of the last look, and counted up and down by this process since.
+    /// the store counted them last; and how many changes this process
+    /// made to them, in all and as of that count. While the two differ
+    /// the count is stale: the runner counts again, and `drain` waits.
     pub(crate) parked: AtomicU64,
+    pub(crate) parked_changes: AtomicU64,
+    pub(crate) parked_counted: AtomicU64,
     /// The earliest retry this process parked since the runner last
     /// looked, and the runner's wake-up for it.
     pub(crate) parked_due: Mutex<Option<tokio::time::Instant>>,
@@ -257,6 +262,19 @@ impl State {
         self.counters.in_flight.store(0, Relaxed);
         self.counters.buffered.store(0, Relaxed);
         self.replays.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// This process parked, re-parked or removed a parked event: the
+    /// runner counts them again.
+    pub(crate) fn parked_changed(&self) {
+        self.parked_changes.fetch_add(1, SeqCst);
+        self.look_at_parked.notify_one();
+    }
+
+    /// Whether this process changed the parked events since they were
+    /// last counted.
+    pub(crate) fn parked_stale(&self) -> bool {
+        self.parked_changes.load(SeqCst) != self.parked_counted.load(SeqCst)
     }
 
     /// A retry was parked, due after `delay`: the runner looks for it

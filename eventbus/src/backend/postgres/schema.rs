@@ -104,6 +104,7 @@ const SHAPE: &[(&str, &[(&str, &str)])] = &[
             ("first_failed_at", "timestamp with time zone"),
             ("due_at", "timestamp with time zone"),
             ("claimed_until", "timestamp with time zone"),
+            ("claim", "bigint"),
         ],
     ),
 ];

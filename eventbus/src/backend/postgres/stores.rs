@@ -345,7 +345,7 @@ impl RetryStore for PgStores {
         // Claimed in one statement; SKIP LOCKED lets processes claiming at
         // once each take others.
         let rows: Vec<ParkedRow> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE {schema}.parked SET claimed_until = now() + $3
+            "UPDATE {schema}.parked SET claimed_until = now() + $3, claim = claim + 1
              WHERE id IN (
                  SELECT id FROM {schema}.parked
                  WHERE subscription = $1 AND due_at <= now()
@@ -353,7 +353,7 @@ impl RetryStore for PgStores {
                  ORDER BY due_at LIMIT $2
                  FOR UPDATE SKIP LOCKED
              )
-             RETURNING id, name, version, payload::text, attempts, first_failed_at, due_at"
+             RETURNING id, name, version, payload::text, attempts, first_failed_at, due_at, claim"
         )))
         .bind(subscription)
         .bind(limit.clamp(1, i64::MAX as usize) as i64)
@@ -371,7 +371,7 @@ impl RetryStore for PgStores {
         .await
         .map_err(PostgresError::query("looking for parked events"))?;
         let mut parked = Vec::with_capacity(rows.len());
-        for (id, name, version, payload, attempts, first_failed_at, due_at) in rows {
+        for (id, name, version, payload, attempts, first_failed_at, due_at, claim) in rows {
             let decoded = u32::try_from(version)
                 .map_err(|_| format!("the stored version {version} is not a version"))
                 .and_then(|version| {
@@ -388,6 +388,7 @@ impl RetryStore for PgStores {
                         next_attempt_at: due_at,
                         first_failed_at,
                     },
+                    claim as u64,
                 )),
                 Err(error) => {
                     // Nothing here can run it: it becomes a dead letter,
@@ -399,7 +400,7 @@ impl RetryStore for PgStores {
                         %error,
                         "a parked event no longer decodes; it is moved to the dead_letters table",
                     );
-                    sqlx::query(AssertSqlSafe(format!(
+                    let moved = sqlx::query(AssertSqlSafe(format!(
                         "WITH gone AS (DELETE FROM {schema}.parked WHERE id = $1 RETURNING *)
                          INSERT INTO {schema}.dead_letters
                          (subscription, name, version, payload, errors, attempts, first_failed_at, last_failed_at)
@@ -411,8 +412,17 @@ impl RetryStore for PgStores {
                     .bind(id)
                     .bind(&error)
                     .execute(&self.inner.pool)
-                    .await
-                    .map_err(PostgresError::query("moving an undecodable parked event to the dead letters"))?;
+                    .await;
+                    // Not `?`: the rows claimed with it are handed out
+                    // still. This one stays claimed, and is tried again
+                    // once its claim runs out.
+                    if let Err(err) = moved {
+                        tracing::error!(
+                            id,
+                            error = %crate::failure::error_chain(&err).join(": "),
+                            "could not move an undecodable parked event to the dead letters",
+                        );
+                    }
                 }
             }
         }
@@ -422,34 +432,51 @@ impl RetryStore for PgStores {
     async fn repark(
         &self,
         id: u64,
+        claim: u64,
         state: RetryState,
         errors: &[String],
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let errors = serde_json::to_string(errors).map_err(PostgresError::Encode)?;
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {}.parked SET attempts = $2, due_at = $3, errors = $4::jsonb, claimed_until = NULL
-             WHERE id = $1",
+        let changed = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {}.parked
+             SET attempts = $3, due_at = $4, errors = $5::jsonb, claimed_until = NULL
+             WHERE id = $1 AND claim = $2",
             self.inner.schema
         )))
         .bind(to_i64(id))
+        .bind(to_i64(claim))
         .bind(state.attempts.min(i32::MAX as u32) as i32)
         .bind(state.next_attempt_at)
         .bind(errors)
         .execute(&self.inner.pool)
         .await
         .map_err(PostgresError::query("parking a failed event again"))?;
-        Ok(())
+        Ok(changed.rows_affected() > 0)
     }
 
-    async fn unpark(&self, id: u64) -> Result<(), StoreError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {}.parked WHERE id = $1",
+    async fn unpark(&self, id: u64, claim: u64) -> Result<bool, StoreError> {
+        let gone = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {}.parked WHERE id = $1 AND claim = $2",
             self.inner.schema
         )))
         .bind(to_i64(id))
+        .bind(to_i64(claim))
         .execute(&self.inner.pool)
         .await
         .map_err(PostgresError::query("removing a parked event"))?;
+        Ok(gone.rows_affected() > 0)
+    }
+
+    async fn release(&self, id: u64, claim: u64) -> Result<(), StoreError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {}.parked SET claimed_until = NULL WHERE id = $1 AND claim = $2",
+            self.inner.schema
+        )))
+        .bind(to_i64(id))
+        .bind(to_i64(claim))
+        .execute(&self.inner.pool)
+        .await
+        .map_err(PostgresError::query("giving a parked event's claim back"))?;
         Ok(())
     }
 
@@ -467,4 +494,13 @@ impl RetryStore for PgStores {
 }
 
 /// A parked event's columns, as claimed.
-type ParkedRow = (i64, String, i32, String, i32, DateTime<Utc>, DateTime<Utc>);
+type ParkedRow = (
+    i64,
+    String,
+    i32,
+    String,
+    i32,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    i64,
+);

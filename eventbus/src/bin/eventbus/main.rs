@@ -349,7 +349,11 @@ async fn subscriptions(log: &Log, as_json: bool) -> Result<()> {
     if postgres {
         header.push("PARTITION");
     }
-    header.extend(["POSITION", "HEAD", "LAG", "DEAD LETTERS", "QUARANTINED"]);
+    header.extend(["POSITION", "HEAD", "LAG"]);
+    if postgres {
+        header.push("PARKED");
+    }
+    header.extend(["DEAD LETTERS", "QUARANTINED"]);
     if postgres {
         header.extend(["MEMBERS", "HOLDER", "LEASE UNTIL"]);
     }
@@ -364,9 +368,11 @@ async fn subscriptions(log: &Log, as_json: bool) -> Result<()> {
                 r.position.to_string(),
                 r.head.to_string(),
                 r.lag.to_string(),
-                r.dead_letters.to_string(),
-                r.quarantined.to_string(),
             ]);
+            if postgres {
+                row.push(r.parked.unwrap_or(0).to_string());
+            }
+            row.extend([r.dead_letters.to_string(), r.quarantined.to_string()]);
             if postgres {
                 row.push(r.members.unwrap_or(0).to_string());
                 row.push(r.holder.clone().unwrap_or_else(|| "(none)".into()));

@@ -27,6 +27,10 @@ pub(crate) struct SubscriptionRow {
     /// PostgreSQL only: processes whose membership is current.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) members: Option<u64>,
+    /// PostgreSQL only: failed events parked until their retry, which the
+    /// position has moved past.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) parked: Option<u64>,
     pub(crate) dead_letters: u64,
     pub(crate) quarantined: u64,
 }

@@ -152,6 +152,7 @@ impl Postgres {
                     CASE WHEN c.lease_until > now() THEN c.owner::text END AS holder,
                     CASE WHEN c.lease_until > now() THEN c.lease_until END AS lease_until,
                     (SELECT count(*) FROM {s}.members m WHERE m.subscription = c.subscription AND m.seen_until > now()) AS members,
+                    (SELECT count(*) FROM {s}.parked p WHERE p.subscription = c.subscription) AS parked,
                     (SELECT count(*) FROM {s}.dead_letters d WHERE d.subscription = c.subscription) AS dead_letters,
                     (SELECT count(*) FROM {s}.quarantine q WHERE q.subscription = c.subscription) AS quarantined
              FROM {s}.cursors c JOIN n USING (subscription)
@@ -175,6 +176,7 @@ impl Postgres {
                     holder: r.try_get("holder")?,
                     lease_until: r.try_get("lease_until")?,
                     members: Some(r.try_get::<i64, _>("members")? as u64),
+                    parked: Some(r.try_get::<i64, _>("parked")? as u64),
                     dead_letters: r.try_get::<i64, _>("dead_letters")? as u64,
                     quarantined: r.try_get::<i64, _>("quarantined")? as u64,
                 })

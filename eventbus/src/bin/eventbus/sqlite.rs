@@ -196,6 +196,7 @@ impl Sqlite {
                     holder: None,
                     lease_until: None,
                     members: None,
+                    parked: None,
                     dead_letters: r.get::<_, i64>(2)? as u64,
                     quarantined: r.get::<_, i64>(3)? as u64,
                 })
