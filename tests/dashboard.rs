@@ -523,3 +523,52 @@ async fn a_mount_with_parameters_of_its_own_works_and_links_stay_on_this_host() 
     assert!(!odd.contains("href=\"//"), "{odd}");
     bus.shutdown().await;
 }
+
+#[tokio::test]
+async fn everything_matching_is_acted_on_a_thousand_at_a_time() {
+    let f = fixture(|d| d).await;
+    for order in 0..1_005 {
+        f.bus
+            .notify(OrderPlaced::new(order, "bulk".into()))
+            .await
+            .unwrap();
+    }
+    f.bus.drain().await.unwrap();
+    assert_eq!(f.bus.dead_letters().count().await.unwrap(), 1_005);
+    let token = f.token().await;
+    let (status, confirm) = f
+        .post(
+            "/dead-letters/act",
+            &[("token", &token), ("action", "discard-all")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        confirm.contains("Discard 1000 dead letter(s)?"),
+        "{confirm}"
+    );
+    assert!(confirm.contains("More match"), "{confirm}");
+    let at = confirm.find("name=\"upto\" value=\"").unwrap() + 19;
+    let upto = confirm[at..at + confirm[at..].find('"').unwrap()].to_owned();
+    let (status, location) = f
+        .post(
+            "/dead-letters/act",
+            &[
+                ("token", &token),
+                ("action", "discard-all"),
+                ("confirm", "yes"),
+                ("upto", &upto),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    assert!(
+        location.contains("1000%20dead%20letter") || location.contains("1000+dead+letter"),
+        "{location}"
+    );
+    assert!(location.contains("more"), "{location}");
+    // The newest five stay, for the next click.
+    let left = f.dead_letter_ids().await;
+    assert_eq!(left.len(), 5);
+    assert!(left.iter().all(|id| *id > upto.parse::<u64>().unwrap()));
+}

@@ -24,6 +24,11 @@ const PAGE: usize = 50;
 /// The most letters one page request reads to find a page of matches.
 const SCAN: usize = 5_000;
 
+/// The most letters one "retry all" or "discard all" acts on: the rest
+/// stay for the next click, so one request never holds or replays an
+/// unbounded number.
+const BULK: usize = 1_000;
+
 pub(super) fn router(dashboard: Dashboard) -> axum::Router {
     let state: Shared = Arc::new(dashboard);
     axum::Router::new()
@@ -314,10 +319,13 @@ async fn subscription_action(
 }
 
 /// The dead-letter filter of a query or form.
+#[derive(Clone)]
 struct LetterFilter {
     subscription: Option<String>,
     name: Option<String>,
     error: Option<String>,
+    /// Only letters up to this id: what a confirmation counted.
+    upto: Option<u64>,
 }
 
 impl LetterFilter {
@@ -326,6 +334,7 @@ impl LetterFilter {
             subscription: param(pairs, "subscription").map(str::to_owned),
             name: param(pairs, "name").map(str::to_owned),
             error: param(pairs, "error").map(str::to_lowercase),
+            upto: None,
         }
     }
 
@@ -398,6 +407,9 @@ async fn matching(
         }
         let page = dashboard.bus.dead_letters().page(&query).await?;
         for letter in page.letters {
+            if filter.upto.is_some_and(|upto| letter.id > upto) {
+                return Ok((found, None));
+            }
             read += 1;
             after = letter.id;
             if filter.matches(&letter) {
@@ -589,12 +601,14 @@ async fn act_on_letters(
             .collect(),
         "retry-all" | "discard-all" => {
             if param(&form, "confirm") != Some("yes") {
-                // Count what the filter matches, and ask.
-                let (all, _) = match matching(&dashboard, &filter, 0, usize::MAX, usize::MAX).await
-                {
+                // Count what the filter matches, up to what one request
+                // acts on, and ask.
+                let (all, more) = match matching(&dashboard, &filter, 0, BULK, usize::MAX).await {
                     Ok(found) => found,
                     Err(err) => return store_failed(&err),
                 };
+                // Taken `BULK` with letters left to read: there may be more.
+                let more = more.is_some() && all.len() == BULK;
                 let verb = if action == "retry-all" {
                     "Retry"
                 } else {
@@ -604,6 +618,9 @@ async fn act_on_letters(
                 let body = html! {
                     h2 { (verb) " " (all.len()) " dead letter(s)?" }
                     p { "Matching: " (filter.describe()) "." }
+                    @if more {
+                        p.notice { "More match: these are the oldest " (BULK) "; the rest stay for another click." }
+                    }
                     form #confirm method="post" action="dead-letters/act" {
                         (token(&dashboard))
                         input type="hidden" name="action" value=(action);
@@ -626,8 +643,13 @@ async fn act_on_letters(
                     "confirm again: the confirmation did not say what it counted".to_owned(),
                 );
             };
-            match matching(&dashboard, &filter, 0, usize::MAX, usize::MAX).await {
-                Ok((all, _)) => all.iter().map(|l| l.id).filter(|id| *id <= upto).collect(),
+            // Only what was counted: at most `BULK`, none newer.
+            let upto_filter = LetterFilter {
+                upto: Some(upto),
+                ..filter.clone()
+            };
+            match matching(&dashboard, &upto_filter, 0, BULK, usize::MAX).await {
+                Ok((all, _)) => all.iter().map(|l| l.id).collect(),
                 Err(err) => return store_failed(&err),
             }
         }
@@ -659,6 +681,9 @@ async fn act_on_letters(
     }
     let verb = if retry { "retried" } else { "discarded" };
     let mut notice = format!("{done} dead letter(s) {verb}");
+    if action.ends_with("-all") && ids.len() == BULK {
+        notice.push_str(&format!("; at most {BULK} at a time, so more may match"));
+    }
     if !failed.is_empty() {
         let shown: Vec<&str> = failed.iter().take(3).map(String::as_str).collect();
         notice.push_str(&format!("; {} failed: {}", failed.len(), shown.join("; ")));
