@@ -303,12 +303,8 @@ impl<C: Consumer> Deliverer<C> {
         if failure.permanent || number >= self.retry.attempts() {
             return Err(failure);
         }
-        let delay = self.retry.delay_after(number, &failure);
-        let state = RetryState {
-            attempts: number,
-            next_attempt_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
-            first_failed_at: first_failed_at.unwrap_or_else(Utc::now),
-        };
+        let first_failed_at = first_failed_at.unwrap_or_else(Utc::now);
+        let (delay, state) = self.next_retry(event, number, &failure, first_failed_at);
         match store
             .park(&self.state.name, event, state, &failure.errors)
             .await
@@ -316,15 +312,6 @@ impl<C: Consumer> Deliverer<C> {
             Ok(()) => {
                 self.state.parked_changed();
                 self.state.parked_for(delay);
-                tracing::warn!(
-                    subscription = %self.state.name,
-                    event = %event.name(),
-                    event_id = %event.meta().id,
-                    attempt = number,
-                    retry_in = ?delay,
-                    error = %failure.errors.join(": "),
-                    "event handling failed; parked until its retry, and the subscription goes on",
-                );
                 Ok(())
             }
             Err(err) => {
@@ -337,6 +324,33 @@ impl<C: Consumer> Deliverer<C> {
                 Err(failure)
             }
         }
+    }
+
+    /// When `event`'s next attempt is due after attempt `number` failed,
+    /// and its retry state then; the failure is logged.
+    fn next_retry(
+        &self,
+        event: &AnyEvent,
+        number: u32,
+        failure: &Failure,
+        first_failed_at: chrono::DateTime<Utc>,
+    ) -> (Duration, RetryState) {
+        let delay = self.retry.delay_after(number, failure);
+        tracing::warn!(
+            subscription = %self.state.name,
+            event = %event.name(),
+            event_id = %event.meta().id,
+            attempt = number,
+            retry_in = ?delay,
+            error = %failure.errors.join(": "),
+            "event handling failed; parking it until its retry, while the subscription goes on",
+        );
+        let state = RetryState {
+            attempts: number,
+            next_attempt_at: Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+            first_failed_at,
+        };
+        (delay, state)
     }
 
     /// One attempt at a parked event whose retry is due: then it is
@@ -368,22 +382,8 @@ impl<C: Consumer> Deliverer<C> {
                 store.unpark(id, claim).await
             }
             Err(failure) if !failure.permanent && number < self.retry.attempts() => {
-                let delay = self.retry.delay_after(number, &failure);
-                tracing::warn!(
-                    subscription = %self.state.name,
-                    event = %event.name(),
-                    event_id = %event.meta().id,
-                    attempt = number,
-                    retry_in = ?delay,
-                    error = %failure.errors.join(": "),
-                    "event handling failed; parked again until its retry",
-                );
-                let state = RetryState {
-                    attempts: number,
-                    next_attempt_at: Utc::now()
-                        + chrono::Duration::from_std(delay).unwrap_or_default(),
-                    first_failed_at: state.first_failed_at,
-                };
+                let (delay, state) =
+                    self.next_retry(&event, number, &failure, state.first_failed_at);
                 let reparked = store.repark(id, claim, state, &failure.errors).await;
                 if matches!(reparked, Ok(true)) {
                     self.state.parked_for(delay);
