@@ -511,3 +511,107 @@ async fn a_batch_is_acknowledged_only_once_its_sink_has_it() {
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
     bus.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantined_messages_that_decode_now_are_requeued_as_dead_letters() {
+    let stream = stream!();
+    let log = stream.log().await;
+    let bus = Bus::builder().backend(log.clone()).build().unwrap();
+    let seen = Recorder::new();
+    bus.subscribe("search", seen.clone()).start().await.unwrap();
+    let js = async_nats::jetstream::new(log.client().clone());
+
+    // A message no version of this binary decodes: quarantined by the
+    // subscription after its tries.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Eventbus-Name", "order.renamed_long_ago");
+    headers.insert("Eventbus-Version", "1");
+    js.publish_with_headers(log.subject("order.renamed_long_ago"), headers, "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut quarantined = Vec::new();
+    for _ in 0..300 {
+        quarantined = log.quarantined("search").await.unwrap();
+        if !quarantined.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(quarantined.len(), 1, "quarantined within 30 s");
+
+    // An order this binary decodes, quarantined by an older process of a
+    // rolling deploy that did not know it: its record, as that process
+    // writes one.
+    let order = serde_json::to_vec(&OrderPlaced::new(7)).unwrap();
+    let sequence = js
+        .publish(log.subject("order.placed"), order.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    let record = |sequence: u64| {
+        serde_json::json!({
+            "sequence": sequence,
+            "subject": log.subject("order.placed"),
+            "name": "order.placed",
+            "reason": "`order.placed` does not decode: no event named `order.placed` is registered",
+            "at": "2026-11-29T12:00:00Z",
+        })
+        .to_string()
+    };
+    let records = format!("eventbus-dead-letters.{}.quarantine.search", stream.name);
+    js.publish(records.clone(), record(sequence).into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // And one whose message the stream's limits have removed.
+    js.publish(records, record(999_999).into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    bus.drain().await.unwrap();
+    assert_eq!(log.quarantined("search").await.unwrap().len(), 3);
+
+    let requeued = log.requeue_quarantined("search").await.unwrap();
+    assert_eq!(
+        (requeued.requeued, requeued.still_quarantined, requeued.gone),
+        (1, 1, 1),
+        "{requeued:?}"
+    );
+    let left: Vec<u64> = log
+        .quarantined("search")
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.sequence)
+        .collect();
+    assert_eq!(left, [quarantined[0].sequence, 999_999]);
+    let letters = bus.dead_letters().list_for("search").await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(order_ids([letters[0].event.clone()]), [7]);
+    assert!(
+        letters[0].errors[0].starts_with("quarantined: "),
+        "{:?}",
+        letters[0].errors
+    );
+    // Requeued again: nothing more moves.
+    let again = log.requeue_quarantined("search").await.unwrap();
+    assert_eq!((again.requeued, again.still_quarantined), (0, 1));
+    assert_eq!(
+        bus.dead_letters().list_for("search").await.unwrap().len(),
+        1
+    );
+
+    // Replayed like any letter.
+    let before = seen.len();
+    bus.dead_letters().replay(letters[0].id).await.unwrap();
+    bus.drain().await.unwrap();
+    assert_eq!(seen.len(), before + 1);
+    assert_eq!(order_ids([seen.events().last().unwrap().clone()]), [7]);
+    assert!(bus.shutdown().await.is_clean());
+}

@@ -177,6 +177,20 @@ impl NatsDeadLetters {
         &self,
         subscription: &str,
     ) -> Result<Vec<Quarantined>, NatsError> {
+        Ok(self
+            .quarantine_records(subscription)
+            .await?
+            .into_iter()
+            .map(|(_, record)| record)
+            .collect())
+    }
+
+    /// [`quarantined`](Self::quarantined), each with the sequence of its
+    /// record in this stream.
+    pub(super) async fn quarantine_records(
+        &self,
+        subscription: &str,
+    ) -> Result<Vec<(u64, Quarantined)>, NatsError> {
         let mut found = Vec::new();
         let mut after = None;
         loop {
@@ -186,7 +200,7 @@ impl NatsDeadLetters {
                 .map_err(|err| NatsError::request("listing quarantined messages")(err))?;
             for (sequence, payload) in &read {
                 match serde_json::from_slice(payload) {
-                    Ok(record) => found.push(record),
+                    Ok(record) => found.push((*sequence, record)),
                     Err(err) => {
                         tracing::error!(sequence, error = %err, "a quarantine record does not decode")
                     }
@@ -196,6 +210,27 @@ impl NatsDeadLetters {
                 (true, Some((last, _))) => after = Some(*last),
                 _ => return Ok(found),
             }
+        }
+    }
+
+    /// Deletes the quarantine record at `sequence` of this stream: its
+    /// message became a dead letter. `false` when another call deleted it
+    /// first.
+    pub(super) async fn forget_quarantined(&self, sequence: u64) -> Result<bool, NatsError> {
+        match self.stream.delete_message(sequence).await {
+            Ok(deleted) => Ok(deleted),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    stream::DeleteMessageErrorKind::JetStream(js)
+                        if js.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(NatsError::request("deleting a quarantine record")(boxed(
+                err,
+            ))),
         }
     }
 

@@ -91,6 +91,19 @@ struct Inner {
     readers: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<reader::Held>>>,
 }
 
+/// What [`NatsLog::requeue_quarantined`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Requeued {
+    /// Messages that decode now, written as the subscription's dead
+    /// letters.
+    pub requeued: u64,
+    /// Messages that still do not decode; they stay quarantined.
+    pub still_quarantined: u64,
+    /// Messages the stream no longer has; their records stay.
+    pub gone: u64,
+}
+
 /// Settings of a [`NatsLog`]; [`connect`](NatsLogBuilder::connect)
 /// creates or updates the stream.
 #[derive(Debug, Clone)]
@@ -154,6 +167,81 @@ impl NatsLog {
     /// [`NatsError::Request`] when the server cannot be read.
     pub async fn quarantined(&self, subscription: &str) -> Result<Vec<Quarantined>, NatsError> {
         self.inner.letters.quarantined(subscription).await
+    }
+
+    /// Gives the messages quarantined for `subscription` another chance:
+    /// those that decode with this binary (one that knows a newer event,
+    /// after a rolling deploy) become dead letters of the subscription, to
+    /// [replay](crate::DeadLetters::replay_all) like any other, and their
+    /// records go; the rest stay quarantined. A message the stream no
+    /// longer has (its limits removed it) is counted as gone, and its
+    /// record stays, to say what was lost.
+    ///
+    /// Two processes requeueing at once may both write a letter; the
+    /// server keeps one (the same message id, within the duplicate
+    /// window).
+    ///
+    /// # Errors
+    ///
+    /// [`NatsError::Request`] when the server cannot be read or written;
+    /// what moved before stays moved.
+    pub async fn requeue_quarantined(&self, subscription: &str) -> Result<Requeued, NatsError> {
+        let letters = &self.inner.letters;
+        let mut done = Requeued::default();
+        for (record, quarantined) in letters.quarantine_records(subscription).await? {
+            let message = match self
+                .inner
+                .stream
+                .get_raw_message(quarantined.sequence)
+                .await
+            {
+                Ok(message) => message,
+                Err(err)
+                    if err.kind()
+                        == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                {
+                    done.gone += 1;
+                    continue;
+                }
+                Err(err) => {
+                    return Err(NatsError::request("reading a quarantined message")(
+                        Box::new(err),
+                    ));
+                }
+            };
+            let event = match reader::decode_parts(
+                self,
+                &message.subject,
+                Some(&message.headers),
+                &message.payload,
+            ) {
+                Ok(event) => event,
+                Err(_) => {
+                    done.still_quarantined += 1;
+                    continue;
+                }
+            };
+            let letter = crate::dead_letter::DeadLetter {
+                id: 0,
+                subscription: subscription.to_owned(),
+                event,
+                errors: vec![format!("quarantined: {}", quarantined.reason)],
+                attempts: 0,
+                first_failed_at: quarantined.at,
+                // The quarantine's time, not now: the letter's message id
+                // is then the same in every process that requeues it.
+                last_failed_at: quarantined.at,
+                replaying: false,
+            };
+            crate::backend::DeadLetterStore::insert(&**letters, &letter)
+                .await
+                .map_err(|err| {
+                    NatsError::request("storing a requeued dead letter")(Box::new(err))
+                })?;
+            letters.forget_quarantined(record).await?;
+            done.requeued += 1;
+        }
+        Ok(done)
     }
 
     /// The dead-letter store kept next to the stream, the one a bus on this

@@ -234,7 +234,21 @@ fn ends(err: &consumer::pull::MessagesError) -> bool {
 /// that sets none, by its subject) at the version its header gives (or the
 /// newest registered).
 fn decode(log: &NatsLog, message: &Message) -> Result<AnyEvent, String> {
-    let headers = message.headers.as_ref();
+    decode_parts(
+        log,
+        &message.subject,
+        message.headers.as_ref(),
+        &message.payload,
+    )
+}
+
+/// [`decode`] for a message read some other way (by its sequence).
+pub(super) fn decode_parts(
+    log: &NatsLog,
+    subject: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Result<AnyEvent, String> {
     let header = |name: &str| {
         headers
             .and_then(|h| h.get(name))
@@ -242,11 +256,10 @@ fn decode(log: &NatsLog, message: &Message) -> Result<AnyEvent, String> {
     };
     let name = match header(NAME_HEADER) {
         Some(name) => name,
-        None => message
-            .subject
+        None => subject
             .strip_prefix(log.inner.prefix.as_str())
             .and_then(|s| s.strip_prefix('.'))
-            .ok_or_else(|| format!("subject `{}` names no event", message.subject))?
+            .ok_or_else(|| format!("subject `{subject}` names no event"))?
             .to_owned(),
     };
     let registry = crate::registry::registry();
@@ -260,7 +273,7 @@ fn decode(log: &NatsLog, message: &Message) -> Result<AnyEvent, String> {
             .version(),
     };
     registry
-        .decode(&name, version, &message.payload)
+        .decode(&name, version, payload)
         .map_err(|err| err.to_string())
 }
 
