@@ -176,3 +176,48 @@ async fn a_sink_asks_its_batch_to_wait_too() {
     assert!(bus.dead_letters().list().await.unwrap().is_empty());
     assert!(bus.shutdown().await.is_clean());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_failure_inside_dead_letters_at_once() {
+    let bus = bus();
+    let attempts = Arc::new(Mutex::new(0));
+    let counted = Arc::clone(&attempts);
+    bus.subscribe(
+        "crm",
+        eventbus::consumer_fn(move |_event: AnyEvent| {
+            *counted.lock().unwrap() += 1;
+            let err: BoxError = RetryAfter::new(
+                Duration::from_secs(60),
+                eventbus::Permanent::msg("403 Forbidden"),
+            )
+            .into();
+            std::future::ready(Err(err))
+        }),
+    )
+    .retry(Retry::exponential(Duration::from_millis(1)).max_attempts(5))
+    .start()
+    .await
+    .unwrap();
+    bus.notify(QuotaChecked::new(1)).await.unwrap();
+    bus.drain().await.unwrap();
+    assert_eq!(*attempts.lock().unwrap(), 1);
+    let letters = bus.dead_letters().list_for("crm").await.unwrap();
+    assert_eq!(letters[0].errors, ["403 Forbidden"]);
+    assert!(bus.shutdown().await.is_clean());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_past_thirty_days_counts_as_thirty_days() {
+    let bus = bus();
+    let crm = RateLimited::new(Duration::MAX, 1);
+    bus.subscribe("crm", crm.clone())
+        .retry(Retry::exponential(Duration::from_millis(1)).max_attempts(2))
+        .start()
+        .await
+        .unwrap();
+    bus.notify(QuotaChecked::new(1)).await.unwrap();
+    bus.drain().await.unwrap();
+    assert_eq!(crm.gaps(), [RetryAfter::MAX_WAIT]);
+    assert!(bus.dead_letters().list().await.unwrap().is_empty());
+    assert!(bus.shutdown().await.is_clean());
+}

@@ -572,3 +572,24 @@ async fn everything_matching_is_acted_on_a_thousand_at_a_time() {
     assert_eq!(left.len(), 5);
     assert!(left.iter().all(|id| *id > upto.parse::<u64>().unwrap()));
 }
+
+#[tokio::test]
+async fn exactly_a_thousand_matching_do_not_say_more_match() {
+    let f = fixture(|d| d).await;
+    for order in 0..1_000 {
+        f.bus
+            .notify(OrderPlaced::new(order, "bulk".into()))
+            .await
+            .unwrap();
+    }
+    f.bus.drain().await.unwrap();
+    let token = f.token().await;
+    let (_, confirm) = f
+        .post(
+            "/dead-letters/act",
+            &[("token", &token), ("action", "retry-all")],
+        )
+        .await;
+    assert!(confirm.contains("Retry 1000 dead letter(s)?"), "{confirm}");
+    assert!(!confirm.contains("More match"), "{confirm}");
+}

@@ -552,30 +552,33 @@ async fn quarantined_messages_that_decode_now_are_requeued_as_dead_letters() {
         .await
         .unwrap()
         .sequence;
-    let record = |sequence: u64| {
+    let record = |sequence: u64, at: &str| {
         serde_json::json!({
             "sequence": sequence,
             "subject": log.subject("order.placed"),
             "name": "order.placed",
             "reason": "`order.placed` does not decode: no event named `order.placed` is registered",
-            "at": "2026-11-29T12:00:00Z",
+            "at": at,
         })
         .to_string()
     };
     let records = format!("eventbus-dead-letters.{}.quarantine.search", stream.name);
-    js.publish(records.clone(), record(sequence).into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    // And one whose message the stream's limits have removed.
-    js.publish(records, record(999_999).into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    // Recorded twice (a process that died before its termination reached
+    // the server, and another that saw the message again later), and one
+    // whose message the stream's limits have removed.
+    for (sequence, at) in [
+        (sequence, "2026-11-29T12:00:00Z"),
+        (sequence, "2026-11-29T12:10:00Z"),
+        (999_999, "2026-11-29T12:00:00Z"),
+    ] {
+        js.publish(records.clone(), record(sequence, at).into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
     bus.drain().await.unwrap();
-    assert_eq!(log.quarantined("search").await.unwrap().len(), 3);
+    assert_eq!(log.quarantined("search").await.unwrap().len(), 4);
 
     let requeued = log.requeue_quarantined("search").await.unwrap();
     assert_eq!(
@@ -599,9 +602,15 @@ async fn quarantined_messages_that_decode_now_are_requeued_as_dead_letters() {
         "{:?}",
         letters[0].errors
     );
-    // Requeued again: nothing more moves.
-    let again = log.requeue_quarantined("search").await.unwrap();
+    // Requeued again, by two at once: nothing more moves, and neither fails.
+    let other = stream.log().await;
+    let (again, twice) = tokio::join!(
+        log.requeue_quarantined("search"),
+        other.requeue_quarantined("search")
+    );
+    let (again, twice) = (again.unwrap(), twice.unwrap());
     assert_eq!((again.requeued, again.still_quarantined), (0, 1));
+    assert_eq!(twice.requeued, 0);
     assert_eq!(
         bus.dead_letters().list_for("search").await.unwrap().len(),
         1

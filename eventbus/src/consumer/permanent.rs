@@ -33,7 +33,7 @@ use std::fmt;
 /// }
 /// ```
 pub struct Permanent {
-    inner: BoxError,
+    pub(super) inner: BoxError,
 }
 
 impl Permanent {
@@ -62,19 +62,28 @@ impl Permanent {
     }
 }
 
-/// The first `T` in `error`'s chain of sources, looking inside
-/// `io::Error`s made with `io::Error::other`, which do not give their
-/// inner error as a source.
+/// The first `T` in `error`'s chain of sources, looking inside errors
+/// that do not give the error they wrap as a source: `io::Error`s made
+/// with `io::Error::other`, and the marks [`Permanent`] and
+/// [`RetryAfter`](super::RetryAfter), which read as what they wrap, so one
+/// mark inside the other is found.
 pub(super) fn find_in<'e, T: Error + 'static>(error: &'e (dyn Error + 'static)) -> Option<&'e T> {
     let mut next = Some(error);
     while let Some(error) = next {
         if let Some(found) = error.downcast_ref::<T>() {
             return Some(found);
         }
-        if let Some(io) = error.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(found) = find_in::<T>(inner)
-        {
+        let wrapped: Option<&(dyn Error + 'static)> =
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                io.get_ref().map(|inner| inner as &(dyn Error + 'static))
+            } else if let Some(mark) = error.downcast_ref::<Permanent>() {
+                Some(&*mark.inner)
+            } else if let Some(mark) = error.downcast_ref::<super::RetryAfter>() {
+                Some(&*mark.inner)
+            } else {
+                None
+            };
+        if let Some(found) = wrapped.and_then(find_in::<T>) {
             return Some(found);
         }
         next = error.source();

@@ -14,9 +14,9 @@ use std::time::Duration;
 /// event is dead-lettered at once, with no wait.
 ///
 /// Like [`Permanent`](crate::Permanent), it reads as the error it wraps,
-/// and the bus finds it anywhere in a returned error's chain of sources.
-/// The wait is not capped: bound what a server may ask for before you
-/// wrap it.
+/// and the bus finds it anywhere in a returned error's chain of sources
+/// (a `Permanent` inside it still dead-letters at once). A wait over
+/// [`RetryAfter::MAX_WAIT`] (30 days) counts as 30 days.
 ///
 /// # Examples
 ///
@@ -36,10 +36,13 @@ use std::time::Duration;
 /// ```
 pub struct RetryAfter {
     wait: Duration,
-    inner: BoxError,
+    pub(super) inner: BoxError,
 }
 
 impl RetryAfter {
+    /// The longest wait honoured: 30 days.
+    pub const MAX_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
+
     /// Marks `error` as one whose next attempt waits at least `wait`.
     pub fn new(wait: Duration, error: impl Into<BoxError>) -> Self {
         RetryAfter {
@@ -48,9 +51,10 @@ impl RetryAfter {
         }
     }
 
-    /// The least wait before the next attempt.
+    /// The least wait before the next attempt, at most
+    /// [`MAX_WAIT`](Self::MAX_WAIT).
     pub fn wait(&self) -> Duration {
-        self.wait
+        self.wait.min(Self::MAX_WAIT)
     }
 
     /// The error it wraps.
@@ -101,5 +105,30 @@ mod tests {
         assert_eq!(marked.to_string(), "429 slow down");
         let io = std::io::Error::other(RetryAfter::new(Duration::from_secs(1), "busy"));
         assert_eq!(RetryAfter::find_in(&io), Some(Duration::from_secs(1)));
+        let huge: BoxError = RetryAfter::new(Duration::MAX, "later").into();
+        assert_eq!(RetryAfter::find_in(&*huge), Some(RetryAfter::MAX_WAIT));
+    }
+
+    #[test]
+    fn each_mark_is_found_inside_the_other() {
+        let permanent_inside: BoxError =
+            RetryAfter::new(Duration::from_secs(1), crate::Permanent::msg("400")).into();
+        assert!(crate::Permanent::is_in(&*permanent_inside));
+        assert_eq!(
+            RetryAfter::find_in(&*permanent_inside),
+            Some(Duration::from_secs(1))
+        );
+        let in_io: BoxError = RetryAfter::new(
+            Duration::from_secs(1),
+            std::io::Error::other(crate::Permanent::msg("400")),
+        )
+        .into();
+        assert!(crate::Permanent::is_in(&*in_io));
+        let retry_inside: BoxError =
+            crate::Permanent::new(RetryAfter::new(Duration::from_secs(2), "429")).into();
+        assert_eq!(
+            RetryAfter::find_in(&*retry_inside),
+            Some(Duration::from_secs(2))
+        );
     }
 }

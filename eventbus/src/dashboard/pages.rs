@@ -603,12 +603,14 @@ async fn act_on_letters(
             if param(&form, "confirm") != Some("yes") {
                 // Count what the filter matches, up to what one request
                 // acts on, and ask.
-                let (all, more) = match matching(&dashboard, &filter, 0, BULK, usize::MAX).await {
-                    Ok(found) => found,
-                    Err(err) => return store_failed(&err),
-                };
-                // Taken `BULK` with letters left to read: there may be more.
-                let more = more.is_some() && all.len() == BULK;
+                // One more than is acted on, to know whether more match.
+                let (mut all, _) =
+                    match matching(&dashboard, &filter, 0, BULK + 1, usize::MAX).await {
+                        Ok(found) => found,
+                        Err(err) => return store_failed(&err),
+                    };
+                let more = all.len() > BULK;
+                all.truncate(BULK);
                 let verb = if action == "retry-all" {
                     "Retry"
                 } else {

@@ -224,6 +224,7 @@ impl NatsDeadLetters {
                     err.kind(),
                     stream::DeleteMessageErrorKind::JetStream(js)
                         if js.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND
+                            || js.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED
                 ) =>
             {
                 Ok(false)

@@ -171,11 +171,15 @@ impl NatsLog {
 
     /// Gives the messages quarantined for `subscription` another chance:
     /// those that decode with this binary (one that knows a newer event,
-    /// after a rolling deploy) become dead letters of the subscription, to
+    /// after a rolling deploy) become dead letters of the subscription in
+    /// this log's own store ([`dead_letters`](Self::dead_letters), the one
+    /// a bus on this log uses unless its builder is given another), to
     /// [replay](crate::DeadLetters::replay_all) like any other, and their
     /// records go; the rest stay quarantined. A message the stream no
-    /// longer has (its limits removed it) is counted as gone, and its
-    /// record stays, to say what was lost.
+    /// longer has (its limits removed it, or the stream was made again
+    /// and its sequence holds another message) is counted as gone, and
+    /// its record stays, to say what was lost. A message recorded twice
+    /// becomes one letter.
     ///
     /// Two processes requeueing at once may both write a letter; the
     /// server keeps one (the same message id, within the duplicate
@@ -188,14 +192,23 @@ impl NatsLog {
     pub async fn requeue_quarantined(&self, subscription: &str) -> Result<Requeued, NatsError> {
         let letters = &self.inner.letters;
         let mut done = Requeued::default();
+        // By message: the records of one, oldest first.
+        let mut by_message: std::collections::BTreeMap<u64, Vec<(u64, Quarantined)>> =
+            std::collections::BTreeMap::new();
         for (record, quarantined) in letters.quarantine_records(subscription).await? {
-            let message = match self
-                .inner
-                .stream
-                .get_raw_message(quarantined.sequence)
-                .await
-            {
-                Ok(message) => message,
+            by_message
+                .entry(quarantined.sequence)
+                .or_default()
+                .push((record, quarantined));
+        }
+        for (sequence, records) in by_message {
+            let quarantined = &records[0].1;
+            let message = match self.inner.stream.get_raw_message(sequence).await {
+                Ok(message) if message.subject.as_str() == quarantined.subject => message,
+                Ok(_) => {
+                    done.gone += 1;
+                    continue;
+                }
                 Err(err)
                     if err.kind()
                         == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
@@ -228,8 +241,8 @@ impl NatsLog {
                 errors: vec![format!("quarantined: {}", quarantined.reason)],
                 attempts: 0,
                 first_failed_at: quarantined.at,
-                // The quarantine's time, not now: the letter's message id
-                // is then the same in every process that requeues it.
+                // The first record's time, not now: the letter's message
+                // id is then the same in every process that requeues it.
                 last_failed_at: quarantined.at,
                 replaying: false,
             };
@@ -238,7 +251,9 @@ impl NatsLog {
                 .map_err(|err| {
                     NatsError::request("storing a requeued dead letter")(Box::new(err))
                 })?;
-            letters.forget_quarantined(record).await?;
+            for (record, _) in &records {
+                letters.forget_quarantined(*record).await?;
+            }
             done.requeued += 1;
         }
         Ok(done)
