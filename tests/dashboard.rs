@@ -86,6 +86,12 @@ async fn fixture(dashboard: impl FnOnce(Dashboard) -> Dashboard) -> Fixture {
     }
 }
 
+/// The id up to which a confirmation page counted.
+fn upto(confirm: &str) -> &str {
+    let at = confirm.find("name=\"upto\" value=\"").unwrap() + 19;
+    &confirm[at..at + confirm[at..].find('"').unwrap()]
+}
+
 impl Fixture {
     async fn get(&self, path: &str) -> (u16, String) {
         let response = self
@@ -127,6 +133,17 @@ impl Fixture {
         let (_, page) = self.get("").await;
         let at = page.find("name=\"token\" value=\"").expect("a form token") + 20;
         page[at..at + 32].to_owned()
+    }
+
+    /// `n` orders that the failing payments subscription dead-letters.
+    async fn failed_orders(&self, n: u64) {
+        for order in 0..n {
+            self.bus
+                .notify(OrderPlaced::new(order, "bulk".into()))
+                .await
+                .unwrap();
+        }
+        self.bus.drain().await.unwrap();
     }
 
     async fn dead_letter_ids(&self) -> Vec<u64> {
@@ -351,8 +368,7 @@ async fn dead_letters_are_listed_filtered_shown_retried_and_discarded() {
     assert_eq!(status, 200);
     assert!(confirm.contains("Retry 1 dead letter(s)?"), "{confirm}");
     assert_eq!(f.dead_letter_ids().await.len(), 2, "nothing yet");
-    let at = confirm.find("name=\"upto\" value=\"").unwrap() + 19;
-    let upto = &confirm[at..at + confirm[at..].find('"').unwrap()];
+    let upto = upto(&confirm);
     // A letter that arrives while the operator reads the count is not
     // part of what they confirmed.
     f.payments.broken.store(true, SeqCst);
@@ -527,13 +543,7 @@ async fn a_mount_with_parameters_of_its_own_works_and_links_stay_on_this_host() 
 #[tokio::test]
 async fn everything_matching_is_acted_on_a_thousand_at_a_time() {
     let f = fixture(|d| d).await;
-    for order in 0..1_005 {
-        f.bus
-            .notify(OrderPlaced::new(order, "bulk".into()))
-            .await
-            .unwrap();
-    }
-    f.bus.drain().await.unwrap();
+    f.failed_orders(1_005).await;
     assert_eq!(f.bus.dead_letters().count().await.unwrap(), 1_005);
     let token = f.token().await;
     let (status, confirm) = f
@@ -548,8 +558,7 @@ async fn everything_matching_is_acted_on_a_thousand_at_a_time() {
         "{confirm}"
     );
     assert!(confirm.contains("More match"), "{confirm}");
-    let at = confirm.find("name=\"upto\" value=\"").unwrap() + 19;
-    let upto = confirm[at..at + confirm[at..].find('"').unwrap()].to_owned();
+    let upto = upto(&confirm).to_owned();
     let (status, location) = f
         .post(
             "/dead-letters/act",
@@ -576,13 +585,7 @@ async fn everything_matching_is_acted_on_a_thousand_at_a_time() {
 #[tokio::test]
 async fn exactly_a_thousand_matching_do_not_say_more_match() {
     let f = fixture(|d| d).await;
-    for order in 0..1_000 {
-        f.bus
-            .notify(OrderPlaced::new(order, "bulk".into()))
-            .await
-            .unwrap();
-    }
-    f.bus.drain().await.unwrap();
+    f.failed_orders(1_000).await;
     let token = f.token().await;
     let (_, confirm) = f
         .post(

@@ -137,12 +137,57 @@ async fn sqlite_log_with_letters(path: &Path) {
 
 /// A `tail --follow` child, killed when dropped, so a failing assertion
 /// leaves no process behind.
-struct Following(std::process::Child);
+struct Following {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Following {
+    /// `eventbus <path> tail --follow --json --limit <limit>`, its output
+    /// read line by line on a thread of its own.
+    fn tail(path: &std::path::Path, limit: u32) -> Self {
+        use std::io::BufRead;
+        let limit = limit.to_string();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_eventbus"))
+            .args([
+                path.to_str().unwrap(),
+                "tail",
+                "--follow",
+                "--json",
+                "--limit",
+                &limit,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines_tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Following { child, lines }
+    }
+
+    /// The next line printed, as JSON, within 10 s.
+    fn next(&self) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a line within 10 s");
+        serde_json::from_str(&line).unwrap()
+    }
+}
 
 impl Drop for Following {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -269,40 +314,11 @@ async fn sqlite_subscriptions_events_and_letters_as_tables_and_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_tail_follow_prints_events_as_they_are_appended() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");
     sqlite_log_with_letters(&path).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eventbus"))
-        .args([
-            path.to_str().unwrap(),
-            "tail",
-            "--follow",
-            "--json",
-            "--limit",
-            "1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _following = Following(child);
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let next = || {
-        let line = lines_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a line within 10 s");
-        serde_json::from_str::<Value>(&line).unwrap()
-    };
+    let following = Following::tail(&path, 1);
+    let next = || following.next();
     assert_eq!(next()["position"], 3);
     // A service appends while the tool follows.
     let bus = Bus::builder()
@@ -323,34 +339,10 @@ async fn sqlite_tail_follow_prints_events_as_they_are_appended() {
 /// the log: only what is appended afterwards is printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_tail_follow_with_nothing_shown_starts_at_the_end() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.db");
     sqlite_log_with_letters(&path).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eventbus"))
-        .args([
-            path.to_str().unwrap(),
-            "tail",
-            "--follow",
-            "--json",
-            "--limit",
-            "0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _following = Following(child);
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let following = Following::tail(&path, 0);
     // Give the tool time to read the log and start following.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let bus = Bus::builder()
@@ -358,10 +350,7 @@ async fn sqlite_tail_follow_with_nothing_shown_starts_at_the_end() {
         .build()
         .unwrap();
     bus.notify(OrderPlaced::new(4)).await.unwrap();
-    let line = lines_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("a line within 10 s");
-    let first: Value = serde_json::from_str(&line).unwrap();
+    let first = following.next();
     assert_eq!(
         first["position"], 4,
         "the three earlier events are not shown"
