@@ -5,13 +5,15 @@
 //! A transaction per event caps the rate at what the server commits per
 //! second (a few thousand on a small machine), however many producers
 //! there are. Here each writer task takes whatever has queued up while the
-//! previous statement ran, so a lone producer still pays one round trip,
+//! previous statement ran, waiting a moment for the producers it just
+//! answered ([`GATHER`]), so a lone producer still pays one round trip,
 //! and many producers share each commit.
 
 use super::{Inner, PostgresError, reader};
 use crate::backend::Position;
 use sqlx::AssertSqlSafe;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// The most events one statement writes.
@@ -23,6 +25,19 @@ const MAX_BATCH: usize = 512;
 /// 13,400 to 13,800 events/s with one writer, 10,700 to 12,900 with two
 /// and 7,800 to 8,700 with four.
 pub(super) const WRITERS: usize = 1;
+
+/// The longest a batch waits for the producers the previous batch
+/// answered to come back.
+///
+/// Without it, 16 producers each waiting for its own event split into two
+/// groups of 8 that take turns: while one group's statement runs, the
+/// other queues, and the writer takes the queued group the moment the
+/// statement returns, before the answered producers have run again. On our
+/// 2-core machine waiting up to 50 µs for them made every batch 16 and
+/// `notify` 1.5x faster (25,000 to 38,000 events/s); 150 and 400 µs gained
+/// little more. A producer that does not come back costs its successor this
+/// much latency once: the next batch expects only what arrived.
+const GATHER: Duration = Duration::from_micros(100);
 
 /// Events waiting for a writer; past this, `notify` waits for room.
 const QUEUE: usize = 4 * MAX_BATCH;
@@ -50,19 +65,30 @@ pub(super) fn queue() -> (Queue, Arc<Mutex<mpsc::Receiver<Pending>>>) {
 /// One writer task: takes a batch off the queue, writes it, answers each
 /// event of it. Ends when the outbox is gone.
 pub(super) async fn write_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+    // How many events the next batch can expect: those the last batch
+    // answered, whose producers may come back at once, and those that were
+    // already waiting.
+    let mut expect = 1;
     loop {
         let batch = {
             let mut queue = queue.lock().await;
             let Some(first) = queue.recv().await else {
                 return;
             };
-            let mut batch = Vec::with_capacity(8);
+            let mut batch = Vec::with_capacity(expect);
             batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
+            let started = Instant::now();
+            loop {
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(pending) => batch.push(pending),
+                        Err(_) => break,
+                    }
                 }
+                if batch.len() >= expect || started.elapsed() >= GATHER {
+                    break;
+                }
+                tokio::task::yield_now().await;
             }
             // A `notify` given up on (its future dropped) before its event
             // went out is not written.
@@ -89,6 +115,10 @@ pub(super) async fn write_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Rec
             continue;
         }
         drop(strong);
+        // Another writer may hold the queue, waiting in it: then nothing
+        // is known to be waiting.
+        let waiting = queue.try_lock().map_or(0, |queue| queue.len());
+        expect = (batch.len() + waiting).min(MAX_BATCH);
         answer(batch, written);
     }
 }
