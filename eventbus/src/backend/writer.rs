@@ -7,6 +7,7 @@ use crate::event::AnyEvent;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use tokio::sync::Notify;
 
 /// The bus's writing side. Cheap to clone.
 #[derive(Clone)]
@@ -24,6 +25,28 @@ struct Inner {
     /// position after the last of them. The ring counts its own.
     accepted: AtomicU64,
     appended: AtomicU64,
+    /// Writes to another backend that got past the `closed` check and have
+    /// not returned yet, and where `returned` waits for them.
+    writing: AtomicU64,
+    none_writing: Notify,
+}
+
+/// Counts a write as under way until it returns, or is given up on.
+struct Writing<'a>(&'a Inner);
+
+impl<'a> Writing<'a> {
+    fn enter(inner: &'a Inner) -> Self {
+        inner.writing.fetch_add(1, SeqCst);
+        Writing(inner)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if self.0.writing.fetch_sub(1, SeqCst) == 1 {
+            self.0.none_writing.notify_waiters();
+        }
+    }
 }
 
 /// Why [`Writer::try_write`] did not write, with the event handed back.
@@ -50,6 +73,8 @@ impl Writer {
                 closed: AtomicBool::new(false),
                 accepted: AtomicU64::new(0),
                 appended: AtomicU64::new(0),
+                writing: AtomicU64::new(0),
+                none_writing: Notify::new(),
             }),
         }
     }
@@ -69,6 +94,10 @@ impl Writer {
                 Err(TryAppendError::Closed(event)) => Err(WriteError::Closed(event)),
             };
         }
+        // Counted before `closed` is read: a close either finds this write
+        // under way and `returned` waits for it, or this write finds the
+        // close and refuses the event.
+        let _writing = Writing::enter(inner);
         if inner.closed.load(SeqCst) {
             return Err(WriteError::Closed(event));
         }
@@ -96,6 +125,23 @@ impl Writer {
     pub(crate) fn close(&self) {
         self.inner.closed.store(true, SeqCst);
         self.inner.backend.close();
+    }
+
+    /// Waits until every write under way when the writer closed has
+    /// returned, accepted or refused: only then does the count of what
+    /// this process accepted stop moving. The in-memory ring accepts
+    /// nothing after it closes, and needs no wait.
+    pub(crate) async fn returned(&self) {
+        let inner = &self.inner;
+        loop {
+            let none_writing = inner.none_writing.notified();
+            tokio::pin!(none_writing);
+            none_writing.as_mut().enable();
+            if inner.writing.load(SeqCst) == 0 {
+                return;
+            }
+            none_writing.await;
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {

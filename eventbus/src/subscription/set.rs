@@ -327,6 +327,11 @@ impl SubscriptionSet {
                 ..ShutdownReport::default()
             };
         }
+        // A `notify` that was writing when the bus closed may still be
+        // accepted: the subscriptions' last counts wait for it, so an event
+        // accepted then is delivered or counted as left, never neither. A
+        // backend that does not answer by the deadline is not waited for.
+        let _ = tokio::time::timeout_at(deadline, self.writer.returned()).await;
         let mut report = self.wait_for_stop(deadline).await;
         // What stops finished in the background reported, once.
         let background = std::mem::take(&mut *self.background.lock().expect("background lock"));

@@ -98,6 +98,7 @@ pub(crate) fn all() -> Vec<Case> {
         case!(replay_after_close_and_reopen, needs Durable),
         case!(close_and_reopen_loses_nothing, needs Durable),
         case!(shutdown_mid_stream_accounts_for_every_accepted_event),
+        case!(shutdowns_racing_notifies_count_every_accepted_event),
         case!(undecodable_event_is_quarantined_and_the_stream_goes_on, needs Durable),
         case!(pause_and_resume),
         case!(shutdown_while_paused_keeps_its_events, needs Durable),
