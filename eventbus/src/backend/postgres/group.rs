@@ -5,15 +5,14 @@
 //! A transaction per event caps the rate at what the server commits per
 //! second (a few thousand on a small machine), however many producers
 //! there are. Here each writer task takes whatever has queued up while the
-//! previous statement ran, waiting a moment for the producers it just
-//! answered ([`GATHER`]), so a lone producer still pays one round trip,
+//! previous statement ran, letting the producers it just answered come
+//! back first ([`GATHER_YIELDS`]), so a lone producer still pays one round trip,
 //! and many producers share each commit.
 
 use super::{Inner, PostgresError, reader};
 use crate::backend::Position;
 use sqlx::AssertSqlSafe;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// The most events one statement writes.
@@ -23,21 +22,26 @@ const MAX_BATCH: usize = 512;
 /// forms, and the fewer commits the more events each carries. On our
 /// 2-core machine, with the server on the same cores, 16 producers got
 /// 13,400 to 13,800 events/s with one writer, 10,700 to 12,900 with two
-/// and 7,800 to 8,700 with four.
+/// and 7,800 to 8,700 with four (on a slower day, before batches waited
+/// for their producers: [`GATHER_YIELDS`]).
 pub(super) const WRITERS: usize = 1;
 
-/// The longest a batch waits for the producers the previous batch
-/// answered to come back.
+/// How many times a batch lets the runtime's other tasks run, so the
+/// producers the previous batch answered can come back, before it is
+/// written without them.
 ///
 /// Without it, 16 producers each waiting for its own event split into two
 /// groups of 8 that take turns: while one group's statement runs, the
 /// other queues, and the writer takes the queued group the moment the
 /// statement returns, before the answered producers have run again. On our
-/// 2-core machine waiting up to 50 µs for them made every batch 16 and
-/// `notify` 1.5x faster (25,000 to 38,000 events/s); 150 and 400 µs gained
-/// little more. A producer that does not come back costs its successor this
-/// much latency once: the next batch expects only what arrived.
-const GATHER: Duration = Duration::from_micros(100);
+/// 2-core machine one yield took `notify` from 21,000 to 35,000 events/s
+/// and two to 41,000 (`--quick` runs); four, or yielding for up to 100 µs,
+/// gained nothing more. A yield waits for one round of the runtime's other
+/// runnable tasks, not for a clock: where producers do not come back (each
+/// request notifies once) a batch pays two rounds, a few microseconds on a
+/// quiet runtime and more on a busy one, where every task waits that long
+/// for its turn anyway.
+const GATHER_YIELDS: u32 = 2;
 
 /// Events waiting for a writer; past this, `notify` waits for room.
 const QUEUE: usize = 4 * MAX_BATCH;
@@ -77,7 +81,7 @@ pub(super) async fn write_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Rec
             };
             let mut batch = Vec::with_capacity(expect);
             batch.push(first);
-            let started = Instant::now();
+            let mut yields = 0;
             loop {
                 while batch.len() < MAX_BATCH {
                     match queue.try_recv() {
@@ -85,10 +89,11 @@ pub(super) async fn write_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Rec
                         Err(_) => break,
                     }
                 }
-                if batch.len() >= expect || started.elapsed() >= GATHER {
+                if batch.len() >= expect || yields == GATHER_YIELDS {
                     break;
                 }
                 tokio::task::yield_now().await;
+                yields += 1;
             }
             // A `notify` given up on (its future dropped) before its event
             // went out is not written.
@@ -96,6 +101,7 @@ pub(super) async fn write_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Rec
             batch
         };
         if batch.is_empty() {
+            expect = 1;
             continue;
         }
         let Some(strong) = inner.upgrade() else {
@@ -108,6 +114,7 @@ pub(super) async fn write_batches(inner: Weak<Inner>, queue: Arc<Mutex<mpsc::Rec
             // its own, and only what fails alone is refused. Only when the
             // server refused the statement, so nothing of it was stored: a
             // lost connection fails the whole batch at once.
+            expect = batch.len();
             for pending in batch {
                 let alone = write(&strong, std::slice::from_ref(&pending)).await;
                 answer(vec![pending], alone);
