@@ -4,7 +4,7 @@
 use crate::harness::{BusSettings, Harness};
 use crate::support::*;
 use eventbus::testing::Recorder;
-use eventbus::{DrainError, NotifyError, SubscribeError};
+use eventbus::{Bus, DrainError, NotifyError, SubscribeError};
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
@@ -15,13 +15,7 @@ use std::time::Duration;
 /// The producers notify more than an in-memory bus buffers, so some wait
 /// for room when the shutdown comes.
 pub(crate) async fn shutdown_mid_stream_accounts_for_every_accepted_event(harness: &dyn Harness) {
-    let bus = harness
-        .open(BusSettings {
-            shutdown_timeout: Duration::from_millis(500),
-        })
-        .await;
-    let audit = Recorder::new();
-    bus.subscribe("audit", audit.clone()).start().await.unwrap();
+    let (bus, audit) = audited(harness).await;
     // Each handles ten events, then waits for ever.
     let mut stuck = Vec::new();
     for (name, mode) in MODES {
@@ -89,13 +83,7 @@ pub(crate) async fn shutdown_mid_stream_accounts_for_every_accepted_event(harnes
 /// round in 45 in a loop like this one).
 pub(crate) async fn shutdowns_racing_notifies_count_every_accepted_event(harness: &dyn Harness) {
     for round in 0..ROUNDS {
-        let bus = harness
-            .open(BusSettings {
-                shutdown_timeout: Duration::from_millis(500),
-            })
-            .await;
-        let audit = Recorder::new();
-        bus.subscribe("audit", audit.clone()).start().await.unwrap();
+        let (bus, audit) = audited(harness).await;
         let base = 1_000_000 * (round + 1);
         let producers = vec![
             produce(&bus, base..base + 100_000),
@@ -120,6 +108,19 @@ pub(crate) async fn shutdowns_racing_notifies_count_every_accepted_event(harness
 
 /// Rounds of [`shutdowns_racing_notifies_count_every_accepted_event`].
 const ROUNDS: u64 = 25;
+
+/// A bus that gives a stop half a second, with a subscription `audit`
+/// recording every event.
+async fn audited(harness: &dyn Harness) -> (Bus, Recorder) {
+    let bus = harness
+        .open(BusSettings {
+            shutdown_timeout: Duration::from_millis(500),
+        })
+        .await;
+    let audit = Recorder::new();
+    bus.subscribe("audit", audit.clone()).start().await.unwrap();
+    (bus, audit)
+}
 
 /// A bus shut down in the middle of a stream, with subscriptions in every
 /// mode stuck part way, then opened again: every accepted event arrives at
