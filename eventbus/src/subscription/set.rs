@@ -504,6 +504,11 @@ impl SubscriptionSet {
     fn in_background(self: &Arc<Self>, states: Vec<Arc<State>>, deadline: tokio::time::Instant) {
         let set = Arc::clone(self);
         tokio::spawn(async move {
+            if set.writer.is_closed() {
+                // A shutdown: its last counts wait for the notifies still
+                // being written, as in `shutdown` itself.
+                let _ = tokio::time::timeout_at(deadline, set.writer.returned()).await;
+            }
             let report = set.stop_all(states, deadline).await;
             let mut kept = set.background.lock().expect("background lock");
             kept.timed_out.extend(report.timed_out);
