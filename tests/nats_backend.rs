@@ -624,3 +624,91 @@ async fn quarantined_messages_that_decode_now_are_requeued_as_dead_letters() {
     assert_eq!(order_ids([seen.events().last().unwrap().clone()]), [7]);
     assert!(bus.shutdown().await.is_clean());
 }
+
+/// A process paused in the middle of a read hands the rest of it, and
+/// what its client fetched ahead, back to the server: another process on
+/// the subscription delivers them while it is paused. Without the hand-back
+/// the rest of the read stays claimed as long as the pause lasts. (A
+/// message still on its way to the paused client when it stops fetching
+/// comes back after the ack wait, 15 s here.) Resumed, it reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_process_hands_the_rest_of_its_read_to_the_others() {
+    let stream = stream!();
+    let patient = || stream.builder().ack_wait(Duration::from_secs(15));
+    let a = Bus::builder()
+        .backend(patient().connect().await.unwrap())
+        .build()
+        .unwrap();
+    let b = Bus::builder()
+        .backend(patient().connect().await.unwrap())
+        .build()
+        .unwrap();
+    for n in 0..20 {
+        a.notify(OrderPlaced::new(n)).await.unwrap();
+    }
+    // A pauses itself at its first event: the other 19 were read with it
+    // (one pull of up to the subscription's demand), or fetched ahead.
+    let in_a: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let slot: Arc<std::sync::OnceLock<Bus>> = Arc::default();
+    let pausing = {
+        let slot = Arc::clone(&slot);
+        let in_a = Arc::clone(&in_a);
+        eventbus::consumer_fn(move |event: AnyEvent| {
+            let mut seen = in_a.lock().unwrap();
+            seen.push(event.downcast_ref::<OrderPlaced>().unwrap().order_id);
+            if seen.len() == 1 {
+                slot.get().unwrap().pause("work").unwrap();
+            }
+            async { Ok::<(), BoxError>(()) }
+        })
+    };
+    slot.set(a.clone()).unwrap();
+    a.subscribe("work", pausing)
+        .start_from(StartFrom::Beginning)
+        .start()
+        .await
+        .unwrap();
+    eventually(10, "A paused after its first event", || {
+        a.stats().iter().any(|s| s.name == "work" && s.paused)
+    })
+    .await;
+    let in_b = Recorder::new();
+    b.subscribe("work", in_b.clone())
+        .start_from(StartFrom::Beginning)
+        .start()
+        .await
+        .unwrap();
+    // Handed back due after A's last pull request expires (about 6 s).
+    eventually(45, "B delivered the 19 A handed back", || {
+        in_b.events().len() >= 19
+    })
+    .await;
+    assert_eq!(
+        in_a.lock().unwrap().len(),
+        1,
+        "A handled only its first while paused"
+    );
+    let mut all: Vec<u64> = in_a.lock().unwrap().clone();
+    all.extend(order_ids(in_b.events()));
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..20).collect::<Vec<u64>>(),
+        "each event once, none lost"
+    );
+
+    // Resumed, A reads again and shares what comes next.
+    assert_eq!(a.resume("work"), Some(true));
+    for n in 20..60 {
+        b.notify(OrderPlaced::new(n)).await.unwrap();
+    }
+    within(30, "drain A", a.drain()).await.unwrap();
+    within(30, "drain B", b.drain()).await.unwrap();
+    let mut all: Vec<u64> = in_a.lock().unwrap().clone();
+    all.extend(order_ids(in_b.events()));
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all, (0..60).collect::<Vec<u64>>(), "every event handled");
+    a.shutdown().await;
+    b.shutdown().await;
+}
