@@ -270,18 +270,6 @@ pub trait Reader: Send + Debug {
     /// returns [`ReadError::ClaimLost`] and commits nothing.
     async fn commit(&mut self, up_to: Position) -> Result<(), ReadError>;
 
-    /// The subscription paused. A backend whose subscriptions several
-    /// processes share, settling each delivery (a broker), hands back what
-    /// the others could deliver meanwhile: the deliveries at or after
-    /// `from`, which the subscription has not started, and what it fetched
-    /// ahead; and fetches nothing more until [`next`](Reader::next) is
-    /// called again. Deliveries before `from` may still be running, and
-    /// stay claimed. Default: nothing to do.
-    async fn pause(&mut self, from: Position) -> Result<(), ReadError> {
-        let _ = from;
-        Ok(())
-    }
-
     /// The subscription stopped, after its last commit. A backend whose
     /// subscriptions several processes share lets another process take
     /// this one over now, rather than when its claim runs out. Default:

@@ -447,7 +447,6 @@ impl<'a, C: IntoConsumer> SubscriptionBuilder<'a, C> {
             read: start,
             claim_lost: false,
             held_back: false,
-            paused_reader: false,
         };
         let watched = Arc::clone(&state);
         let run = async move {

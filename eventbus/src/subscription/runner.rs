@@ -37,8 +37,6 @@ pub(crate) struct Runner<C> {
     pub(crate) claim_lost: bool,
     /// Whether the stats show the backend holding events back.
     pub(crate) held_back: bool,
-    /// Whether the reader was told of the pause that lasts now.
-    pub(crate) paused_reader: bool,
 }
 
 impl<C: Consumer> Runner<C> {
@@ -78,12 +76,6 @@ impl<C: Consumer> Runner<C> {
             // Paused, the runner reads nothing and runs no replay, but it
             // still flushes and releases what finishes.
             let running = !state.is_paused();
-            if running {
-                self.paused_reader = false;
-            } else if !self.paused_reader {
-                let from = self.reader.position();
-                self.pause_reader(from).await;
-            }
             tokio::select! {
                 biased;
                 // One wake-up for every request, the channels looked at
@@ -151,18 +143,11 @@ impl<C: Consumer> Runner<C> {
         for i in 0..batch.len() {
             let (pos, event) = batch.get(i);
             if state.is_paused() {
-                // Paused mid-read: what already started goes on. On a
-                // broker the rest of the read goes back, for the other
-                // processes to deliver meanwhile: it counts as finished
-                // here, as a filtered event does.
-                mode.launch();
-                if self.deliverer.settler.is_some() {
-                    self.pause_reader(pos).await;
-                    break;
-                }
-                // Elsewhere the rest waits here. Stopped instead of resumed,
-                // it is left uncommitted, for a durable log to deliver
+                // Paused mid-read: what already started goes on, the rest
+                // of the read waits here. Stopped instead of resumed, the
+                // rest is left uncommitted, for a durable log to deliver
                 // again; what was handled before is committed.
+                mode.launch();
                 if !state.resumed().await {
                     self.read = pos;
                     stopped = true;
@@ -213,19 +198,6 @@ impl<C: Consumer> Runner<C> {
             self.read = end;
             let done = mode.watermark().map_or(end, |w| w.done(end));
             self.release(done).await;
-        }
-    }
-
-    /// Tells the reader of the pause, once per pause: a broker hands
-    /// back the deliveries from `from` on, and what it fetched ahead.
-    async fn pause_reader(&mut self, from: Position) {
-        self.paused_reader = true;
-        if let Err(err) = self.reader.pause(from).await {
-            tracing::warn!(
-                subscription = %self.deliverer.state.name,
-                error = %error_chain(&err).join(": "),
-                "could not hand back what this paused subscription holds; it goes back when its claims run out",
-            );
         }
     }
 

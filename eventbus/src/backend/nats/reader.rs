@@ -551,14 +551,6 @@ impl Reader for NatsReader {
         Ok(())
     }
 
-    /// Hands back the deliveries from `from` on and what the client
-    /// fetched ahead, and stops fetching: another process delivers them
-    /// while this one is paused. The next read fetches again.
-    async fn pause(&mut self, from: Position) -> Result<(), ReadError> {
-        self.hand_back_from(from);
-        Ok(())
-    }
-
     /// Hands what this process still holds back to the server at once, so
     /// another process need not wait for the ack wait, and sends every
     /// queued acknowledgement.
@@ -609,25 +601,14 @@ impl NatsReader {
     /// client received and the subscription never read (a paused one, or
     /// one stopped mid-read).
     fn hand_back(&mut self) {
-        self.hand_back_from(0);
-    }
-
-    /// Hands back the messages read at or after `from` and not settled,
-    /// and those the client received and the subscription never read; the
-    /// client's pulls end with them.
-    fn hand_back_from(&mut self, from: Position) {
-        let mut back = Vec::new();
-        {
-            let mut taken = self.held.taken.lock().expect("held lock");
-            taken.retain(|&position, t| {
-                if position >= from {
-                    back.push(t.reply.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-        }
+        let mut back: Vec<Subject> = self
+            .held
+            .taken
+            .lock()
+            .expect("held lock")
+            .drain()
+            .map(|(_, t)| t.reply)
+            .collect();
         if let Some(mut messages) = self.messages.take() {
             while let Some(Some(item)) = messages.next().now_or_never() {
                 if let Ok(message) = item
