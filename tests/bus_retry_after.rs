@@ -5,7 +5,7 @@
 
 use eventbus::{
     AnyEvent, BatchConfig, BoxError, Bus, Consumer, ProtocolConsumer, Retry, RetryAfter, Sink,
-    Track, Trackable, event, register,
+    Subscription, Track, Trackable, event, register,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,20 +73,33 @@ fn bus() -> Bus {
     Bus::builder().build().unwrap()
 }
 
+/// A retry policy whose delays do not vary.
+fn steady(first: Duration, attempts: u32) -> Retry {
+    Retry::exponential(first)
+        .without_jitter()
+        .max_attempts(attempts)
+}
+
+/// Starts the subscription `name` with `consumer` and `retry`.
+async fn start<C: Consumer>(bus: &Bus, name: &str, consumer: C, retry: Retry) -> Subscription {
+    bus.subscribe(name, consumer)
+        .retry(retry)
+        .start()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_next_attempt_waits_at_least_what_the_failure_asked_for() {
     let bus = bus();
     let crm = RateLimited::new(Duration::from_secs(30), 2);
-    let sub = bus
-        .subscribe("crm", crm.clone())
-        .retry(
-            Retry::exponential(Duration::from_millis(1))
-                .without_jitter()
-                .max_attempts(4),
-        )
-        .start()
-        .await
-        .unwrap();
+    let sub = start(
+        &bus,
+        "crm",
+        crm.clone(),
+        steady(Duration::from_millis(1), 4),
+    )
+    .await;
     bus.notify(QuotaChecked::new(1)).await.unwrap();
     bus.drain().await.unwrap();
     let gaps = crm.gaps();
@@ -102,15 +115,13 @@ async fn the_next_attempt_waits_at_least_what_the_failure_asked_for() {
     );
     // The policy's delay still counts when it is the longer one.
     let slow = RateLimited::new(Duration::from_millis(1), 1);
-    bus.subscribe("slow", slow.clone())
-        .retry(
-            Retry::exponential(Duration::from_secs(20))
-                .without_jitter()
-                .max_attempts(2),
-        )
-        .start()
-        .await
-        .unwrap();
+    start(
+        &bus,
+        "slow",
+        slow.clone(),
+        steady(Duration::from_secs(20), 2),
+    )
+    .await;
     bus.notify(QuotaChecked::new(2)).await.unwrap();
     bus.drain().await.unwrap();
     assert!(
@@ -125,11 +136,13 @@ async fn the_next_attempt_waits_at_least_what_the_failure_asked_for() {
 async fn the_last_attempt_gives_up_without_waiting() {
     let bus = bus();
     let crm = RateLimited::new(Duration::from_secs(3600), usize::MAX);
-    bus.subscribe("crm", crm.clone())
-        .retry(Retry::exponential(Duration::from_millis(1)).max_attempts(2))
-        .start()
-        .await
-        .unwrap();
+    start(
+        &bus,
+        "crm",
+        crm.clone(),
+        Retry::exponential(Duration::from_millis(1)).max_attempts(2),
+    )
+    .await;
     bus.notify(QuotaChecked::new(1)).await.unwrap();
     bus.drain().await.unwrap();
     let finished = Instant::now();
@@ -210,11 +223,13 @@ async fn a_permanent_failure_inside_dead_letters_at_once() {
 async fn a_wait_past_thirty_days_counts_as_thirty_days() {
     let bus = bus();
     let crm = RateLimited::new(Duration::MAX, 1);
-    bus.subscribe("crm", crm.clone())
-        .retry(Retry::exponential(Duration::from_millis(1)).max_attempts(2))
-        .start()
-        .await
-        .unwrap();
+    start(
+        &bus,
+        "crm",
+        crm.clone(),
+        Retry::exponential(Duration::from_millis(1)).max_attempts(2),
+    )
+    .await;
     bus.notify(QuotaChecked::new(1)).await.unwrap();
     bus.drain().await.unwrap();
     assert_eq!(crm.gaps(), [RetryAfter::MAX_WAIT]);

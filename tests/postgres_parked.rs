@@ -8,7 +8,7 @@ mod common;
 use common::pg::Schema;
 use common::{OrderPlaced, eventually, order_ids, within};
 use eventbus::testing::Recorder;
-use eventbus::{AnyEvent, BoxError, Bus, Consumer, Retry};
+use eventbus::{AnyEvent, BoxError, Bus, Consumer, Retry, Subscription};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 use std::time::Duration;
@@ -82,6 +82,15 @@ fn every(delay_ms: u64, attempts: u32) -> Retry {
         .max_attempts(attempts)
 }
 
+/// Starts the subscription `search` with `consumer` and `retry`.
+async fn start_search<C: Consumer>(bus: &Bus, consumer: C, retry: Retry) -> Subscription {
+    bus.subscribe("search", consumer)
+        .retry(retry)
+        .start()
+        .await
+        .unwrap()
+}
+
 const PARKED: &str = "SELECT count(*) FROM {schema}.parked WHERE subscription = 'search'";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,12 +98,7 @@ async fn a_failed_event_is_parked_and_the_events_behind_it_go_on() {
     let schema = schema!();
     let bus = bus_with(schema.builder()).await;
     let search = FailsOne::new(1, u32::MAX);
-    let sub = bus
-        .subscribe("search", search.clone())
-        .retry(every(200, 20))
-        .start()
-        .await
-        .unwrap();
+    let sub = start_search(&bus, search.clone(), every(200, 20)).await;
     for order in 1..=3 {
         bus.notify(OrderPlaced::new(order)).await.unwrap();
     }
@@ -135,11 +139,7 @@ async fn without_parking_a_retry_holds_the_events_behind_it() {
     let schema = schema!();
     let bus = bus_with(schema.builder().park_retries(false)).await;
     let search = FailsOne::new(1, 2);
-    bus.subscribe("search", search.clone())
-        .retry(every(100, 5))
-        .start()
-        .await
-        .unwrap();
+    start_search(&bus, search.clone(), every(100, 5)).await;
     for order in 1..=3 {
         bus.notify(OrderPlaced::new(order)).await.unwrap();
     }
@@ -156,11 +156,7 @@ async fn a_parked_event_outlives_its_process_and_keeps_its_attempt_count() {
     {
         let bus = bus_with(schema.builder()).await;
         let search = FailsOne::new(1, u32::MAX);
-        bus.subscribe("search", search.clone())
-            .retry(every(500, 3))
-            .start()
-            .await
-            .unwrap();
+        start_search(&bus, search.clone(), every(500, 3)).await;
         bus.notify(OrderPlaced::new(1)).await.unwrap();
         schema
             .wait_for_count(10, "the failed event parked", PARKED, 1)
@@ -171,12 +167,7 @@ async fn a_parked_event_outlives_its_process_and_keeps_its_attempt_count() {
     }
     let bus = bus_with(schema.builder()).await;
     let search = FailsOne::new(1, u32::MAX);
-    let sub = bus
-        .subscribe("search", search.clone())
-        .retry(every(500, 3))
-        .start()
-        .await
-        .unwrap();
+    let sub = start_search(&bus, search.clone(), every(500, 3)).await;
     assert_eq!(sub.stats().parked, 1, "counted at the start");
     within(20, "drain", bus.drain()).await.unwrap();
     assert_eq!(
@@ -206,11 +197,7 @@ async fn a_parked_event_runs_once_across_processes() {
     let mut buses = Vec::new();
     for consumer in [&first, &second] {
         let bus = bus_with(schema.builder().partitions(4)).await;
-        bus.subscribe("search", consumer.clone())
-            .retry(every(300, 5))
-            .start()
-            .await
-            .unwrap();
+        start_search(&bus, consumer.clone(), every(300, 5)).await;
         buses.push(bus);
     }
     for order in 1..=40 {
@@ -262,12 +249,7 @@ async fn a_park_the_store_refuses_is_retried_in_place_and_loses_nothing() {
              claimed_until timestamptz)",
         )
         .await;
-    let sub = bus
-        .subscribe("search", search.clone())
-        .retry(every(50, 3))
-        .start()
-        .await
-        .unwrap();
+    let sub = start_search(&bus, search.clone(), every(50, 3)).await;
     schema.exec("DROP TABLE {schema}.parked").await;
     for order in 1..=3 {
         bus.notify(OrderPlaced::new(order)).await.unwrap();
@@ -298,11 +280,7 @@ async fn an_undecodable_parked_event_becomes_a_dead_letter() {
         )
         .await;
     let search = FailsOne::new(0, 0);
-    bus.subscribe("search", search.clone())
-        .retry(every(50, 3))
-        .start()
-        .await
-        .unwrap();
+    start_search(&bus, search.clone(), every(50, 3)).await;
     bus.notify(OrderPlaced::new(1)).await.unwrap();
     within(20, "drain", bus.drain()).await.unwrap();
     assert_eq!(order_ids(search.seen.events()), [1]);
@@ -340,11 +318,7 @@ impl Consumer for RateLimited {
 async fn a_parked_retry_is_due_no_sooner_than_the_failure_asked() {
     let schema = schema!();
     let bus = bus_with(schema.builder()).await;
-    bus.subscribe("search", RateLimited)
-        .retry(every(10, 3))
-        .start()
-        .await
-        .unwrap();
+    start_search(&bus, RateLimited, every(10, 3)).await;
     bus.notify(OrderPlaced::new(1)).await.unwrap();
     schema
         .wait_for_count(10, "the failed event parked", PARKED, 1)
@@ -373,12 +347,12 @@ async fn drain_returns_in_every_process_that_shares_the_subscription() {
     let mut subs = Vec::new();
     for _ in 0..2 {
         let bus = bus_with(schema.builder().partitions(2)).await;
-        let sub = bus
-            .subscribe("search", FirstFails(Arc::clone(&attempts), Recorder::new()))
-            .retry(every(100, 5))
-            .start()
-            .await
-            .unwrap();
+        let sub = start_search(
+            &bus,
+            FirstFails(Arc::clone(&attempts), Recorder::new()),
+            every(100, 5),
+        )
+        .await;
         buses.push(bus);
         subs.push(sub);
     }
@@ -460,11 +434,7 @@ async fn a_process_whose_claim_ran_out_changes_nothing() {
     let schema = schema!();
     let bus = bus_with(schema.builder()).await;
     let search = HeldSecond::default();
-    bus.subscribe("search", search.clone())
-        .retry(every(100, 5))
-        .start()
-        .await
-        .unwrap();
+    start_search(&bus, search.clone(), every(100, 5)).await;
     let second = search.second_started.notified();
     bus.notify(OrderPlaced::new(1)).await.unwrap();
     within(10, "the parked event's retry", second).await;
@@ -526,12 +496,7 @@ async fn a_pause_stops_parked_events_too_and_gives_their_claims_back() {
         .unwrap();
     }
     let seen = Slow(Recorder::new());
-    let sub = bus
-        .subscribe("search", seen.clone())
-        .retry(every(100, 5))
-        .start()
-        .await
-        .unwrap();
+    let sub = start_search(&bus, seen.clone(), every(100, 5)).await;
     eventually(10, "the first retry", || !seen.0.is_empty()).await;
     sub.pause();
     let at_pause = seen.0.len();
