@@ -38,7 +38,7 @@ pub(super) const WRITERS: usize = 1;
 /// and two to 41,000 (`--quick` runs); four, or yielding for up to 100 µs,
 /// gained nothing more. A yield waits for one round of the runtime's other
 /// runnable tasks, not for a clock: where producers do not come back (each
-/// request notifies once) a batch pays two rounds, a few microseconds on a
+/// request notifies once) a batch pays up to two rounds, a few microseconds on a
 /// quiet runtime and more on a busy one, where every task waits that long
 /// for its turn anyway.
 const GATHER_YIELDS: u32 = 2;
